@@ -1,0 +1,52 @@
+"""The board's wall clock: NTP before TLS, and an honest answer to "is the time known?".
+
+A board boots at 2000-01-01 and mbedTLS judges certificate dates by that clock, so TLS must
+wait for NTP. Anything earlier than this firmware's build date counts as unset.
+
+Example::
+
+    from securenode import clock
+    clock.sync("pool.ntp.org", timeout_ms=3000)   # raises ClockError
+    clock.unix_time()                             # -> 1795600000
+"""
+
+import time
+
+from micropython import const
+
+from securenode.build import BUILD_UNIX_S
+
+_UNIX_AT_2000 = const(946684800)
+
+
+class ClockError(Exception):
+    pass
+
+
+def _epoch_offset():
+    # Ports differ: most count from 2000-01-01, some from 1970. Ask, don't assume.
+    return 0 if time.gmtime(0)[0] == 1970 else _UNIX_AT_2000
+
+
+def unix_time():
+    return time.time() + _epoch_offset()
+
+
+def is_set():
+    return unix_time() >= BUILD_UNIX_S
+
+
+def sync(host, timeout_ms):
+    """Set the RTC from ``host`` over SNTP; return the new unix time."""
+    import ntptime
+
+    ntptime.host = host
+    ntptime.timeout = max(1, timeout_ms // 1000)
+    try:
+        ntptime.settime()
+    except OSError as exc:
+        raise ClockError("NTP server %s did not answer within %d ms (%s)"
+                         % (host, timeout_ms, exc))
+    if not is_set():
+        raise ClockError("NTP server %s gave a time before this firmware was built" % host)
+    return unix_time()

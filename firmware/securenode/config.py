@@ -1,0 +1,337 @@
+# Validate config.json once, at boot: every later module trusts the Config it
+# returns. Every problem is a ConfigError naming the file, the dotted field and
+# what was found, so a typo on a board is fixed from one line of output.
+import json
+import os
+
+from micropython import const
+
+_MAX_GOT_CHARS = const(40)
+_TIMEOUT_MAX_MS = const(600000)
+
+
+class ConfigError(Exception):
+    """config.json is unreadable or wrong.
+
+    str(e) names the file, the dotted field and what was found; e.field is the
+    dotted field name ("mqtt.port"), or None when the file as a whole is wrong.
+    """
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+# The schema as data. A field is (name, kind, default, arg): kind picks the
+# check below; default None with _REQUIRED means the field must be present.
+_REQUIRED = "required"
+
+# Kinds: "int" (arg (lo, hi)), "num" (arg (lo, hi), int or float), "bool",
+# "name" (arg max length; A-Z a-z 0-9 _ -), "host", "str" (arg max length),
+# "secret" (arg max length, never quoted), "file", "files" (one or more names).
+_SECTIONS = (
+    ("wifi", True, (
+        ("ssid", "str", _REQUIRED, 32),
+        ("key", "secret", "", 64),
+        ("timeout_ms", "int", 10000, (1, _TIMEOUT_MAX_MS)),
+    )),
+    ("ntp", False, (
+        ("host", "host", "pool.ntp.org", None),
+        ("timeout_ms", "int", 3000, (1, _TIMEOUT_MAX_MS)),
+    )),
+    ("mqtt", True, (
+        ("host", "host", _REQUIRED, None),
+        ("port", "int", 8883, (1, 65535)),
+        # MQTT's keepalive is a 16-bit field; 0 turns it off.
+        ("keepalive_s", "int", 60, (0, 65535)),
+        ("client_id", "name", None, 64),
+    )),
+    ("tls", True, (
+        ("ca", "files", _REQUIRED, None),
+        ("cert", "file", _REQUIRED, None),
+        ("key", "file", _REQUIRED, None),
+        ("server_hostname", "host", None, None),
+        ("allow_unverified", "bool", False, None),
+    )),
+    ("timeouts_ms", False, (
+        ("dns", "int", 5000, (1, _TIMEOUT_MAX_MS)),
+        ("connect", "int", 5000, (1, _TIMEOUT_MAX_MS)),
+        ("handshake", "int", 10000, (1, _TIMEOUT_MAX_MS)),
+        ("io", "int", 5000, (1, _TIMEOUT_MAX_MS)),
+    )),
+    ("sample", False, (
+        ("interval_ms", "int", 1000, (10, 86400000)),
+        ("adc_pin", "int", 34, (0, 48)),
+        ("volts_per_count", "num", 0.0125, (1e-6, 100)),
+        # A window must hold at least one full cycle at 45 Hz to find a period.
+        ("window_ms", "int", 100, (25, 1000)),
+        # Each sample costs 6 bytes of RAM (u16 value + u32 time).
+        ("samples", "int", 200, (16, 2000)),
+        ("volts_min", "num", 90, (0, 1000)),
+        ("volts_max", "num", 264, (0, 1000)),
+        ("hz_min", "num", 45, (1, 1000)),
+        ("hz_max", "num", 65, (1, 1000)),
+    )),
+    ("backoff", False, (
+        ("min_ms", "int", 500, (1, 3600000)),
+        ("max_ms", "int", 30000, (1, 3600000)),
+    )),
+    ("run", False, (
+        # 0 = forever; N > 0: stop cleanly after N acknowledged readings.
+        ("max_readings", "int", 0, (0, 1000000000)),
+    )),
+)
+
+# ADC conversions take tens of microseconds; closer spacing than this cannot be met.
+_MIN_SAMPLE_PERIOD_US = const(100)
+
+
+class Section:
+    """One config.json section as attributes, e.g. cfg.mqtt.port."""
+
+    def __init__(self, name):
+        self._name = name
+        self._fields = []
+
+    def __repr__(self):
+        parts = []
+        for field in self._fields:
+            # Never print the WiFi key: repr(cfg) may end up in a log line.
+            if self._name == "wifi" and field == "key":
+                value = "<hidden>"
+            else:
+                value = repr(getattr(self, field))
+            parts.append("%s=%s" % (field, value))
+        return "%s(%s)" % (self._name, ", ".join(parts))
+
+
+class Config:
+    """The validated configuration: cfg.device_id, cfg.wifi.ssid, cfg.mqtt.port, ..."""
+
+    def __repr__(self):
+        return "Config(device_id=%r, wifi=%r, mqtt=%r, tls=%r)" % (
+            self.device_id, self.wifi, self.mqtt, self.tls)
+
+
+def load(path="config.json"):
+    """Read, parse and validate a config file; raise ConfigError on any problem.
+
+    File names in the tls section are resolved next to the config file.
+
+    >>> cfg = load("config.json")
+    >>> cfg.mqtt.host, cfg.mqtt.port, cfg.tls.ca
+    ('localhost', 8883, ['ca.der'])
+    """
+    source = _basename(path)
+    # stat first: errno values differ between ports, a failed stat does not.
+    try:
+        os.stat(path)
+    except OSError:
+        raise ConfigError("%s: file not found" % path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("%s: cannot read file (%r)" % (path, e))
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError("%s: not valid JSON (%s)" % (source, e))
+    return validate(data, source, _dirname(path))
+
+
+def validate(data, source="config.json", base_dir=""):
+    """Check a parsed config dict against the schema; return a Config.
+
+    source names the file in error messages; base_dir is where tls files live.
+
+    >>> cfg = validate({"device_id": "b1", "wifi": {"ssid": "net"},
+    ...                 "mqtt": {"host": "broker"},
+    ...                 "tls": {"ca": "ca.der", "cert": "d.der", "key": "k.der"}})
+    >>> cfg.tls.server_hostname, cfg.backoff.max_ms
+    ('broker', 30000)
+    """
+    if type(data) is not dict:
+        raise ConfigError("%s: must be a JSON object, got %s" % (source, _show(data)))
+    known = ["device_id"]
+    for section in _SECTIONS:
+        known.append(section[0])
+    _reject_unknown(source, "", data, known)
+
+    cfg = Config()
+    if "device_id" not in data:
+        raise ConfigError("%s: device_id is required" % source, "device_id")
+    cfg.device_id = _check(source, "device_id", "name", data["device_id"], 64, base_dir)
+
+    for name, required, fields in _SECTIONS:
+        raw = data.get(name)
+        if raw is None:
+            if required:
+                raise ConfigError("%s: %s is required" % (source, name), name)
+            raw = {}
+        elif type(raw) is not dict:
+            raise ConfigError("%s: %s must be an object, got %s" % (source, name, _show(raw)), name)
+        _reject_unknown(source, name + ".", raw, [f[0] for f in fields])
+        section = Section(name)
+        for field, kind, default, arg in fields:
+            dotted = name + "." + field
+            if field in raw:
+                value = _check(source, dotted, kind, raw[field], arg, base_dir)
+            elif default is _REQUIRED:
+                raise ConfigError("%s: %s is required" % (source, dotted), dotted)
+            else:
+                value = default
+            setattr(section, field, value)
+            section._fields.append(field)
+        setattr(cfg, name, section)
+
+    _cross_checks(source, cfg)
+    return cfg
+
+
+def _cross_checks(source, cfg):
+    # Defaults that depend on other fields, then rules spanning fields.
+    if cfg.mqtt.client_id is None:
+        cfg.mqtt.client_id = cfg.device_id
+    if cfg.tls.server_hostname is None:
+        cfg.tls.server_hostname = cfg.mqtt.host
+    if cfg.backoff.max_ms < cfg.backoff.min_ms:
+        raise ConfigError("%s: backoff.max_ms must be >= backoff.min_ms (%d), got %d"
+                          % (source, cfg.backoff.min_ms, cfg.backoff.max_ms), "backoff.max_ms")
+    s = cfg.sample
+    if s.window_ms * 1000 // s.samples < _MIN_SAMPLE_PERIOD_US:
+        raise ConfigError("%s: sample.samples must leave >= %d us between samples "
+                          "(sample.window_ms %d), got %d"
+                          % (source, _MIN_SAMPLE_PERIOD_US, s.window_ms, s.samples), "sample.samples")
+    if s.interval_ms < s.window_ms:
+        raise ConfigError("%s: sample.interval_ms must be >= sample.window_ms (%d), got %d"
+                          % (source, s.window_ms, s.interval_ms), "sample.interval_ms")
+    if s.volts_max <= s.volts_min:
+        raise ConfigError("%s: sample.volts_max must be > sample.volts_min (%s), got %s"
+                          % (source, _show(s.volts_min), _show(s.volts_max)), "sample.volts_max")
+    if s.hz_max <= s.hz_min:
+        raise ConfigError("%s: sample.hz_max must be > sample.hz_min (%s), got %s"
+                          % (source, _show(s.hz_min), _show(s.hz_max)), "sample.hz_max")
+
+
+def _reject_unknown(source, prefix, raw, known):
+    # A typo ("mqtt.prot") must fail loudly rather than silently use the default.
+    for key in raw:
+        if key not in known:
+            raise ConfigError("%s: unknown field %s%s (expected one of: %s)"
+                              % (source, prefix, key, ", ".join(known)), prefix + key)
+
+
+def _check(source, dotted, kind, value, arg, base_dir):
+    t = type(value)
+    if kind == "int":
+        # JSON true/false are not numbers here, though Python would allow them.
+        if t is int and arg[0] <= value <= arg[1]:
+            return value
+        raise ConfigError("%s: %s must be an integer %d..%d, got %s"
+                          % (source, dotted, arg[0], arg[1], _show(value)), dotted)
+    if kind == "num":
+        if (t is int or t is float) and arg[0] <= value <= arg[1]:
+            return value
+        raise ConfigError("%s: %s must be a number %s..%s, got %s"
+                          % (source, dotted, _show(arg[0]), _show(arg[1]), _show(value)), dotted)
+    if kind == "bool":
+        if t is bool:
+            return value
+        raise ConfigError("%s: %s must be true or false, got %s" % (source, dotted, _show(value)), dotted)
+    if kind == "name":
+        if t is str and 1 <= len(value) <= arg and _is_name(value):
+            return value
+        raise ConfigError("%s: %s must be 1..%d characters of A-Z a-z 0-9 _ -, got %s"
+                          % (source, dotted, arg, _show(value)), dotted)
+    if kind == "host":
+        if t is str and 1 <= len(value) <= 253 and _is_host(value):
+            return value
+        raise ConfigError("%s: %s must be a host name or IP address, got %s"
+                          % (source, dotted, _show(value)), dotted)
+    if kind == "str":
+        if t is str and 1 <= len(value) <= arg:
+            return value
+        raise ConfigError("%s: %s must be a string of 1..%d characters, got %s"
+                          % (source, dotted, arg, _show(value)), dotted)
+    if kind == "secret":
+        if t is str and len(value) <= arg:
+            return value
+        # Say what is wrong without quoting it: the value may be the real key.
+        raise ConfigError("%s: %s must be a string of at most %d characters (value not shown)"
+                          % (source, dotted, arg), dotted)
+    if kind == "file":
+        return _check_file(source, dotted, value, base_dir)
+    # kind == "files": one name or a non-empty list of names.
+    if t is str:
+        value = [value]
+    elif t is not list or not value:
+        raise ConfigError("%s: %s must be a file name or a non-empty list of file names, got %s"
+                          % (source, dotted, _show(value)), dotted)
+    paths = []
+    for i in range(len(value)):
+        paths.append(_check_file(source, "%s[%d]" % (dotted, i), value[i], base_dir))
+    return paths
+
+
+def _check_file(source, dotted, value, base_dir):
+    if type(value) is not str or not value:
+        raise ConfigError("%s: %s must be a file name, got %s" % (source, dotted, _show(value)), dotted)
+    path = value
+    if base_dir and value[0] != "/":
+        path = base_dir + value if base_dir[-1] == "/" else base_dir + "/" + value
+    try:
+        size = os.stat(path)[6]
+    except OSError:
+        # Any stat failure on flash means the file is not usable; errno values
+        # differ between ports, so they are not decoded here.
+        raise ConfigError('%s: %s: file "%s" not found' % (source, dotted, value), dotted)
+    if size == 0:
+        raise ConfigError('%s: %s: file "%s" is empty' % (source, dotted, value), dotted)
+    return path
+
+
+def _is_name(s):
+    for c in s:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
+            return False
+    return True
+
+
+def _is_host(s):
+    # DNS names, IPv4 and IPv6 literals; no spaces, schemes or ports.
+    for c in s:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in ".-_:"):
+            return False
+    return s[0] != "." and s[0] != "-"
+
+
+def _show(value):
+    # JSON's vocabulary, since that is what the user wrote.
+    t = type(value)
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
+    if t is str:
+        if len(value) > _MAX_GOT_CHARS:
+            value = value[:_MAX_GOT_CHARS] + "..."
+        return '"%s"' % value
+    if t is list:
+        return "a list"
+    if t is dict:
+        return "an object"
+    return str(value)
+
+
+def _basename(path):
+    i = path.rfind("/")
+    return path[i + 1:] if i >= 0 else path
+
+
+def _dirname(path):
+    # MicroPython has no os.path.
+    i = path.rfind("/")
+    if i < 0:
+        return ""
+    return path[:i] if i > 0 else "/"

@@ -1,0 +1,198 @@
+"""MQTT over pinned TLS, with micropython-lib's umqtt.simple underneath.
+
+umqtt.simple speaks MQTT; this adapter makes it safe on a board:
+- TLS is always pinned and host-name checked, with either umqtt API: 1.3.4 (PyPI) takes
+  ``ssl=True, ssl_params={...}`` for ``ussl.wrap_socket``; the current micropython-lib
+  version takes ``ssl=<context>`` and calls ``wrap_socket(sock, server_hostname=...)``.
+- every blocking step has a deadline (umqtt sets none, and its ``setblocking(True)`` after
+  each read would clear one);
+- umqtt's ``assert``s and bare ``MQTTException(n)`` become named ``MqttError``s.
+
+Example::
+
+    link = MqttLink("board-1", "broker.local", 8883, tls, keepalive_s=60,
+                    connect_ms=5000, io_ms=5000)
+    link.connect()                          # raises NetError, TlsError or MqttError
+    link.publish(b"devices/board-1/readings", payload)   # returns once PUBACK arrived
+"""
+
+import errno
+import socket
+
+from umqtt import simple as umqtt
+
+from securenode import net
+from securenode.pinned_tls import TlsError
+
+_CONNACK_REFUSALS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+_UNREACHABLE = tuple(getattr(errno, name) for name in ("ECONNREFUSED", "EHOSTUNREACH",
+                                                         "ENETUNREACH") if hasattr(errno, name))
+
+
+class MqttError(Exception):
+    """An MQTT-level failure: ``kind`` is a stable name, the text says what came back."""
+
+    def __init__(self, kind, detail):
+        super().__init__("%s: %s" % (kind, detail))
+        self.kind = kind
+
+
+class _Sockets:
+    # umqtt.simple finds `socket` in its module globals and opens the connection itself,
+    # with no timeout: handing it this object puts our deadline on that socket.
+    def __init__(self, connect_ms):
+        self.connect_s = connect_ms / 1000
+        self.raw = None
+
+    def socket(self, *args):
+        self.raw = socket.socket(*args)
+        self.raw.settimeout(self.connect_s)
+        return self.raw
+
+    def getaddrinfo(self, host, port, *args):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 0, "", net.resolve(host, port))]
+
+
+class _DeadlineStream:
+    # umqtt calls setblocking(True) after every read; on MicroPython that also clears the
+    # socket's timeout, so a silent broker would block the board forever. Re-arm it here.
+    def __init__(self, tls_sock, raw, io_s):
+        self._sock = tls_sock
+        self._raw = raw
+        self._io_s = io_s
+
+    def read(self, n):
+        return self._sock.read(n)
+
+    def write(self, buf, n=None):
+        if n is None:
+            return self._sock.write(buf)
+        return self._sock.write(buf, n)
+
+    def setblocking(self, flag):
+        self._sock.setblocking(flag)
+        if flag:
+            self._raw.settimeout(self._io_s)
+
+    def close(self):
+        self._sock.close()
+
+
+class MqttLink:
+    def __init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.peer = "%s:%d" % (host, port)
+        self._tls = tls
+        self._keepalive_s = keepalive_s
+        self._connect_ms = connect_ms
+        self._io_ms = io_ms
+        self._client = None
+        self.legacy_api = None
+
+    def _new_client(self):
+        client = umqtt.MQTTClient(self.client_id, self.host, self.port,
+                                  keepalive=self._keepalive_s, ssl=self._tls)
+        # Feature detection: 1.3.4 keeps ssl_params and wraps with ussl itself.
+        self.legacy_api = hasattr(client, "ssl_params")
+        if self.legacy_api:
+            client.ssl = True
+            client.ssl_params = self._tls.legacy_params()
+        return client
+
+    def connect(self):
+        """Open TCP, TLS and the MQTT session; try each pinned root where a port needs to."""
+        sockets = _Sockets(self._connect_ms)
+        umqtt.socket = sockets
+        roots = self._tls.root_sets
+        for index, cadata in enumerate(roots):
+            self._tls.cadata = cadata
+            client = self._new_client()
+            try:
+                client.connect(clean_session=True)
+            except Exception as exc:
+                self._close(client)
+                if index + 1 < len(roots) and self._tls.is_verify_failure(exc):
+                    continue
+                raise self._explain_connect(exc, client, sockets)
+            client.sock = _DeadlineStream(client.sock, sockets.raw, self._io_ms / 1000)
+            self._client = client
+            return
+
+    def _explain_connect(self, exc, client, sockets):
+        if isinstance(exc, (net.NetError, TlsError)):
+            return exc
+        if isinstance(exc, umqtt.MQTTException):
+            code = exc.args[0] if exc.args else -1
+            return MqttError("connack_refused", "CONNACK refused: %s (%s)"
+                             % (_CONNACK_REFUSALS.get(code, "unknown reason"), code))
+        if isinstance(exc, AssertionError):
+            return MqttError("protocol", "%s sent something other than CONNACK" % self.peer)
+        if isinstance(exc, IndexError):
+            return MqttError("closed", "%s closed the connection before CONNACK (is this "
+                             "device's certificate accepted there?)" % self.peer)
+        if client.sock is sockets.raw or client.sock is None:
+            # umqtt had not finished wrapping: TCP or the TLS handshake failed.
+            if net.is_timeout(exc) and self.legacy_api:
+                return TlsError("handshake_timeout", self.peer,
+                                "no TCP connection and TLS handshake within %d ms"
+                                % self._connect_ms, self._tls.pinned)
+            if isinstance(exc, OSError) and exc.args and exc.args[0] in _UNREACHABLE:
+                return net.NetError("connect", self.peer, "refused or unreachable (%s)" % exc)
+            return self._tls.explain(exc, self.host, self.port)
+        if net.is_timeout(exc):
+            return MqttError("connack_timeout", "%s completed TLS but sent no CONNACK within "
+                             "%d ms" % (self.peer, self._io_ms))
+        return MqttError("connect_failed", "%s: %s" % (self.peer, exc))
+
+    def publish(self, topic, payload):
+        """Publish with QoS 1; returns when the broker's PUBACK has arrived."""
+        try:
+            self._client.publish(topic, payload, qos=1)
+        except Exception as exc:
+            raise self._explain_io(exc, "PUBACK")
+
+    def ping(self):
+        """Keep the session alive; umqtt.simple never sends PINGREQ on its own."""
+        try:
+            self._client.ping()
+            self._client.check_msg()
+        except Exception as exc:
+            raise self._explain_io(exc, "PINGRESP")
+
+    def _explain_io(self, exc, waiting_for):
+        if net.is_timeout(exc):
+            return MqttError("ack_timeout", "no %s from %s within %d ms"
+                             % (waiting_for, self.peer, self._io_ms))
+        if isinstance(exc, AssertionError):
+            return MqttError("protocol", "%s sent a malformed packet while we waited for %s"
+                             % (self.peer, waiting_for))
+        if isinstance(exc, (IndexError, OSError)):
+            return MqttError("link_lost", "connection to %s lost while waiting for %s (%s)"
+                             % (self.peer, waiting_for, exc))
+        return MqttError("link_lost", "%s: %s" % (self.peer, exc))
+
+    def close(self):
+        if self._client is not None:
+            try:
+                self._client.disconnect()
+            except OSError:
+                pass  # the link is going away either way; the broker sees EOF
+            self._close(self._client)
+            self._client = None
+
+    def _close(self, client):
+        if client.sock is not None:
+            try:
+                client.sock.close()
+            except OSError:
+                pass

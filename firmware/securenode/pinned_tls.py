@@ -1,0 +1,203 @@
+"""TLS only to peers whose certificate chains to a root pinned on the board's flash.
+
+Every connection checks the chain against the pinned root(s), the peer's host name and the
+certificate dates, and presents the device's own certificate. A port whose TLS stack cannot
+verify (ESP8266's axTLS) is refused unless the configuration explicitly allows unverified
+TLS, and then every connection is reported as unverified.
+
+A board reports all verification failures as one code (MBEDTLS_ERR_X509_CERT_VERIFY_FAILED,
+-9984). ``explain`` turns that into the reason a person can act on: clock unset, expired,
+not yet valid, wrong host name, unknown CA. Where the port gives no detail it looks at the
+peer's certificate over a second, unverified handshake that carries no application data.
+
+Example::
+
+    tls = PinnedTls(ca_ders, cert_der, key_der, "broker.local", handshake_ms=10000,
+                    io_ms=5000)
+    sock = tls.wrap_socket(raw_sock)      # raises OSError / ValueError like ssl does
+    # on failure: raise tls.explain(exc, "broker.local", 8883)
+"""
+
+import binascii
+import hashlib
+import ssl
+
+from micropython import const
+
+from securenode import clock, net, x509_peek
+
+_VERIFY_FAILED = const(-9984)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+
+# Newer MicroPython raises ValueError carrying mbedTLS's verify text instead of -9984.
+_VERIFY_TEXTS = (
+    ("validity has expired", "cert_expired"),
+    ("validity starts in the future", "cert_not_yet_valid"),
+    ("does not match with the expected CN", "hostname_mismatch"),
+    ("not correctly signed by the trusted CA", "unknown_ca"),
+)
+
+
+class TlsError(Exception):
+    """A TLS failure by ``kind``, naming the peer and the pinned root(s) it was judged by."""
+
+    def __init__(self, kind, peer, detail, pinned=None):
+        text = "%s: %s (peer %s" % (kind, detail, peer)
+        if pinned:
+            text += ", pinned root sha256 %s" % pinned
+        super().__init__(text + ")")
+        self.kind = kind
+        self.peer = peer
+
+
+def port_can_verify():
+    """True when this port's TLS stack checks certificates (mbedTLS), False for axTLS."""
+    required = getattr(ssl, "CERT_REQUIRED", None)
+    if required is None:
+        return False
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not hasattr(ctx, "load_verify_locations"):
+        return False
+    ctx.verify_mode = required
+    # axTLS accepts the assignment and keeps CERT_NONE: read it back.
+    return ctx.verify_mode == required
+
+
+def fingerprint(der):
+    return binascii.hexlify(hashlib.sha256(der).digest()).decode()
+
+
+def _pem(der):
+    b64 = binascii.b2a_base64(der).replace(b"\n", b"")
+    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+def _names(leaf):
+    names = list(leaf.dns_names)
+    names += [".".join(str(b) for b in ip) for ip in leaf.ip_addresses if len(ip) == 4]
+    if not names and leaf.subject_cn:
+        names.append(leaf.subject_cn)
+    return ", ".join(names) or "no name"
+
+
+class PinnedTls:
+    def __init__(self, ca_ders, cert_der, key_der, server_hostname, handshake_ms, io_ms,
+                 allow_unverified=False):
+        self.server_hostname = server_hostname
+        self.verified = port_can_verify()
+        if not self.verified and not allow_unverified:
+            raise TlsError("unverifiable_port", server_hostname,
+                           "this port's TLS cannot verify certificates; refusing to connect "
+                           "(set tls.allow_unverified to accept unverified TLS)")
+        self.pinned = ",".join(fingerprint(der) for der in ca_ders)
+        self._cert = cert_der
+        self._key = key_der
+        self._handshake_s = handshake_ms / 1000
+        self._io_s = io_ms / 1000
+        self.root_sets = self._root_sets(ca_ders) if self.verified else [None]
+        self.cadata = self.root_sets[0]
+
+    def _root_sets(self, ders):
+        # Before MicroPython 1.29 cadata held one certificate: pin each root in turn there.
+        if len(ders) == 1:
+            return [ders[0]]
+        bundle = b"".join(_pem(der) for der in ders)
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=bundle)
+            return [bundle]
+        except ValueError:
+            return list(ders)
+
+    def context(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if self.verified:
+            ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's ssl starts at CERT_NONE
+            ctx.load_verify_locations(cadata=self.cadata)
+        if self._cert:
+            ctx.load_cert_chain(self._cert, self._key)
+        return ctx
+
+    def wrap_socket(self, sock, server_hostname=None):
+        """SSLContext-shaped entry point (current umqtt.simple calls exactly this)."""
+        sock.settimeout(self._handshake_s)
+        tls = self.context().wrap_socket(sock, server_hostname=self.server_hostname)
+        sock.settimeout(self._io_s)
+        return tls
+
+    def legacy_params(self):
+        """The ``ssl_params`` umqtt.simple 1.3.4 hands to ``ussl.wrap_socket``."""
+        params = {"server_hostname": self.server_hostname}
+        if self.verified:
+            params["cert_reqs"] = ssl.CERT_REQUIRED
+            params["cadata"] = self.cadata
+        if self._cert:
+            params["cert"] = self._cert
+            params["key"] = self._key
+        return params
+
+    def is_verify_failure(self, exc):
+        if isinstance(exc, OSError):
+            return bool(exc.args) and exc.args[0] == _VERIFY_FAILED
+        if isinstance(exc, ValueError):
+            text = str(exc)
+            return any(needle in text for needle, _ in _VERIFY_TEXTS)
+        return False
+
+    def explain(self, exc, host, port):
+        """The TlsError a failed handshake with ``host:port`` stands for."""
+        peer = "%s:%d" % (host, port)
+        if net.is_timeout(exc):
+            return TlsError("handshake_timeout", peer,
+                            "no TLS handshake within %d ms" % int(self._handshake_s * 1000),
+                            self.pinned)
+        if not self.is_verify_failure(exc):
+            if isinstance(exc, ValueError):
+                return TlsError("bad_credentials", peer,
+                                "the board's own certificate or key does not load (%s)" % exc)
+            return TlsError("handshake_failed", peer, "TLS handshake failed (%s)" % (exc,),
+                            self.pinned)
+        if not clock.is_set():
+            return TlsError("clock_unset", peer,
+                            "board clock reads %d, before this firmware was built: sync NTP "
+                            "first" % clock.unix_time(), self.pinned)
+        text = str(exc)
+        for needle, kind in _VERIFY_TEXTS:
+            if needle in text:
+                return TlsError(kind, peer, text.strip(), self.pinned)
+        return self.diagnose(host, port)
+
+    def diagnose(self, host, port):
+        """Look at the peer's certificate without trusting it, and say why it failed."""
+        peer = "%s:%d" % (host, port)
+        try:
+            sock = net.open_tcp(host, port, int(self._handshake_s * 1000))
+            try:
+                sock.settimeout(self._handshake_s)
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.verify_mode = ssl.CERT_NONE
+                tls = ctx.wrap_socket(sock, server_hostname=self.server_hostname)
+                der = tls.getpeercert(True)
+                tls.close()
+            finally:
+                sock.close()
+            leaf = x509_peek.parse(der)
+        except Exception as exc:
+            return TlsError("verify_failed", peer,
+                            "certificate rejected; the reason could not be read (%s)" % (exc,),
+                            self.pinned)
+        now = clock.unix_time()
+        if now < leaf.not_before:
+            return TlsError("cert_not_yet_valid", peer,
+                            "certificate valid from %d, board clock reads %d"
+                            % (leaf.not_before, now), self.pinned)
+        if now > leaf.not_after:
+            return TlsError("cert_expired", peer,
+                            "certificate expired at %d, board clock reads %d"
+                            % (leaf.not_after, now), self.pinned)
+        if not x509_peek.hostname_matches(self.server_hostname, leaf):
+            return TlsError("hostname_mismatch", peer,
+                            "certificate is for %s, not %s"
+                            % (_names(leaf), self.server_hostname), self.pinned)
+        return TlsError("unknown_ca", peer,
+                        "certificate issued by %r does not chain to the pinned root"
+                        % (leaf.issuer_cn,), self.pinned)

@@ -1,0 +1,83 @@
+# The I/O half of the mains measurement: read the ADC at evenly spaced
+# instants into buffers allocated once, then hand them to mains.analyse.
+from array import array
+
+import time
+
+from micropython import const
+
+from securenode import mains
+
+_MIN_SAMPLES = const(4)
+
+
+class SensorError(Exception):
+    """The sampler cannot be set up as asked (bad sample count or window)."""
+
+
+class Sampler:
+    """Samples one ADC pin over a window and measures the mains on it.
+
+    >>> s = Sampler(adc_pin=34, samples=200, window_ms=100, volts_per_count=0.0125)
+    >>> volts, hz, status = s.read()
+    """
+
+    def __init__(self, adc_pin, samples, window_ms, volts_per_count,
+                 volts_min=90, volts_max=264, hz_min=45, hz_max=65):
+        if samples < _MIN_SAMPLES or window_ms <= 0:
+            raise SensorError("need >= %d samples over a positive window, got %d over %d ms"
+                              % (_MIN_SAMPLES, samples, window_ms))
+        # Imported here, not at module level, so importing this module never
+        # touches hardware (and pure tests can import it without a board).
+        import machine
+
+        adc = machine.ADC(machine.Pin(adc_pin))
+        # ESP32's default 0 dB attenuation reads only ~0-1.1 V; 11 dB spans the
+        # pin's full range. ESP8266 has no attenuation control (feature test).
+        atten = getattr(machine.ADC, "ATTN_11DB", None)
+        if atten is not None and hasattr(adc, "atten"):
+            adc.atten(atten)
+        self._read_u16 = adc.read_u16
+        self._values = array("H", bytes(2 * samples))
+        self._t_us = array("I", bytes(4 * samples))
+        self._period_us = window_ms * 1000 // samples
+        self._volts_per_count = volts_per_count
+        self._limits = (volts_min, volts_max, hz_min, hz_max)
+
+    def read(self):
+        """Sample one window and return (volts_rms, hz, status); blocks for the window.
+
+        status is a bitmask of mains.STATUS_* flags.
+
+        >>> volts, hz, status = sampler.read()
+        >>> "%.1f V %.2f Hz" % (volts, hz)
+        '230.0 V 50.00 Hz'
+        """
+        self._sample()
+        lim = self._limits
+        volts, hz, status, _ = mains.analyse(
+            self._values, self._t_us, self._volts_per_count, lim[0], lim[1], lim[2], lim[3])
+        return volts, hz, status
+
+    def _sample(self):
+        # Locals: attribute lookups inside the loop would skew the sample instants.
+        ticks_us = time.ticks_us
+        ticks_diff = time.ticks_diff
+        ticks_add = time.ticks_add
+        read_u16 = self._read_u16
+        values = self._values
+        t_us = self._t_us
+        period = self._period_us
+        start = ticks_us()
+        due = start
+        for i in range(len(values)):
+            # Busy-wait, as a board must: sleep_us granularity is too coarse at 2 kHz.
+            while ticks_diff(due, ticks_us()) > 0:
+                pass
+            before = ticks_us()
+            values[i] = read_u16()
+            after = ticks_us()
+            # Stamp the middle of the conversion; offsets from the start, taken
+            # with ticks_diff, survive the 2**30 wrap of ticks_us.
+            t_us[i] = ticks_diff(before, start) + (ticks_diff(after, before) >> 1)
+            due = ticks_add(due, period)

@@ -1,0 +1,134 @@
+# The main loop's states and the events that move it, as a table: the loop
+# asks next_state() instead of deciding inline, so every path through an
+# outage is written down here and tested, and an unplanned one raises.
+#
+#   OFFLINE --START--> JOINING --WIFI_UP--> SYNCING --TIME_SYNCED--> CONNECTING
+#   CONNECTING --CONNECTED--> ONLINE
+#   any failure or LINK_LOST --> BACKOFF --BACKOFF_DONE--> JOINING
+#   FATAL or STOP, from any state but HALTED --> HALTED (final)
+#
+# Backoff always resumes at JOINING: a handler finding WiFi still up (or the
+# clock still set) reports WIFI_UP (TIME_SYNCED) at once, so one path serves all.
+from micropython import const
+
+OFFLINE = const(0)
+JOINING = const(1)
+SYNCING = const(2)
+CONNECTING = const(3)
+ONLINE = const(4)
+BACKOFF = const(5)
+HALTED = const(6)
+
+STATE_NAMES = ("offline", "joining", "syncing", "connecting", "online", "backoff", "halted")
+
+START = const(0)
+WIFI_UP = const(1)
+WIFI_FAILED = const(2)
+TIME_SYNCED = const(3)
+TIME_FAILED = const(4)
+CONNECTED = const(5)
+CONNECT_FAILED = const(6)
+LINK_LOST = const(7)
+BACKOFF_DONE = const(8)
+FATAL = const(9)
+STOP = const(10)  # a clean stop, e.g. run.max_readings reached
+
+EVENT_NAMES = ("start", "wifi_up", "wifi_failed", "time_synced", "time_failed", "connected",
+               "connect_failed", "link_lost", "backoff_done", "fatal", "stop")
+
+_NO = const(-1)
+
+# _TABLE[state][event] -> next state, _NO where the event is illegal there.
+# Columns: START WIFI_UP WIFI_FAILED TIME_SYNCED TIME_FAILED CONNECTED
+#          CONNECT_FAILED LINK_LOST BACKOFF_DONE FATAL STOP
+_TABLE = (
+    # OFFLINE
+    (JOINING, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, HALTED, HALTED),
+    # JOINING
+    (_NO, SYNCING, BACKOFF, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    # SYNCING
+    (_NO, _NO, _NO, CONNECTING, BACKOFF, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    # CONNECTING
+    (_NO, _NO, _NO, _NO, _NO, ONLINE, BACKOFF, BACKOFF, _NO, HALTED, HALTED),
+    # ONLINE
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    # BACKOFF
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, JOINING, HALTED, HALTED),
+    # HALTED: final; nothing leaves it.
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO),
+)
+
+# 2**31 ms is ~25 days: beyond any sane max_ms, and keeps the doubling bounded.
+_MAX_DOUBLINGS = const(31)
+
+
+class StateError(Exception):
+    """An event arrived in a state that has no transition for it.
+
+    e.state and e.event carry the two numbers.
+    """
+
+    def __init__(self, state, event):
+        super().__init__("illegal transition: %s on %s" % (state_name(state), event_name(event)))
+        self.state = state
+        self.event = event
+
+
+def next_state(state, event):
+    """Return the state that event leads to from state; raise StateError if none.
+
+    >>> next_state(CONNECTING, CONNECTED) == ONLINE
+    True
+    >>> next_state(ONLINE, TIME_SYNCED)
+    Traceback (most recent call last):
+    StateError: illegal transition: online on time_synced
+    """
+    if 0 <= state < len(_TABLE) and 0 <= event < len(EVENT_NAMES):
+        nxt = _TABLE[state][event]
+        if nxt != _NO:
+            return nxt
+    raise StateError(state, event)
+
+
+def state_name(state):
+    """Name of a state for events and logs, e.g. state_name(ONLINE) == "online"."""
+    if 0 <= state < len(STATE_NAMES):
+        return STATE_NAMES[state]
+    return "state_%d" % state
+
+
+def event_name(event):
+    """Name of an event for logs, e.g. event_name(LINK_LOST) == "link_lost"."""
+    if 0 <= event < len(EVENT_NAMES):
+        return EVENT_NAMES[event]
+    return "event_%d" % event
+
+
+def backoff_ms(attempt, min_ms, max_ms, rand_u32):
+    """Delay before retry number attempt (0 for the first), full jitter, capped.
+
+    The delay is uniform in [min_ms, ceiling], where ceiling = min_ms * 2**(attempt+1)
+    capped at max_ms. Spreading over the whole range (full jitter) stops a fleet
+    that lost its broker together from reconnecting together; min_ms keeps a
+    retry from ever being immediate. rand_u32 is a random 32-bit integer, passed
+    in so that tests choose it (on a board: int.from_bytes(os.urandom(4), "big")).
+
+    >>> backoff_ms(0, 500, 30000, 0), backoff_ms(0, 500, 30000, 500)
+    (500, 1000)
+    >>> backoff_ms(20, 500, 30000, 2**32 - 1) <= 30000
+    True
+    """
+    if attempt < 0:
+        attempt = 0
+    ceiling = min_ms
+    doublings = attempt + 1
+    if doublings > _MAX_DOUBLINGS:
+        doublings = _MAX_DOUBLINGS
+    while doublings and ceiling < max_ms:
+        ceiling *= 2
+        doublings -= 1
+    if ceiling > max_ms:
+        ceiling = max_ms
+    if ceiling <= min_ms:
+        return ceiling
+    return min_ms + rand_u32 % (ceiling - min_ms + 1)

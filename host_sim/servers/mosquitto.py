@@ -1,0 +1,173 @@
+"""A real Mosquitto broker on 127.0.0.1 for the simulator and the tests.
+
+TLS listener that requires a client certificate and takes the certificate's CN as the user
+name, an ACL that confines each device to ``devices/<its id>/#``, and read access to every
+device's readings for the named subscribers. The broker's files live in a scratch directory
+readable by the ``mosquitto`` user, because Mosquitto started as root drops to that user.
+
+Example::
+
+    with Broker(ca_pem, server_pem, server_key, subscribers=["sim-subscriber"]) as broker:
+        print(broker.port)   # a free loopback port, listening
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+
+
+class BrokerError(Exception):
+    pass
+
+
+def mosquitto_binary():
+    found = shutil.which("mosquitto") or next((p for p in MOSQUITTO_PATHS if os.path.exists(p)),
+                                             None)
+    if not found:
+        raise BrokerError("mosquitto is not installed: run `make` (it apt-installs mosquitto)")
+    return found
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def acl_text(subscribers):
+    lines = ["# Each device reads and writes only under its own id (CN = user name)."]
+    lines.append("pattern readwrite devices/%u/#")
+    for name in subscribers:
+        lines += ["", "user %s" % name, "topic read devices/+/readings",
+                  "topic read devices/+/status"]
+    return "\n".join(lines) + "\n"
+
+
+class Broker:
+    def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None):
+        self.files = {"ca.pem": Path(ca_pem), "server.pem": Path(server_pem),
+                      "server.key": Path(server_key)}
+        self.subscribers = list(subscribers)
+        self.port = port or free_port()
+        self.proc = None
+        self.workdir = None
+        self.log_path = None
+
+    def _lay_out(self):
+        # mkdtemp gives 0700; open it to the mosquitto group only, keys stay unreadable to others.
+        self.workdir = Path(tempfile.mkdtemp(prefix="securenode-broker-"))
+        for name, src in self.files.items():
+            shutil.copyfile(src, self.workdir / name)
+        (self.workdir / "acl").write_text(acl_text(self.subscribers))
+        (self.workdir / "mosquitto.conf").write_text(self.config_text())
+        self.log_path = self.workdir / "mosquitto.log"
+        if os.geteuid() == 0:
+            uid = pwd.getpwnam("mosquitto").pw_uid if _user_exists("mosquitto") else 0
+            gid = grp.getgrnam("mosquitto").gr_gid if _group_exists("mosquitto") else 0
+            os.chown(self.workdir, 0, gid)
+            os.chmod(self.workdir, 0o750)
+            for path in self.workdir.iterdir():
+                os.chown(path, uid if path.name == "server.key" else 0, gid)
+                os.chmod(path, 0o600 if path.name == "server.key" else 0o640)
+        else:
+            os.chmod(self.workdir / "server.key", 0o600)
+
+    def config_text(self):
+        return "\n".join([
+            "per_listener_settings false",
+            "allow_anonymous false",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "acl_file %s" % (self.workdir / "acl"),
+            "",
+            "listener %d 127.0.0.1" % self.port,
+            "cafile %s" % (self.workdir / "ca.pem"),
+            "certfile %s" % (self.workdir / "server.pem"),
+            "keyfile %s" % (self.workdir / "server.key"),
+            "require_certificate true",
+            "use_identity_as_username true",
+            "set_tcp_nodelay true",
+            "",
+        ])
+
+    def start(self, timeout_s=10):
+        if self.workdir is None:
+            self._lay_out()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError("mosquitto exited with %s at start:\n%s"
+                                  % (self.proc.returncode, self.log()))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError("mosquitto did not listen on 127.0.0.1:%d within %ss:\n%s"
+                          % (self.port, timeout_s, self.log()))
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, sig=None):
+        if self.proc is not None and self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self):
+        self.stop()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _user_exists(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _group_exists(name):
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False

@@ -1,0 +1,155 @@
+"""`machine` stand-in: pins, the synthetic mains ADC, unique_id, RTC, reset, WDT.
+
+ADC readings follow the board's mains waveform at the current ticks_us
+(``BoardState.adc_u16``): 32768 + v_inst / volts_per_count + gaussian noise, clipped.
+``reset()`` re-executes the board process (RAM lost, flash and RTC kept).
+"""
+import hashlib
+import threading
+import types
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+
+def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
+    mod = types.ModuleType("machine")
+    for name in ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET"):
+        setattr(mod, name, globals()[name])
+    esp32 = state.port == "esp32"
+
+    class Pin:
+        IN = 1
+        OUT = 3 if esp32 else 1
+        OPEN_DRAIN = 7 if esp32 else 2
+        PULL_UP = 2 if esp32 else 1
+        PULL_DOWN = 1 if esp32 else None
+        IRQ_RISING = 1
+        IRQ_FALLING = 2
+
+        def __init__(self, id, mode=None, pull=None, value=None):
+            self.id = id
+            self._value = 0 if value is None else int(bool(value))
+
+        def init(self, mode=None, pull=None, value=None):
+            if value is not None:
+                self._value = int(bool(value))
+
+        def value(self, v=None):
+            if v is None:
+                return self._value
+            self._value = int(bool(v))
+
+        def on(self):
+            self._value = 1
+
+        def off(self):
+            self._value = 0
+
+        def __call__(self, v=None):
+            return self.value(v)
+
+        def irq(self, *args, **kwargs):
+            return None
+
+    class ADC:
+        ATTN_0DB = 0
+        ATTN_2_5DB = 1
+        ATTN_6DB = 2
+        ATTN_11DB = 3
+        WIDTH_9BIT = 0
+        WIDTH_10BIT = 1
+        WIDTH_11BIT = 2
+        WIDTH_12BIT = 3
+
+        def __init__(self, pin, atten=None):
+            self.pin = pin.id if isinstance(pin, Pin) else pin
+            if not esp32 and self.pin != 0:
+                raise ValueError("invalid pin")      # esp8266 has only ADC(0)
+
+        def read_u16(self):
+            return state.adc_u16()
+
+        def read(self):
+            return state.adc_u16() >> (4 if esp32 else 6)
+
+        if esp32:
+            def atten(self, value):
+                return None
+
+            def width(self, value):
+                return None
+
+            def read_uv(self):
+                return state.adc_u16() * 3_300_000 // 65535
+
+    class RTC:
+        def datetime(self, dt=None):
+            # (year, month, day, weekday, hours, minutes, seconds, subseconds)
+            if dt is None:
+                board_s = state.board_time_s()
+                t = time_mod.gmtime(int(board_s))
+                return (t[0], t[1], t[2], t[6], t[3], t[4], t[5],
+                        int((board_s % 1) * 1_000_000))
+            secs = time_mod.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+            sub = dt[7] if len(dt) > 7 else 0
+            state.set_board_time_s(secs + sub / 1_000_000)
+            return None
+
+        def init(self, dt):
+            self.datetime(dt)
+
+    class WDT:
+        """Resets the board unless fed within timeout ms (as the hardware watchdog)."""
+
+        def __init__(self, id=0, timeout=5000):
+            self._timeout_s = max(1, int(timeout)) / 1000.0
+            self._timer = None
+            self.feed()
+
+        def feed(self):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self._timeout_s, reset_hook, kwargs={"cause": WDT_RESET})
+            self._timer.daemon = True
+            self._timer.start()
+
+    def unique_id():
+        return hashlib.sha256(("uid:" + state.device_seed).encode()).digest()[:6]
+
+    def reset():
+        reset_hook(cause=HARD_RESET)
+
+    def soft_reset():
+        reset_hook(cause=SOFT_RESET)
+
+    def freq(hz=None):
+        if hz is None:
+            return 160_000_000 if esp32 else 80_000_000
+        return None
+
+    def idle():
+        return None
+
+    def disable_irq():
+        return 0
+
+    def enable_irq(state_=0):
+        return None
+
+    mod.Pin = Pin
+    mod.ADC = ADC
+    mod.RTC = RTC
+    mod.WDT = WDT
+    mod.unique_id = unique_id
+    mod.reset = reset
+    mod.soft_reset = soft_reset
+    mod.reset_cause = lambda: reset_cause
+    mod.freq = freq
+    mod.idle = idle
+    mod.disable_irq = disable_irq
+    mod.enable_irq = enable_irq
+    return mod

@@ -1,0 +1,78 @@
+"""`time` stand-in: CPython's time plus MicroPython's ticks and a board RTC.
+
+Every attribute of the real module is carried over, so CPython code that imports
+`time` lazily keeps working; the MicroPython-specific and board-clock functions
+replace their namesakes. Board time counts seconds since 2000-01-01 (the esp32 and
+esp8266 epoch), so ``time.gmtime(0)[0] == 2000``.
+"""
+import calendar
+import time as _real_time
+import types
+
+from host_sim.stubs.board_state import EPOCH_2000_UNIX_S, TICKS_MAX, TICKS_PERIOD
+
+_HALF_PERIOD = TICKS_PERIOD // 2
+
+
+def ticks_add(ticks, delta):
+    return (ticks + delta) & TICKS_MAX
+
+
+def ticks_diff(ticks1, ticks2):
+    """Signed difference ticks1 - ticks2 across the 2**30 wrap, as on a board."""
+    diff = (ticks1 - ticks2) & TICKS_MAX
+    return diff - TICKS_PERIOD if diff >= _HALF_PERIOD else diff
+
+
+def _tuple8(board_s):
+    tm = _real_time.gmtime(int(board_s) + EPOCH_2000_UNIX_S)
+    return (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+            tm.tm_wday, tm.tm_yday)
+
+
+def make_module(state):
+    mod = types.ModuleType("time")
+    mod.__dict__.update({k: v for k, v in vars(_real_time).items()
+                         if k not in ("__name__", "__loader__", "__spec__")})
+    mod.__doc__ = __doc__
+
+    def time():
+        return int(state.board_time_s())
+
+    def time_ns():
+        return int(state.board_time_s() * 1e9)
+
+    def gmtime(secs=None):
+        return _tuple8(state.board_time_s() if secs is None else secs)
+
+    def mktime(tup):
+        if len(tup) < 6:
+            raise TypeError("mktime needs a tuple of 8")
+        year, month, mday, hour, minute, sec = (int(x) for x in tup[:6])
+        # Normalise out-of-range months like MicroPython's timeutils do.
+        year += (month - 1) // 12
+        month = (month - 1) % 12 + 1
+        days = calendar.timegm((year, month, 1, 0, 0, 0)) // 86400 + mday - 1
+        return days * 86400 + hour * 3600 + minute * 60 + sec - EPOCH_2000_UNIX_S
+
+    def sleep_ms(ms):
+        if ms > 0:
+            _real_time.sleep(ms / 1000.0)
+
+    def sleep_us(us):
+        if us > 0:
+            _real_time.sleep(us / 1e6)
+
+    mod.time = time
+    mod.time_ns = time_ns
+    mod.gmtime = gmtime
+    mod.localtime = gmtime      # the ports have no timezone: localtime == gmtime
+    mod.mktime = mktime
+    mod.sleep_ms = sleep_ms
+    mod.sleep_us = sleep_us
+    mod.ticks_ms = state.ticks_ms
+    mod.ticks_us = state.ticks_us
+    mod.ticks_cpu = state.ticks_us
+    mod.ticks_add = ticks_add
+    mod.ticks_diff = ticks_diff
+    return mod

@@ -1,0 +1,142 @@
+"""securenode/states.py: every (state, event) pair and the backoff delays, on both ports."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "firmware_shims"))
+from firmware_harness import firmware_files, run_both  # noqa: E402
+
+STATES = ["offline", "joining", "syncing", "connecting", "online", "backoff", "halted"]
+EVENTS = ["start", "wifi_up", "wifi_failed", "time_synced", "time_failed", "connected",
+          "connect_failed", "link_lost", "backoff_done", "fatal", "stop"]
+
+# The legal transitions, written out independently of the module's table.
+LEGAL = {
+    ("offline", "start"): "joining",
+    ("joining", "wifi_up"): "syncing",
+    ("joining", "wifi_failed"): "backoff",
+    ("joining", "link_lost"): "backoff",
+    ("syncing", "time_synced"): "connecting",
+    ("syncing", "time_failed"): "backoff",
+    ("syncing", "link_lost"): "backoff",
+    ("connecting", "connected"): "online",
+    ("connecting", "connect_failed"): "backoff",
+    ("connecting", "link_lost"): "backoff",
+    ("online", "link_lost"): "backoff",
+    ("backoff", "backoff_done"): "joining",
+}
+for _state in STATES[:-1]:
+    LEGAL[(_state, "fatal")] = "halted"
+    LEGAL[(_state, "stop")] = "halted"
+
+# (attempt, min_ms, max_ms, rand_u32) -> delay
+BACKOFF = [
+    ((0, 500, 30000, 0), 500),
+    ((0, 500, 30000, 500), 1000),
+    ((0, 500, 30000, 501), 500),
+    ((1, 500, 30000, 1500), 2000),
+    ((1, 500, 30000, 1501), 500),
+    ((3, 500, 30000, 7500), 8000),
+    ((5, 500, 30000, 2 ** 32 - 1), 500 + (2 ** 32 - 1) % 29501),
+    ((40, 500, 30000, 29500), 30000),
+    ((1000, 500, 30000, 123456789), 500 + 123456789 % 29501),
+    ((-3, 500, 30000, 7), 507),
+    ((4, 1000, 1000, 999999), 1000),
+]
+
+VECTORS = r'''
+import json
+from securenode import states as s
+
+names = [s.state_name(i) for i in range(7)]
+events = [s.event_name(i) for i in range(11)]
+consts = {"states": [s.OFFLINE, s.JOINING, s.SYNCING, s.CONNECTING, s.ONLINE, s.BACKOFF,
+                     s.HALTED],
+          "events": [s.START, s.WIFI_UP, s.WIFI_FAILED, s.TIME_SYNCED, s.TIME_FAILED,
+                     s.CONNECTED, s.CONNECT_FAILED, s.LINK_LOST, s.BACKOFF_DONE, s.FATAL,
+                     s.STOP]}
+table = {}
+for st in range(7):
+    for ev in range(11):
+        try:
+            table["%s/%s" % (names[st], events[ev])] = s.state_name(s.next_state(st, ev))
+        except s.StateError as e:
+            table["%s/%s" % (names[st], events[ev])] = "error: %s (%d, %d)" % (e, e.state, e.event)
+out_of_range = []
+for st, ev in ((7, 0), (-1, 0), (0, 11), (0, -1)):
+    try:
+        s.next_state(st, ev)
+        out_of_range.append("no error")
+    except s.StateError as e:
+        out_of_range.append(str(e))
+delays = [s.backoff_ms(*args) for args in json.loads(BACKOFF)]
+# Every delay for attempts 0..12 stays in [min_ms, min(max_ms, min_ms * 2**(attempt+1))].
+sweep = []
+lcg = 1
+for attempt in range(13):
+    lo, hi = 10**9, 0
+    for _ in range(200):
+        lcg = (lcg * 1664525 + 1013904223) & 0xFFFFFFFF
+        d = s.backoff_ms(attempt, 250, 20000, lcg)
+        lo = min(lo, d)
+        hi = max(hi, d)
+    sweep.append([lo, hi])
+print(json.dumps({"names": names, "events": events, "consts": consts, "table": table,
+                  "out_of_range": out_of_range, "delays": delays, "sweep": sweep}))
+'''
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    code = "BACKOFF = %r\n" % json.dumps([list(a) for a, _ in BACKOFF]) + VECTORS
+    return run_both(firmware_files("states"), code, tmp_path_factory.mktemp("flash"))
+
+
+def test_cpython_and_micropython_agree(results):
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_names_and_numbers(results, port):
+    r = results[port]
+    assert r["names"] == STATES and r["events"] == EVENTS
+    assert r["consts"] == {"states": list(range(7)), "events": list(range(11))}
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_only_the_planned_transitions_are_legal(results, port):
+    table = results[port]["table"]
+    for si, state in enumerate(STATES):
+        for ei, event in enumerate(EVENTS):
+            got = table["%s/%s" % (state, event)]
+            if (state, event) in LEGAL:
+                assert got == LEGAL[(state, event)], (state, event)
+            else:
+                assert got == "error: illegal transition: %s on %s (%d, %d)" % (
+                    state, event, si, ei), (state, event)
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_halted_is_final(results, port):
+    table = results[port]["table"]
+    assert all(table["halted/%s" % e].startswith("error:") for e in EVENTS)
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_unknown_numbers_are_state_errors(results, port):
+    assert results[port]["out_of_range"] == [
+        "illegal transition: state_7 on start", "illegal transition: state_-1 on start",
+        "illegal transition: offline on event_11", "illegal transition: offline on event_-1"]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_backoff_is_exponential_full_jitter_and_capped(results, port):
+    assert results[port]["delays"] == [want for _, want in BACKOFF]
+    for attempt, (lo, hi) in enumerate(results[port]["sweep"]):
+        ceiling = min(20000, 250 * 2 ** (attempt + 1))
+        assert 250 <= lo and hi <= ceiling
+        # Full jitter: the draws spread over most of the range, not around one value.
+        assert hi - lo >= 0.8 * (ceiling - 250)

@@ -93,7 +93,8 @@ REAL_CLOCK = FAKE_BOARD + r'''
 import time
 from securenode import sensor
 t0 = time.ticks_us()
-machine, calls = make_machine(lambda: time.ticks_diff(time.ticks_us(), t0), 230.0, 50.0, 0.0125, True)
+machine, calls = make_machine(lambda: time.ticks_diff(time.ticks_us(), t0),
+                              230.0, 50.0, 0.0125, True)
 sys.modules["machine"] = machine
 s = sensor.Sampler(34, 100, 100, 0.0125)
 print(json.dumps([list(s.read()) for _ in range(5)]))
@@ -159,6 +160,7 @@ def test_real_ticks_us_busy_wait_on_micropython():
 
 def test_importing_sensor_touches_no_hardware(tmp_path):
     # No machine module exists on either side here: the import alone must succeed.
-    code = "import sys\nfrom securenode import sensor\nimport json\nprint(json.dumps('machine' in sys.modules))\n"
+    code = ("import sys, json\nfrom securenode import sensor\n"
+            "print(json.dumps('machine' in sys.modules))\n")
     cpy, mpy = run_both(firmware_files("mains", "sensor"), code, tmp_path)
     assert cpy is False and mpy is False

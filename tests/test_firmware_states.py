@@ -20,7 +20,7 @@ LEGAL = {
     ("joining", "wifi_failed"): "backoff",
     ("joining", "link_lost"): "backoff",
     ("syncing", "time_synced"): "connecting",
-    ("syncing", "time_failed"): "backoff",
+    ("syncing", "time_failed"): "connecting",
     ("syncing", "link_lost"): "backoff",
     ("connecting", "connected"): "online",
     ("connecting", "connect_failed"): "backoff",

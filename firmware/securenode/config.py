@@ -22,8 +22,9 @@ class ConfigError(Exception):
         self.field = field
 
 
-# The schema as data. A field is (name, kind, default, arg): kind picks the
-# check below; default None with _REQUIRED means the field must be present.
+# The schema as data: (section, required, fields); a field is (name, kind,
+# default, arg). kind picks the check in _check(); a default of _REQUIRED
+# means the field must be present, None means "derived in _cross_checks".
 _REQUIRED = "required"
 
 # Kinds: "int" (arg (lo, hi)), "num" (arg (lo, hi), int or float), "bool",
@@ -170,7 +171,8 @@ def validate(data, source="config.json", base_dir=""):
                 raise ConfigError("%s: %s is required" % (source, name), name)
             raw = {}
         elif type(raw) is not dict:
-            raise ConfigError("%s: %s must be an object, got %s" % (source, name, _show(raw)), name)
+            raise ConfigError("%s: %s must be an object, got %s"
+                              % (source, name, _show(raw)), name)
         _reject_unknown(source, name + ".", raw, [f[0] for f in fields])
         section = Section(name)
         for field, kind, default, arg in fields:
@@ -202,7 +204,8 @@ def _cross_checks(source, cfg):
     if s.window_ms * 1000 // s.samples < _MIN_SAMPLE_PERIOD_US:
         raise ConfigError("%s: sample.samples must leave >= %d us between samples "
                           "(sample.window_ms %d), got %d"
-                          % (source, _MIN_SAMPLE_PERIOD_US, s.window_ms, s.samples), "sample.samples")
+                          % (source, _MIN_SAMPLE_PERIOD_US, s.window_ms, s.samples),
+                          "sample.samples")
     if s.interval_ms < s.window_ms:
         raise ConfigError("%s: sample.interval_ms must be >= sample.window_ms (%d), got %d"
                           % (source, s.window_ms, s.interval_ms), "sample.interval_ms")
@@ -238,7 +241,8 @@ def _check(source, dotted, kind, value, arg, base_dir):
     if kind == "bool":
         if t is bool:
             return value
-        raise ConfigError("%s: %s must be true or false, got %s" % (source, dotted, _show(value)), dotted)
+        raise ConfigError("%s: %s must be true or false, got %s"
+                          % (source, dotted, _show(value)), dotted)
     if kind == "name":
         if t is str and 1 <= len(value) <= arg and _is_name(value):
             return value
@@ -276,7 +280,8 @@ def _check(source, dotted, kind, value, arg, base_dir):
 
 def _check_file(source, dotted, value, base_dir):
     if type(value) is not str or not value:
-        raise ConfigError("%s: %s must be a file name, got %s" % (source, dotted, _show(value)), dotted)
+        raise ConfigError("%s: %s must be a file name, got %s"
+                          % (source, dotted, _show(value)), dotted)
     path = value
     if base_dir and value[0] != "/":
         path = base_dir + value if base_dir[-1] == "/" else base_dir + "/" + value

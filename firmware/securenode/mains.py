@@ -111,7 +111,7 @@ def _cycle_stats(samples, t_us, start, end, span_us):
         acc += (t_us[i + 1] - t_us[i - 1]) * d * d
     # Weights are twice the time each sample stands for.
     ms = acc / (2 * span_us)
-    return dc, ms ** 0.5
+    return dc, ms ** 0.5 if ms > 0 else 0.0
 
 
 def _rising_crossings(samples, t_us, n, dc, rms):

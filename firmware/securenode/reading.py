@@ -68,7 +68,8 @@ def _check_id(device_id):
     # Validated by config too; checked again because it is pasted into JSON and
     # a topic unescaped, so a quote or a slash must never get this far.
     if type(device_id) is not str or not 1 <= len(device_id) <= _MAX_ID_CHARS:
-        raise ReadingError("device_id must be 1..%d characters, got %r" % (_MAX_ID_CHARS, device_id))
+        raise ReadingError("device_id must be 1..%d characters, got %r"
+                           % (_MAX_ID_CHARS, device_id))
     for c in device_id:
         if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
             raise ReadingError("device_id must be A-Z a-z 0-9 _ - only, got %r" % device_id)

@@ -9,6 +9,7 @@ from micropython import const
 from securenode import mains
 
 _MIN_SAMPLES = const(4)
+_READ_TRIES = const(3)
 
 
 class SensorError(Exception):
@@ -70,13 +71,19 @@ class Sampler:
         period = self._period_us
         start = ticks_us()
         due = start
+        # A read interrupted (WiFi, GC) for longer than this has an uncertain
+        # instant: taken again rather than stamped up to half of that wrong.
+        slow_us = period >> 1
         for i in range(len(values)):
             # Busy-wait, as a board must: sleep_us granularity is too coarse at 2 kHz.
             while ticks_diff(due, ticks_us()) > 0:
                 pass
-            before = ticks_us()
-            values[i] = read_u16()
-            after = ticks_us()
+            for _ in range(_READ_TRIES):
+                before = ticks_us()
+                values[i] = read_u16()
+                after = ticks_us()
+                if ticks_diff(after, before) <= slow_us:
+                    break
             # Stamp the middle of the conversion; offsets from the start, taken
             # with ticks_diff, survive the 2**30 wrap of ticks_us.
             t_us[i] = ticks_diff(before, start) + (ticks_diff(after, before) >> 1)

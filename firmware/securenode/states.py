@@ -46,8 +46,9 @@ _TABLE = (
     (JOINING, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, HALTED, HALTED),
     # JOINING
     (_NO, SYNCING, BACKOFF, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
-    # SYNCING
-    (_NO, _NO, _NO, CONNECTING, BACKOFF, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    # SYNCING: without NTP, still try: an RTC kept across resets may be right, and if it
+    # is not, TLS fails with "clock unset" and the next round syncs again.
+    (_NO, _NO, _NO, CONNECTING, CONNECTING, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
     # CONNECTING
     (_NO, _NO, _NO, _NO, _NO, ONLINE, BACKOFF, BACKOFF, _NO, HALTED, HALTED),
     # ONLINE

@@ -78,7 +78,7 @@ def parse(der):
     tag, pos, tbs_end = _tlv(buf, start, end, "tbsCertificate")
     _expect(tag, _SEQUENCE, "tbsCertificate")
     # signatureAlgorithm and signatureValue must follow: a cut-off tail is malformed.
-    tag, sig_start, sig_end = _tlv(buf, tbs_end, end, "signatureAlgorithm")
+    tag, _, sig_end = _tlv(buf, tbs_end, end, "signatureAlgorithm")
     _expect(tag, _SEQUENCE, "signatureAlgorithm")
     _tlv(buf, sig_end, end, "signatureValue")
 

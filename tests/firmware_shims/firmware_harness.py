@@ -45,8 +45,8 @@ def require_micropython():
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not on PATH: the MicroPython (WebAssembly) tests need Node 20+; "
-                    "install it, then run `make` (it runs `npm ci --prefix tests/micropython_wasm`)",
-                    pytrace=False)
+                    "install it, then run `make` "
+                    "(it runs `npm ci --prefix tests/micropython_wasm`)", pytrace=False)
     if not PACKAGE_ENTRY.exists():
         pytest.fail("@micropython/micropython-webassembly-pyscript is not installed under "
                     "tests/micropython_wasm/node_modules: run `make` "
@@ -111,7 +111,7 @@ def run_both(files, code, workdir):
 
 
 def assert_same(a, b, rel=1e-9, path="result"):
-    """Deep equality, with floats allowed to differ by rel (the ports format floats differently)."""
+    """Deep equality; floats may differ by rel (the ports print floats differently)."""
     if isinstance(a, float) or isinstance(b, float):
         assert isinstance(a, (int, float)) and isinstance(b, (int, float)), (path, a, b)
         assert abs(a - b) <= rel * max(abs(a), abs(b), 1e-12), "%s: %r != %r" % (path, a, b)

@@ -12,7 +12,7 @@ CERTS := certs/ca.der certs/server.pem certs/sim-subscriber.crt.pem
 SIM_BOARDS ?= 3
 SIM_READINGS ?= 10
 
-.PHONY: all deps sim test certs mosquitto clean
+.PHONY: all deps sim test bench certs mosquitto clean
 
 all: deps
 
@@ -48,6 +48,11 @@ sim: deps certs
 
 test: deps
 	$(PY) -m pytest
+
+# Speed and size targets: each tests/bench/bench_*.py prints a table and writes it to
+# tests/bench/results/ (committed), so a change in the numbers shows in review.
+bench: deps
+	@set -e; for b in tests/bench/bench_*.py; do $(PY) $$b; done
 
 clean:
 	rm -rf .sim .pytest_cache

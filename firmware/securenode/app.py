@@ -14,9 +14,9 @@ import os
 import sys
 import time
 
-from securenode import VERSION, clock, config, reading, sensor, states, wifi
+from securenode import VERSION, clock, config, links, reading, sensor, states, wifi
 from securenode.events import emit, error
-from securenode.mqtt_link import MqttError, MqttLink
+from securenode.mqtt_link import MqttError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
 
@@ -39,6 +39,7 @@ class Node:
         self.tls = None
         self.halt_reason = None
         self.topic = reading.topic(cfg.device_id)
+        self.interval_ms = cfg.sample.interval_ms  # a command from the peer may change it
         s = cfg.sample
         self.sampler = sensor.Sampler(s.adc_pin, s.samples, s.window_ms, s.volts_per_count)
 
@@ -92,10 +93,9 @@ class Node:
 
     def connect(self):
         m = self.cfg.mqtt
-        to = self.cfg.timeouts_ms
         try:
             tls = self._tls()
-            link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io)
+            link = links.open_link(self.cfg, tls)
             link.connect()
         except TlsError as exc:
             error(exc.kind, str(exc))
@@ -118,7 +118,6 @@ class Node:
         self.go(states.CONNECTED)
 
     def online(self):
-        s = self.cfg.sample
         keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         last_io = time.ticks_ms()
         due = time.ticks_ms()
@@ -131,7 +130,7 @@ class Node:
                             last_io = time.ticks_ms()
                         time.sleep_ms(min(50, max(0, time.ticks_diff(due, time.ticks_ms()))))
                         continue
-                    due = time.ticks_add(due, s.interval_ms)
+                    due = time.ticks_add(due, self.interval_ms)
                     self.pending = self._sample()
                 seq, payload = self.pending
                 emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode())

@@ -8,7 +8,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UMQTT := firmware/lib/umqtt/simple.py
 WASM := tests/micropython_wasm/node_modules/.package-lock.json
-CERTS := certs/ca.der certs/server.pem certs/sim-subscriber.crt.pem
 SIM_BOARDS ?= 3
 SIM_READINGS ?= 10
 
@@ -34,9 +33,8 @@ mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 
-certs: $(CERTS)
-
-$(CERTS): | $(STAMP)
+# Idempotent: makes only what is missing (a CA is never replaced behind your back).
+certs: $(STAMP)
 	@[ -f certs/ca.der ] || $(PY) tools/certs.py init-ca
 	@[ -f certs/server.pem ] || $(PY) tools/certs.py server --host 127.0.0.1 --dns localhost
 	@for b in $$(seq 1 $(SIM_BOARDS)); do \

@@ -80,6 +80,27 @@ for name, volts, hz, start, with_atten in (
     out[name] = {"first": list(first), "second": list(second), "calls": calls,
                  "same_buffers": s._values is buffers[0] and s._t_us is buffers[1],
                  "t_last": s._t_us[199], "wrapped": clock.now < start}
+class StallingClock(Clock):
+    # A board stalled for 20 ms (GC, WiFi) every `every` clock reads, `stalls` times.
+    def __init__(self, start, every, stalls):
+        Clock.__init__(self, start, 3, 4)
+        self.calls = 0
+        self.every = every
+        self.stalls = stalls
+    def ticks_us(self):
+        self.calls += 1
+        if self.stalls and self.calls % self.every == 0:
+            self.stalls -= 1
+            self.elapsed += 20000
+            self.now = (self.now + 20000) & _MASK
+        return Clock.ticks_us(self)
+
+for name, stalls in (("one_stall", 1), ("always_stalled", 1000)):
+    clock = StallingClock(1000, 5000, stalls)
+    sensor.time = clock
+    machine, calls = make_machine(lambda: clock.elapsed, 230.0, 50.0, 0.0125, True)
+    sys.modules["machine"] = machine
+    out[name] = list(sensor.Sampler(34, 200, 100, 0.0125).read())
 try:
     sensor.Sampler(34, 3, 100, 0.0125)
     out["error"] = "no error"
@@ -119,6 +140,19 @@ def test_sampler_measures_within_one_percent(results, port, case, volts, hz):
         assert status == 0
         assert abs(got_v - volts) / volts < 0.01
         assert abs(got_hz - hz) / hz < 0.01
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_a_stalled_window_is_sampled_again(results, port):
+    volts, hz, status = results[port]["one_stall"]
+    assert status == 0
+    assert abs(volts - 230) / 230 < 0.01 and abs(hz - 50) / 50 < 0.01
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_a_board_that_never_gets_a_clean_window_says_so(results, port):
+    status = results[port]["always_stalled"][2]
+    assert status & 0x10, "STATUS_DISTURBED not set"
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

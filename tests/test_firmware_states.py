@@ -32,19 +32,19 @@ for _state in STATES[:-1]:
     LEGAL[(_state, "fatal")] = "halted"
     LEGAL[(_state, "stop")] = "halted"
 
-# (attempt, min_ms, max_ms, rand_u32) -> delay
+# (attempt, min_ms, max_ms, rand_u32) -> delay: uniform in [0, min(max_ms, min_ms * 2**attempt)]
 BACKOFF = [
-    ((0, 500, 30000, 0), 500),
-    ((0, 500, 30000, 500), 1000),
-    ((0, 500, 30000, 501), 500),
-    ((1, 500, 30000, 1500), 2000),
-    ((1, 500, 30000, 1501), 500),
-    ((3, 500, 30000, 7500), 8000),
-    ((5, 500, 30000, 2 ** 32 - 1), 500 + (2 ** 32 - 1) % 29501),
-    ((40, 500, 30000, 29500), 30000),
-    ((1000, 500, 30000, 123456789), 500 + 123456789 % 29501),
-    ((-3, 500, 30000, 7), 507),
-    ((4, 1000, 1000, 999999), 1000),
+    ((0, 500, 30000, 0), 0),
+    ((0, 500, 30000, 500), 500),
+    ((0, 500, 30000, 501), 0),
+    ((1, 500, 30000, 1000), 1000),
+    ((1, 500, 30000, 1001), 0),
+    ((3, 500, 30000, 4000), 4000),
+    ((5, 500, 30000, 2 ** 32 - 1), (2 ** 32 - 1) % 16001),
+    ((40, 500, 30000, 30000), 30000),
+    ((1000, 500, 30000, 123456789), 123456789 % 30001),
+    ((-3, 500, 30000, 7), 7),
+    ((4, 1000, 1000, 999999), 999999 % 1001),
 ]
 
 VECTORS = r'''
@@ -73,7 +73,7 @@ for st, ev in ((7, 0), (-1, 0), (0, 11), (0, -1)):
     except s.StateError as e:
         out_of_range.append(str(e))
 delays = [s.backoff_ms(*args) for args in json.loads(BACKOFF)]
-# Every delay for attempts 0..12 stays in [min_ms, min(max_ms, min_ms * 2**(attempt+1))].
+# Every delay for attempts 0..12 stays in [0, min(max_ms, min_ms * 2**attempt)].
 sweep = []
 lcg = 1
 for attempt in range(13):
@@ -136,7 +136,7 @@ def test_unknown_numbers_are_state_errors(results, port):
 def test_backoff_is_exponential_full_jitter_and_capped(results, port):
     assert results[port]["delays"] == [want for _, want in BACKOFF]
     for attempt, (lo, hi) in enumerate(results[port]["sweep"]):
-        ceiling = min(20000, 250 * 2 ** (attempt + 1))
-        assert 250 <= lo and hi <= ceiling
-        # Full jitter: the draws spread over most of the range, not around one value.
-        assert hi - lo >= 0.8 * (ceiling - 250)
+        ceiling = min(20000, 250 * 2 ** attempt)
+        assert 0 <= lo and hi <= ceiling
+        # Full jitter: the draws spread over the whole range, down to near zero.
+        assert lo <= 0.1 * ceiling and hi >= 0.9 * ceiling

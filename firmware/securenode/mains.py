@@ -11,6 +11,7 @@ STATUS_CLIPPED = const(0x01)  # a sample reached an ADC rail: the voltage reads 
 STATUS_NO_SIGNAL = const(0x02)  # too small or too few crossings: freq is 0.0
 STATUS_VOLTAGE_RANGE = const(0x04)  # RMS voltage outside [volts_min, volts_max]
 STATUS_FREQ_RANGE = const(0x08)  # frequency outside [hz_min, hz_max] (never with NO_SIGNAL)
+STATUS_DISTURBED = const(0x10)  # every window had a gap (GC, WiFi, scheduler): less accurate
 
 _U16_MAX = const(65535)
 # Readings this close to a rail are treated as clipped: ADCs flatten before the rail.

@@ -10,6 +10,7 @@ from securenode import mains
 
 _MIN_SAMPLES = const(4)
 _READ_TRIES = const(3)
+_WINDOW_TRIES = const(4)
 
 
 class SensorError(Exception):
@@ -54,13 +55,22 @@ class Sampler:
         >>> "%.1f V %.2f Hz" % (volts, hz)
         '230.0 V 50.00 Hz'
         """
-        self._sample()
+        # A gap of a whole sample period or more (GC, a WiFi interrupt, or on the host a
+        # descheduled process) leaves part of a cycle unseen and skews the RMS: sample the
+        # window again, and say so in the status word if it never comes out clean.
+        disturbed = mains.STATUS_DISTURBED
+        for attempt in range(_WINDOW_TRIES):
+            if self._sample(attempt + 1 < _WINDOW_TRIES):
+                disturbed = 0
+                break
         lim = self._limits
         volts, hz, status, _ = mains.analyse(
             self._values, self._t_us, self._volts_per_count, lim[0], lim[1], lim[2], lim[3])
-        return volts, hz, status
+        return volts, hz, status | disturbed
 
-    def _sample(self):
+    def _sample(self, give_up_when_late):
+        """Fill the window; False if a sample came a whole period late (and, when
+        ``give_up_when_late``, stop there: the window will be taken again)."""
         # Locals: attribute lookups inside the loop would skew the sample instants.
         ticks_us = time.ticks_us
         ticks_diff = time.ticks_diff
@@ -74,6 +84,7 @@ class Sampler:
         # A read interrupted (WiFi, GC) for longer than this has an uncertain
         # instant: taken again rather than stamped up to half of that wrong.
         slow_us = period >> 1
+        on_time = True
         for i in range(len(values)):
             # Busy-wait, as a board must: sleep_us granularity is too coarse at 2 kHz.
             while ticks_diff(due, ticks_us()) > 0:
@@ -87,4 +98,9 @@ class Sampler:
             # Stamp the middle of the conversion; offsets from the start, taken
             # with ticks_diff, survive the 2**30 wrap of ticks_us.
             t_us[i] = ticks_diff(before, start) + (ticks_diff(after, before) >> 1)
+            if ticks_diff(before, due) >= period:
+                on_time = False
+                if give_up_when_late:
+                    return False
             due = ticks_add(due, period)
+        return on_time

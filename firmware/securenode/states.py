@@ -106,30 +106,27 @@ def event_name(event):
 
 
 def backoff_ms(attempt, min_ms, max_ms, rand_u32):
-    """Delay before retry number attempt (0 for the first), full jitter, capped.
+    """Delay before retry number attempt (0 for the first): exponential, full jitter, capped.
 
-    The delay is uniform in [min_ms, ceiling], where ceiling = min_ms * 2**(attempt+1)
-    capped at max_ms. Spreading over the whole range (full jitter) stops a fleet
-    that lost its broker together from reconnecting together; min_ms keeps a
-    retry from ever being immediate. rand_u32 is a random 32-bit integer, passed
-    in so that tests choose it (on a board: int.from_bytes(os.urandom(4), "big")).
+    The delay is uniform in [0, ceiling], where ceiling = min_ms * 2**attempt capped at
+    max_ms ("full jitter"). Drawing from the whole range, down to 0, is what spreads a fleet
+    that lost its broker together: with a floor, every board would wait at least the floor
+    and they would arrive in a wave. rand_u32 is a random 32-bit integer, passed in so that
+    tests choose it (on a board: int.from_bytes(os.urandom(4), "little")).
 
     >>> backoff_ms(0, 500, 30000, 0), backoff_ms(0, 500, 30000, 500)
-    (500, 1000)
+    (0, 500)
     >>> backoff_ms(20, 500, 30000, 2**32 - 1) <= 30000
     True
     """
     if attempt < 0:
         attempt = 0
+    if attempt > _MAX_DOUBLINGS:
+        attempt = _MAX_DOUBLINGS
     ceiling = min_ms
-    doublings = attempt + 1
-    if doublings > _MAX_DOUBLINGS:
-        doublings = _MAX_DOUBLINGS
-    while doublings and ceiling < max_ms:
+    while attempt and ceiling < max_ms:
         ceiling *= 2
-        doublings -= 1
+        attempt -= 1
     if ceiling > max_ms:
         ceiling = max_ms
-    if ceiling <= min_ms:
-        return ceiling
-    return min_ms + rand_u32 % (ceiling - min_ms + 1)
+    return rand_u32 % (ceiling + 1)

@@ -15,6 +15,7 @@ import grp
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -52,11 +53,16 @@ def acl_text(subscribers):
 
 
 class Broker:
-    def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None):
+    def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None,
+                 password_listener=False):
         self.files = {"ca.pem": Path(ca_pem), "server.pem": Path(server_pem),
                       "server.key": Path(server_key)}
         self.subscribers = list(subscribers)
         self.port = port or free_port()
+        # Provisioned devices (tools/basestation.py) log in with user name + password on a
+        # second TLS listener; the same ACL pattern confines them to devices/<user>/#.
+        self.password_port = free_port() if password_listener else None
+        self.password_path = None
         self.proc = None
         self.workdir = None
         self.log_path = None
@@ -67,6 +73,9 @@ class Broker:
         for name, src in self.files.items():
             shutil.copyfile(src, self.workdir / name)
         (self.workdir / "acl").write_text(acl_text(self.subscribers))
+        if self.password_port:
+            self.password_path = self.workdir / "passwd"
+            self.password_path.write_text("")
         (self.workdir / "mosquitto.conf").write_text(self.config_text())
         self.log_path = self.workdir / "mosquitto.log"
         if os.geteuid() == 0:
@@ -101,7 +110,28 @@ class Broker:
             "use_identity_as_username true",
             "set_tcp_nodelay true",
             "",
-        ])
+        ] + self._password_listener_lines())
+
+    def _password_listener_lines(self):
+        if not self.password_port:
+            return []
+        # per_listener_settings is false, so password_file is global; Mosquitto skips the
+        # password check where use_identity_as_username takes the name from the certificate.
+        return [
+            "password_file %s" % self.password_path,
+            "listener %d 127.0.0.1" % self.password_port,
+            "cafile %s" % (self.workdir / "ca.pem"),
+            "certfile %s" % (self.workdir / "server.pem"),
+            "keyfile %s" % (self.workdir / "server.key"),
+            "require_certificate false",
+            "set_tcp_nodelay true",
+            "",
+        ]
+
+    def reload(self):
+        """SIGHUP: Mosquitto re-reads its password file and ACL without dropping clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s=10):
         if self.workdir is None:

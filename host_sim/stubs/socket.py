@@ -36,6 +36,53 @@ _DNS_FAIL = {"esp32": -202, "esp8266": -2}
 
 
 
+class StreamReads:
+    """MicroPython stream reads (read, readinto, readline) over ``_read_chunk(n)``.
+
+    ``_read_chunk`` returns up to n bytes, b"" at EOF, or None when a non-blocking read
+    would block. Plain and TLS sockets share this, as both are streams on a board.
+    """
+
+    def read(self, n=None):
+        if n is None:
+            chunks = []
+            while True:
+                data = self._read_chunk(4096)
+                if data is None:
+                    return b"".join(chunks) if chunks else None
+                if not data:
+                    return b"".join(chunks)
+                chunks.append(data)
+        buf = bytearray()
+        while len(buf) < n:
+            data = self._read_chunk(n - len(buf))
+            if data is None:
+                return bytes(buf) if buf else None
+            if not data:
+                break
+            buf += data
+        return bytes(buf)
+
+    def readinto(self, buf, nbytes=None):
+        n = len(buf) if nbytes is None else min(nbytes, len(buf))
+        data = self.read(n)
+        if data is None:
+            return None
+        buf[:len(data)] = data
+        return len(data)
+
+    def readline(self):
+        line = bytearray()
+        while True:
+            data = self._read_chunk(1)
+            if not data:
+                break
+            line += data
+            if data == b"\n":
+                break
+        return bytes(line)
+
+
 def wire_bytes(buf, n=None):
     """What a MicroPython stream sends for ``buf``: str works too (its buffer is UTF-8)."""
     if isinstance(buf, str):
@@ -79,7 +126,7 @@ def make_module(state):
             raise _err(errno.EHOSTUNREACH)
         return (ip, int(addr[1]))
 
-    class socket:
+    class socket(StreamReads):
         def __init__(self, af=AF_INET, type=SOCK_STREAM, proto=0):
             if af != AF_INET:
                 raise _err(errno.EAFNOSUPPORT)
@@ -133,6 +180,9 @@ def make_module(state):
             return True
 
         # --- primitives (also used by the ssl stand-in) ---------------------------
+        def _read_chunk(self, n):
+            return self._recv_once(n)
+
         def _recv_once(self, n):
             """One receive: bytes, b"" at EOF, None if non-blocking and empty."""
             deadline = self._deadline()
@@ -252,45 +302,6 @@ def make_module(state):
             if data is None:
                 raise _err(errno.EAGAIN)
             return data
-
-        def read(self, n=None):
-            if n is None:
-                chunks = []
-                while True:
-                    data = self._recv_once(4096)
-                    if data is None:
-                        return b"".join(chunks) if chunks else None
-                    if not data:
-                        return b"".join(chunks)
-                    chunks.append(data)
-            buf = bytearray()
-            while len(buf) < n:
-                data = self._recv_once(n - len(buf))
-                if data is None:
-                    return bytes(buf) if buf else None
-                if not data:
-                    break
-                buf += data
-            return bytes(buf)
-
-        def readinto(self, buf, nbytes=None):
-            n = len(buf) if nbytes is None else min(nbytes, len(buf))
-            data = self.read(n)
-            if data is None:
-                return None
-            buf[:len(data)] = data
-            return len(data)
-
-        def readline(self):
-            line = bytearray()
-            while True:
-                data = self._recv_once(1)
-                if not data:
-                    break
-                line += data
-                if data == b"\n":
-                    break
-            return bytes(line)
 
         def sendto(self, buf, addr):
             if self._host is None:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL, crypto
 
-from host_sim.stubs.socket import wire_bytes
+from host_sim.stubs.socket import StreamReads, wire_bytes
 
 CERT_NONE = 0
 CERT_OPTIONAL = 1
@@ -176,7 +176,7 @@ def make_modules(state):
     if not esp8266:
         SSLContext.load_verify_locations = SSLContext._load_verify_locations
 
-    class SSLSocket:
+    class SSLSocket(StreamReads):
         def __init__(self, context, sock, server_side, server_hostname):
             self._sock = sock
             self._context = context
@@ -331,7 +331,7 @@ def make_modules(state):
             self._last_error = -code if code > 0 else code
             return OSError(self._last_error, "")
 
-        def _read_once(self, n):
+        def _read_chunk(self, n):
             self._check()
             if not self._done:
                 self._handshake()
@@ -354,45 +354,6 @@ def make_modules(state):
                     if esp8266:
                         return b""
                     raise _oserror(_CONN_EOF) from None
-
-        def read(self, n=None):
-            if n is None:
-                chunks = []
-                while True:
-                    data = self._read_once(4096)
-                    if data is None:
-                        return b"".join(chunks) if chunks else None
-                    if not data:
-                        return b"".join(chunks)
-                    chunks.append(data)
-            buf = bytearray()
-            while len(buf) < n:
-                data = self._read_once(n - len(buf))
-                if data is None:
-                    return bytes(buf) if buf else None
-                if not data:
-                    break
-                buf += data
-            return bytes(buf)
-
-        def readinto(self, buf, nbytes=None):
-            n = len(buf) if nbytes is None else min(nbytes, len(buf))
-            data = self.read(n)
-            if data is None:
-                return None
-            buf[:len(data)] = data
-            return len(data)
-
-        def readline(self):
-            line = bytearray()
-            while True:
-                data = self._read_once(1)
-                if not data:
-                    break
-                line += data
-                if data == b"\n":
-                    break
-            return bytes(line)
 
         def write(self, buf, n=None):
             self._check()

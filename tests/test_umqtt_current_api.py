@@ -48,3 +48,13 @@ def test_current_api_still_refuses_a_rogue_ca(launch, pki):
         board.wait_for("error", timeout=30, kind="unknown_ca")
         board.stop()
         assert rogue.received == b""
+
+
+def test_current_api_handshake_has_its_own_deadline(launch, pki):
+    with RecordingTlsServer(pki.server.chain_pem, pki.server.key_pem, speak_tls=False) as mute:
+        board = launch("board-current-mute", mute.port, umqtt_source=current_umqtt_source(),
+                       config={"timeouts_ms.handshake": 1000, "backoff.min_ms": 100})
+        started = board.wait_for("state", timeout=30, state="connecting")
+        error = board.wait_for("error", timeout=30, kind="handshake_timeout")
+        assert error["t_ms"] - started["t_ms"] < 1000 + 1500
+        assert "1000 ms" in error["detail"]

@@ -26,6 +26,8 @@ class ConfigError(Exception):
 # default, arg). kind picks the check in _check(); a default of _REQUIRED
 # means the field must be present, None means "derived in _cross_checks".
 _REQUIRED = "required"
+# Required unless the board has a provisioning section: a base station supplies it then.
+_UNLESS_PROVISIONED = "unless provisioned"
 
 # Kinds: "int" (arg (lo, hi)), "num" (arg (lo, hi), int or float), "bool",
 # "name" (arg max length; A-Z a-z 0-9 _ -), "host", "str" (arg max length),
@@ -40,8 +42,8 @@ _SECTIONS = (
         ("host", "host", "pool.ntp.org", None),
         ("timeout_ms", "int", 3000, (1, _TIMEOUT_MAX_MS)),
     )),
-    ("mqtt", True, (
-        ("host", "host", _REQUIRED, None),
+    ("mqtt", _UNLESS_PROVISIONED, (
+        ("host", "host", _UNLESS_PROVISIONED, None),
         ("port", "int", 8883, (1, 65535)),
         # MQTT's keepalive is a 16-bit field; 0 turns it off.
         ("keepalive_s", "int", 60, (0, 65535)),
@@ -49,8 +51,8 @@ _SECTIONS = (
     )),
     ("tls", True, (
         ("ca", "files", _REQUIRED, None),
-        ("cert", "file", _REQUIRED, None),
-        ("key", "file", _REQUIRED, None),
+        ("cert", "file", _UNLESS_PROVISIONED, None),
+        ("key", "file", _UNLESS_PROVISIONED, None),
         ("server_hostname", "host", None, None),
         ("allow_unverified", "bool", False, None),
     )),
@@ -80,6 +82,23 @@ _SECTIONS = (
     ("run", False, (
         # 0 = forever; N > 0: stop cleanly after N acknowledged readings.
         ("max_readings", "int", 0, (0, 1000000000)),
+    )),
+    # Zero-typing provisioning (securenode/provision.py): with no MQTT credentials, ask the
+    # base station; it is trusted only through tls.ca, never through discovery.
+    ("provisioning", False, (
+        # No host: listen for the base station's UDP beacon (a hint; TLS decides trust).
+        ("host", "host", None, None),
+        ("port", "int", 8443, (1, 65535)),
+        ("server_hostname", "host", None, None),
+        ("beacon_port", "int", 48443, (1, 65535)),
+        ("beacon_wait_ms", "int", 10000, (1, _TIMEOUT_MAX_MS)),
+        ("name", "str", None, 64),
+        ("poll_min_ms", "int", 1000, (100, _TIMEOUT_MAX_MS)),
+        ("poll_max_ms", "int", 10000, (100, _TIMEOUT_MAX_MS)),
+        # How long one request waits for the operator before the board asks anew.
+        ("wait_s", "int", 300, (1, 86400)),
+        ("credentials", "str", "mqtt_credentials.json", 64),
+        ("max_response_bytes", "int", 2048, (256, 16384)),
     )),
 )
 
@@ -164,10 +183,11 @@ def validate(data, source="config.json", base_dir=""):
         raise ConfigError("%s: device_id is required" % source, "device_id")
     cfg.device_id = _check(source, "device_id", "name", data["device_id"], 64, base_dir)
 
+    provisioned = "provisioning" in data
     for name, required, fields in _SECTIONS:
         raw = data.get(name)
         if raw is None:
-            if required:
+            if required is True or (required is _UNLESS_PROVISIONED and not provisioned):
                 raise ConfigError("%s: %s is required" % (source, name), name)
             raw = {}
         elif type(raw) is not dict:
@@ -179,13 +199,17 @@ def validate(data, source="config.json", base_dir=""):
             dotted = name + "." + field
             if field in raw:
                 value = _check(source, dotted, kind, raw[field], arg, base_dir)
-            elif default is _REQUIRED:
+            elif default is _REQUIRED or (default is _UNLESS_PROVISIONED and not provisioned):
                 raise ConfigError("%s: %s is required" % (source, dotted), dotted)
+            elif default is _UNLESS_PROVISIONED:
+                value = None
             else:
                 value = default
             setattr(section, field, value)
             section._fields.append(field)
         setattr(cfg, name, section)
+    if not provisioned:
+        cfg.provisioning = None
 
     _cross_checks(source, cfg)
     return cfg
@@ -197,6 +221,23 @@ def _cross_checks(source, cfg):
         cfg.mqtt.client_id = cfg.device_id
     if cfg.tls.server_hostname is None:
         cfg.tls.server_hostname = cfg.mqtt.host
+    p = cfg.provisioning
+    if p is not None:
+        if p.server_hostname is None:
+            p.server_hostname = p.host
+        if p.name is None:
+            p.name = cfg.device_id
+        if p.poll_max_ms < p.poll_min_ms:
+            raise ConfigError("%s: provisioning.poll_max_ms must be >= provisioning.poll_min_ms "
+                              "(%d), got %d" % (source, p.poll_min_ms, p.poll_max_ms),
+                              "provisioning.poll_max_ms")
+        if not _is_name(p.credentials.replace(".", "_")):
+            raise ConfigError("%s: provisioning.credentials must be a plain file name, got %s"
+                              % (source, _show(p.credentials)), "provisioning.credentials")
+        if (cfg.tls.cert is None) != (cfg.tls.key is None):
+            missing = "tls.key" if cfg.tls.key is None else "tls.cert"
+            raise ConfigError("%s: %s is required with %s" % (
+                source, missing, "tls.cert" if missing == "tls.key" else "tls.key"), missing)
     if cfg.backoff.max_ms < cfg.backoff.min_ms:
         raise ConfigError("%s: backoff.max_ms must be >= backoff.min_ms (%d), got %d"
                           % (source, cfg.backoff.min_ms, cfg.backoff.max_ms), "backoff.max_ms")

@@ -116,6 +116,7 @@ class MqttLink:
         roots = self._tls.root_sets
         for index, cadata in enumerate(roots):
             self._tls.cadata = cadata
+            self._tls.handshake_started = False
             client = self._new_client()
             try:
                 client.connect(clean_session=True)
@@ -143,9 +144,13 @@ class MqttLink:
         if client.sock is sockets.raw or client.sock is None:
             # umqtt had not finished wrapping: TCP or the TLS handshake failed.
             if net.is_timeout(exc) and self.legacy_api:
+                # 1.3.4 wraps inside connect(): TCP and TLS share the connect deadline.
                 return TlsError("handshake_timeout", self.peer,
                                 "no TCP connection and TLS handshake within %d ms"
                                 % self._connect_ms, self._tls.pinned)
+            if net.is_timeout(exc) and not self._tls.handshake_started:
+                return net.NetError("connect", self.peer,
+                                    "no answer within %d ms" % self._connect_ms)
             if isinstance(exc, OSError) and exc.args and exc.args[0] in _UNREACHABLE:
                 return net.NetError("connect", self.peer, "refused or unreachable (%s)" % exc)
             return self._tls.explain(exc, self.host, self.port)

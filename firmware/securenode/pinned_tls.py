@@ -96,6 +96,7 @@ class PinnedTls:
         self._io_s = io_ms / 1000
         self.root_sets = self._root_sets(ca_ders) if self.verified else [None]
         self.cadata = self.root_sets[0]
+        self.handshake_started = False  # tells a TCP connect timeout from a handshake one
 
     def _root_sets(self, ders):
         # Before MicroPython 1.29 cadata held one certificate: pin each root in turn there.
@@ -119,6 +120,7 @@ class PinnedTls:
 
     def wrap_socket(self, sock, server_hostname=None):
         """SSLContext-shaped entry point (current umqtt.simple calls exactly this)."""
+        self.handshake_started = True
         sock.settimeout(self._handshake_s)
         tls = self.context().wrap_socket(sock, server_hostname=self.server_hostname)
         sock.settimeout(self._io_s)

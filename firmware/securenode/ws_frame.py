@@ -1,0 +1,321 @@
+"""WebSocket framing (RFC 6455) for a client: pure encode/decode, no sockets.
+
+The client side of the protocol only: frames we send are masked with a caller-supplied
+4-byte mask (from ``os.urandom``: masks must be unpredictable, RFC 6455 10.3), frames we
+receive must not be masked. Every length from the peer is checked against the configured
+maximum *before* a buffer grows. Violations raise ``WsProtocolError`` carrying the close
+code to send: 1002 (protocol), 1007 (bad UTF-8), 1009 (too big); 1006 is never sent, it
+reports a stream that ended mid-frame.
+
+Example::
+
+    out = bytearray(14 + 125)
+    n = encode_frame(out, OP_TEXT, b"hi", os.urandom(4))
+    stream.write(out, n)
+    reader = MessageReader(max_message_bytes=4096)
+    opcode, payload = reader.read(stream)     # payload: memoryview, valid until next read
+"""
+
+from micropython import const
+
+OP_CONT = const(0)
+OP_TEXT = const(1)
+OP_BINARY = const(2)
+OP_CLOSE = const(8)
+OP_PING = const(9)
+OP_PONG = const(10)
+
+CLOSE_NORMAL = const(1000)
+CLOSE_PROTOCOL = const(1002)
+CLOSE_NO_STATUS = const(1005)
+CLOSE_ABNORMAL = const(1006)
+CLOSE_BAD_DATA = const(1007)
+CLOSE_TOO_BIG = const(1009)
+
+_FIN = const(0x80)
+_RSV = const(0x70)
+_MASKED = const(0x80)
+_MAX_CONTROL = const(125)
+_MAX_HEADER = const(14)
+_MAX_REASON = const(123)  # a close payload is a 2-byte code plus at most 123 bytes
+
+
+class WsProtocolError(Exception):
+    """The peer broke RFC 6455: ``code`` is the close code to send, the text says how."""
+
+    def __init__(self, code, detail):
+        super().__init__("close %d: %s" % (code, detail))
+        self.code = code
+
+
+def header_into(out, opcode, length, mask, fin=True):
+    """Write a masked client frame header into ``out``; return its length (6, 8 or 14).
+
+    >>> out = bytearray(14)
+    >>> header_into(out, OP_TEXT, 5, b"\\x01\\x02\\x03\\x04")
+    6
+    """
+    out[0] = (_FIN if fin else 0) | opcode
+    if length < 126:
+        out[1] = _MASKED | length
+        i = 2
+    elif length < 0x10000:
+        out[1] = _MASKED | 126
+        out[2] = length >> 8
+        out[3] = length & 0xFF
+        i = 4
+    else:
+        out[1] = _MASKED | 127
+        for k in range(8):
+            out[2 + k] = (length >> (8 * (7 - k))) & 0xFF
+        i = 10
+    out[i] = mask[0]
+    out[i + 1] = mask[1]
+    out[i + 2] = mask[2]
+    out[i + 3] = mask[3]
+    return i + 4
+
+
+def mask_into(out, start, payload, mask, phase=0):
+    """XOR ``payload`` with ``mask`` into ``out[start:]``; ``phase`` = bytes already masked.
+
+    >>> out = bytearray(2)
+    >>> mask_into(out, 0, b"ab", b"\\x00\\x01\\x00\\x01")
+    >>> bytes(out)
+    b'ac'
+    """
+    for i in range(len(payload)):
+        out[start + i] = payload[i] ^ mask[(phase + i) & 3]
+
+
+def encode_frame(out, opcode, payload, mask, fin=True):
+    """Encode one masked client frame into the preallocated ``out``; return its length.
+
+    >>> out = bytearray(20)
+    >>> n = encode_frame(out, OP_PING, b"", b"\\x00\\x00\\x00\\x00")
+    >>> bytes(out[:n])
+    b'\\x89\\x80\\x00\\x00\\x00\\x00'
+    """
+    n = len(payload)
+    if opcode >= OP_CLOSE and n > _MAX_CONTROL:
+        raise ValueError("control frame payload over 125 bytes")
+    i = header_into(out, opcode, n, mask, fin)
+    if i + n > len(out):
+        raise ValueError("frame of %d bytes does not fit the %d-byte buffer" % (i + n, len(out)))
+    mask_into(out, i, payload, mask)
+    return i + n
+
+
+def header_length(byte1):
+    """Total header bytes announced by a frame's second byte (mask key included)."""
+    n = byte1 & 0x7F
+    size = 2 if n < 126 else (4 if n == 126 else 10)
+    return size + 4 if byte1 & _MASKED else size
+
+
+def parse_header(buf, max_bytes, in_message=False):
+    """Decode a server frame header from ``buf`` (at least ``header_length(buf[1])`` bytes).
+
+    Returns (fin, opcode, masked, length, header_len), or raises WsProtocolError.
+    ``in_message``: a fragmented data message is being reassembled.
+
+    >>> parse_header(b"\\x81\\x05", 4096)
+    (True, 1, False, 5, 2)
+    """
+    if len(buf) < 2:
+        raise WsProtocolError(CLOSE_PROTOCOL, "frame header shorter than 2 bytes")
+    b0 = buf[0]
+    b1 = buf[1]
+    fin = bool(b0 & _FIN)
+    opcode = b0 & 0x0F
+    masked = bool(b1 & _MASKED)
+    need = header_length(b1)
+    if len(buf) < need:
+        raise WsProtocolError(CLOSE_PROTOCOL, "frame header needs %d bytes, got %d"
+                              % (need, len(buf)))
+    if b0 & _RSV:
+        # No extension was negotiated, so RSV1-3 must be zero (RFC 6455 5.2).
+        raise WsProtocolError(CLOSE_PROTOCOL, "reserved bits set (0x%02x)" % (b0 & _RSV))
+    if masked:
+        raise WsProtocolError(CLOSE_PROTOCOL, "server frame is masked (RFC 6455 5.1)")
+    if opcode not in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+        raise WsProtocolError(CLOSE_PROTOCOL, "unknown opcode 0x%x" % opcode)
+    n = b1 & 0x7F
+    if n == 126:
+        length = (buf[2] << 8) | buf[3]
+    elif n == 127:
+        if buf[2] & 0x80:
+            raise WsProtocolError(CLOSE_PROTOCOL, "64-bit length has its top bit set")
+        length = 0
+        for k in range(2, 10):
+            length = (length << 8) | buf[k]
+    else:
+        length = n
+    if opcode >= OP_CLOSE:
+        if not fin:
+            raise WsProtocolError(CLOSE_PROTOCOL, "fragmented control frame (opcode 0x%x)"
+                                  % opcode)
+        if length > _MAX_CONTROL:
+            raise WsProtocolError(CLOSE_PROTOCOL, "control frame of %d bytes (max 125)"
+                                  % length)
+    elif opcode == OP_CONT:
+        if not in_message:
+            raise WsProtocolError(CLOSE_PROTOCOL, "continuation frame without a message")
+    elif in_message:
+        raise WsProtocolError(CLOSE_PROTOCOL, "new data frame inside a fragmented message")
+    if opcode < OP_CLOSE and length > max_bytes:
+        raise WsProtocolError(CLOSE_TOO_BIG, "frame announces %d bytes, limit %d"
+                              % (length, max_bytes))
+    return fin, opcode, masked, length, need
+
+
+def utf8_valid(data):
+    """True when ``data`` is well-formed UTF-8 (no overlongs, surrogates or > U+10FFFF).
+
+    Checked here, byte by byte, because ports differ in what ``str(b, "utf-8")`` accepts.
+
+    >>> utf8_valid(b"\\xce\\xba"), utf8_valid(b"\\xed\\xa0\\x80")
+    (True, False)
+    """
+    i = 0
+    n = len(data)
+    while i < n:
+        c = data[i]
+        if c < 0x80:
+            i += 1
+            continue
+        if 0xC2 <= c <= 0xDF:
+            more, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            more = 2
+            lo = 0xA0 if c == 0xE0 else 0x80
+            hi = 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            more = 3
+            lo = 0x90 if c == 0xF0 else 0x80
+            hi = 0x8F if c == 0xF4 else 0xBF
+        else:
+            return False
+        if i + more >= n:
+            return False  # truncated sequence
+        b = data[i + 1]
+        if b < lo or b > hi:
+            return False
+        for k in range(2, more + 1):
+            b = data[i + k]
+            if b < 0x80 or b > 0xBF:
+                return False
+        i += more + 1
+    return True
+
+
+def close_payload(code, reason=""):
+    """The payload of a close frame: 2-byte code and a UTF-8 reason cut to fit 125 bytes.
+
+    >>> close_payload(1000, "bye")
+    b'\\x03\\xe8bye'
+    """
+    text = reason.encode() if isinstance(reason, str) else bytes(reason)
+    if len(text) > _MAX_REASON:
+        text = text[:_MAX_REASON]
+        while text and not utf8_valid(text):
+            text = text[:-1]  # never cut a character in half
+    return bytes(((code >> 8) & 0xFF, code & 0xFF)) + text
+
+
+def close_code_valid(code):
+    """True for codes a peer may send (RFC 6455 7.4, and the IANA registry's 1012-1014)."""
+    return (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999)
+
+
+def parse_close(payload):
+    """(code, reason) from a received close payload; an empty one means 1005 (no status).
+
+    >>> parse_close(b"\\x03\\xe8bye")
+    (1000, 'bye')
+    """
+    n = len(payload)
+    if n == 0:
+        return CLOSE_NO_STATUS, ""
+    if n == 1:
+        raise WsProtocolError(CLOSE_PROTOCOL, "close payload of 1 byte")
+    code = (payload[0] << 8) | payload[1]
+    if not close_code_valid(code):
+        raise WsProtocolError(CLOSE_PROTOCOL, "invalid close code %d" % code)
+    reason = payload[2:]
+    if not utf8_valid(reason):
+        raise WsProtocolError(CLOSE_BAD_DATA, "close reason is not valid UTF-8")
+    return code, str(bytes(reason), "utf-8")
+
+
+def _read_exact(stream, view):
+    # A stream may return fewer bytes than asked (non-blocking, or a CPython TLS socket).
+    got = 0
+    n = len(view)
+    while got < n:
+        k = stream.readinto(view[got:])
+        if not k:
+            raise WsProtocolError(CLOSE_ABNORMAL, "stream ended mid-frame (%d of %d bytes)"
+                                  % (got, n))
+        got += k
+
+
+class MessageReader:
+    """Reads whole messages from a stream: reassembles fragments, bounds every length.
+
+    ``read(stream)`` returns (opcode, payload) for each complete data message (OP_TEXT,
+    OP_BINARY, UTF-8 checked) and for each control frame (OP_PING, OP_PONG, OP_CLOSE) as
+    it arrives, also between fragments. ``payload`` is a memoryview into a buffer reused
+    by the next read. The data buffer grows only up to ``max_message_bytes``, and only
+    after the announced length has been checked.
+
+    >>> import io
+    >>> MessageReader(64).read(io.BytesIO(b"\\x82\\x02hi"))[0] == OP_BINARY
+    True
+    """
+
+    def __init__(self, max_message_bytes):
+        self.max_message_bytes = max_message_bytes
+        self._hdr = bytearray(_MAX_HEADER)
+        self._hdr_view = memoryview(self._hdr)
+        self._ctl = bytearray(_MAX_CONTROL)
+        self._ctl_view = memoryview(self._ctl)
+        self._data = bytearray(0)
+        self._opcode = None   # opcode of the message being reassembled, or None
+        self._size = 0        # bytes of it gathered so far
+
+    def _grow(self, size):
+        if size > len(self._data):
+            fresh = bytearray(size)
+            fresh[:self._size] = self._data[:self._size]
+            self._data = fresh
+
+    def read(self, stream):
+        while True:
+            hv = self._hdr_view
+            _read_exact(stream, hv[:2])
+            need = header_length(self._hdr[1])
+            if need > 2:
+                _read_exact(stream, hv[2:need])
+            room = self.max_message_bytes - self._size
+            fin, opcode, _, length, _ = parse_header(hv[:need], room, self._opcode is not None)
+            if opcode >= OP_CLOSE:
+                view = self._ctl_view[:length]
+                _read_exact(stream, view)
+                return opcode, view
+            if self._opcode is None:
+                self._opcode = opcode
+                self._size = 0
+            self._grow(self._size + length)
+            _read_exact(stream, memoryview(self._data)[self._size:self._size + length])
+            self._size += length
+            if not fin:
+                continue
+            opcode = self._opcode
+            size = self._size
+            self._opcode = None
+            self._size = 0
+            view = memoryview(self._data)[:size]
+            if opcode == OP_TEXT and not utf8_valid(view):
+                raise WsProtocolError(CLOSE_BAD_DATA, "text message is not valid UTF-8")
+            return opcode, view

@@ -10,12 +10,14 @@ UMQTT := firmware/lib/umqtt/simple.py
 WASM := tests/micropython_wasm/node_modules/.package-lock.json
 SIM_BOARDS ?= 3
 SIM_READINGS ?= 10
+# mqtts (default), wss (readings to tools/ingest.py) or mqtt_wss (MQTT over websockets)
+SIM_TRANSPORT ?= mqtts
 
-.PHONY: all deps sim test bench certs mosquitto clean
+.PHONY: all deps sim test bench certs mosquitto chromium postgresql chaos clean
 
 all: deps
 
-deps: $(STAMP) $(UMQTT) $(WASM) mosquitto
+deps: $(STAMP) $(UMQTT) $(WASM) mosquitto chromium postgresql
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +35,18 @@ mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
 
+# PostgreSQL server binaries for the collector's tests and bench (initdb/pg_ctl in a temp dir;
+# never started as a service here).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+# Debian's browser for the base station's page tests (Playwright drives it; we never run
+# `playwright install`, which would download a browser build of its own).
+chromium:
+	@[ -x /usr/bin/chromium ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 # Idempotent: makes only what is missing (a CA is never replaced behind your back).
 certs: $(STAMP)
 	@[ -f certs/ca.der ] || $(PY) tools/certs.py init-ca
@@ -40,9 +54,13 @@ certs: $(STAMP)
 	@for b in $$(seq 1 $(SIM_BOARDS)); do \
 	  [ -f certs/board-$$b.crt.der ] || $(PY) tools/certs.py device board-$$b; done
 	@[ -f certs/sim-subscriber.crt.pem ] || $(PY) tools/certs.py device sim-subscriber
+	@[ -f certs/basestation-chain.pem ] || \
+	  $(PY) tools/certs.py server --name basestation --host 127.0.0.1 --dns localhost
 
 sim: deps certs
-	$(PY) -m host_sim.fleet --boards $(SIM_BOARDS) --readings $(SIM_READINGS)
+	$(PY) -m host_sim.fleet --boards $(SIM_BOARDS) --readings $(SIM_READINGS) \
+	  --transport $(SIM_TRANSPORT)
+	$(PY) -m host_sim.provision_demo --readings 5
 
 test: deps
 	$(PY) -m pytest
@@ -51,6 +69,12 @@ test: deps
 # tests/bench/results/ (committed), so a change in the numbers shows in review.
 bench: deps
 	@set -e; for b in tests/bench/bench_*.py; do $(PY) $$b; done
+
+# The chaos tests at the issue's full sizes, alone (make test runs them with a 10-board
+# fleet instead of 50); writes the reconnect spread and the pid-wrap table to
+# tests/bench/results/.
+chaos: deps
+	SECURENODE_CHAOS_FULL=1 $(PY) -m pytest -n 1 -s tests/test_outbox_chaos.py tests/test_mqtt_qos1.py
 
 clean:
 	rm -rf .sim .pytest_cache

@@ -88,6 +88,9 @@ def build_parser():
     p.add_argument("--tls-verify-error", choices=("oserror", "valueerror"), default="oserror",
                    help="how a failed certificate check surfaces: OSError(-9984) "
                         "(default) or ValueError(<mbedTLS verify info>) as newer builds do")
+    p.add_argument("--flash-us-per-byte", type=int, default=0, metavar="US",
+                   help="write flash files in 8-byte pieces at US microseconds per byte, so a "
+                        "kill can tear a write (see host_sim/outbox_torn_writes.py)")
     return p
 
 
@@ -166,6 +169,9 @@ def main(argv=None):
     state.debug("boot", port=args.port, mpy=args.mpy, reset_cause=cause,
                 board_clock_2000_s=int(state.board_unix_s() - EPOCH_2000_UNIX_S))
     install(state, reset_hook, reset_cause=cause)
+    if args.flash_us_per_byte > 0:
+        from host_sim.outbox_torn_writes import install_slow_writes
+        install_slow_writes(flash, args.flash_us_per_byte)
     _hide_host_modules(flash)
     os.chdir(flash)
     sys.path[:] = [flash, os.path.join(flash, "lib")] + _stdlib_path()

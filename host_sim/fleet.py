@@ -10,7 +10,9 @@ reading arrived exactly as sent. Everything it started, it stops.
 """
 
 import argparse
+import contextlib
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -162,8 +164,52 @@ def summarise(boards, subscriber, readings):
     return ok
 
 
+class IngestReadings:
+    """The ingest endpoint's readings in the Subscriber's shape, for summarise()."""
+
+    duplicates = 0
+
+    def __init__(self, ingest):
+        self._ingest = ingest
+
+    @property
+    def readings(self):
+        return {device: {r["seq"]: r for r in got} for device, got in self._ingest.readings.items()}
+
+    def stop(self):
+        pass
+
+
+@contextlib.contextmanager
+def ingest_endpoint(transport, certs, tokens):
+    """tools/ingest.py's endpoint for --transport wss (nothing for the MQTT transports)."""
+    if transport != "wss":
+        yield None
+        return
+    from tools.ingest import IngestServer
+    chain = certs / "server-chain.pem"
+    with IngestServer(tokens, chain if chain.exists() else certs / "server.pem",
+                      certs / "server.key") as ingest:
+        print("ingest  wss://127.0.0.1:%d/ingest/<board> (TLS, per-device bearer tokens)"
+              % ingest.port)
+        yield ingest
+
+
+def transport_config(transport, device_id, broker, ingest, tokens):
+    """The config.json fields that point a board at the chosen transport."""
+    if transport == "wss":
+        return {"transport": "wss", "wss": {"host": "localhost", "port": ingest.port,
+                                            "token": tokens[device_id]}}
+    if transport == "mqtt_wss":
+        return {"transport": "mqtt_wss",
+                "wss": {"host": "localhost", "port": broker.websockets_port}}
+    return {}
+
+
 def run(args):
     certs = Path(args.certs)
+    transport = getattr(args, "transport", "mqtts")
+    tokens = {"board-%d" % (i + 1): secrets.token_urlsafe(32) for i in range(args.boards)}
     needed = ["ca.pem", "ca.der", "server.pem", "server.key", SUBSCRIBER + ".crt.pem"]
     needed += ["board-%d.crt.der" % (i + 1) for i in range(args.boards)]
     missing = [n for n in needed if not (certs / n).exists()]
@@ -174,18 +220,24 @@ def run(args):
     with NtpServer() as ntp, Broker(certs / "ca.pem", certs / "server-chain.pem"
                                     if (certs / "server-chain.pem").exists()
                                     else certs / "server.pem",
-                                    certs / "server.key", subscribers=[SUBSCRIBER]) as broker:
+                                    certs / "server.key", subscribers=[SUBSCRIBER],
+                                    websockets=transport == "mqtt_wss") as broker, \
+            ingest_endpoint(transport, certs, tokens) as ingest:
         print("broker  mosquitto on 127.0.0.1:%d (TLS, client certificates, per-device ACL)"
               % broker.port)
         print("ntp     127.0.0.1:%d" % ntp.address[1])
-        subscriber = Subscriber(certs, broker.port)
+        if broker.websockets_port:
+            print("        MQTT over wss on 127.0.0.1:%d (protocol websockets, same ACL)"
+                  % broker.websockets_port)
+        subscriber = IngestReadings(ingest) if ingest else Subscriber(certs, broker.port)
         try:
             for i in range(args.boards):
                 device_id = "board-%d" % (i + 1)
                 volts, hz = GRIDS[i % len(GRIDS)]
                 flash = workdir / device_id
-                prepare_flash(flash, board_config(device_id, broker.port, args.readings,
-                                                  args.interval_ms), {
+                config = board_config(device_id, broker.port, args.readings, args.interval_ms)
+                config.update(transport_config(transport, device_id, broker, ingest, tokens))
+                prepare_flash(flash, config, {
                     "ca.der": certs / "ca.der",
                     "device.crt.der": certs / ("%s.crt.der" % device_id),
                     "device.key.der": certs / ("%s.key.der" % device_id),
@@ -222,6 +274,9 @@ def main(argv=None):
     parser.add_argument("--certs", default=str(ROOT / "certs"), help="certificate directory")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for boards")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every board event")
+    parser.add_argument("--transport", choices=("mqtts", "wss", "mqtt_wss"), default="mqtts",
+                        help="mqtts (default); wss: readings to tools/ingest.py over wss with "
+                             "bearer tokens; mqtt_wss: MQTT over Mosquitto's websockets listener")
     args = parser.parse_args(argv)
     try:
         return run(args)

@@ -76,8 +76,9 @@ INVALID = {
                            S + "mqtt.keepalive_s must be an integer 0..65535, got -1",
                            "mqtt.keepalive_s"),
     "unknown_top": (_set("mqttt", {}),
-                    S + "unknown field mqttt (expected one of: device_id, wifi, ntp, mqtt, tls, "
-                    "timeouts_ms, sample, backoff, run)", "mqttt"),
+                    S + "unknown field mqttt (expected one of: device_id, transport, wifi, ntp, "
+                    "mqtt, tls, timeouts_ms, sample, backoff, run, provisioning, wss, outbox, "
+                    "jsonl)", "mqttt"),
     "unknown_in_section": (_set("mqtt.prot", 1883),
                            S + "unknown field mqtt.prot (expected one of: host, port, "
                            "keepalive_s, client_id)", "mqtt.prot"),

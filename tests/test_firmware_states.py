@@ -9,9 +9,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "firmware_shims"))
 from firmware_harness import firmware_files, run_both  # noqa: E402
 
-STATES = ["offline", "joining", "syncing", "connecting", "online", "backoff", "halted"]
+STATES = ["offline", "joining", "syncing", "connecting", "online", "backoff", "halted",
+          "provisioning"]
 EVENTS = ["start", "wifi_up", "wifi_failed", "time_synced", "time_failed", "connected",
-          "connect_failed", "link_lost", "backoff_done", "fatal", "stop"]
+          "connect_failed", "link_lost", "backoff_done", "fatal", "stop",
+          "need_provision", "provisioned", "provision_failed"]
 
 # The legal transitions, written out independently of the module's table.
 LEGAL = {
@@ -27,8 +29,13 @@ LEGAL = {
     ("connecting", "link_lost"): "backoff",
     ("online", "link_lost"): "backoff",
     ("backoff", "backoff_done"): "joining",
+    # Provisioning: no MQTT credentials -> ask the base station, then connect or back off.
+    ("connecting", "need_provision"): "provisioning",
+    ("provisioning", "provisioned"): "connecting",
+    ("provisioning", "provision_failed"): "backoff",
+    ("provisioning", "link_lost"): "backoff",
 }
-for _state in STATES[:-1]:
+for _state in [s for s in STATES if s != "halted"]:
     LEGAL[(_state, "fatal")] = "halted"
     LEGAL[(_state, "stop")] = "halted"
 
@@ -51,22 +58,22 @@ VECTORS = r'''
 import json
 from securenode import states as s
 
-names = [s.state_name(i) for i in range(7)]
-events = [s.event_name(i) for i in range(11)]
+names = [s.state_name(i) for i in range(8)]
+events = [s.event_name(i) for i in range(14)]
 consts = {"states": [s.OFFLINE, s.JOINING, s.SYNCING, s.CONNECTING, s.ONLINE, s.BACKOFF,
-                     s.HALTED],
+                     s.HALTED, s.PROVISIONING],
           "events": [s.START, s.WIFI_UP, s.WIFI_FAILED, s.TIME_SYNCED, s.TIME_FAILED,
                      s.CONNECTED, s.CONNECT_FAILED, s.LINK_LOST, s.BACKOFF_DONE, s.FATAL,
-                     s.STOP]}
+                     s.STOP, s.NEED_PROVISION, s.PROVISIONED, s.PROVISION_FAILED]}
 table = {}
-for st in range(7):
-    for ev in range(11):
+for st in range(8):
+    for ev in range(14):
         try:
             table["%s/%s" % (names[st], events[ev])] = s.state_name(s.next_state(st, ev))
         except s.StateError as e:
             table["%s/%s" % (names[st], events[ev])] = "error: %s (%d, %d)" % (e, e.state, e.event)
 out_of_range = []
-for st, ev in ((7, 0), (-1, 0), (0, 11), (0, -1)):
+for st, ev in ((8, 0), (-1, 0), (0, 14), (0, -1)):
     try:
         s.next_state(st, ev)
         out_of_range.append("no error")
@@ -103,7 +110,7 @@ def test_cpython_and_micropython_agree(results):
 def test_names_and_numbers(results, port):
     r = results[port]
     assert r["names"] == STATES and r["events"] == EVENTS
-    assert r["consts"] == {"states": list(range(7)), "events": list(range(11))}
+    assert r["consts"] == {"states": list(range(8)), "events": list(range(14))}
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
@@ -128,8 +135,8 @@ def test_halted_is_final(results, port):
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
 def test_unknown_numbers_are_state_errors(results, port):
     assert results[port]["out_of_range"] == [
-        "illegal transition: state_7 on start", "illegal transition: state_-1 on start",
-        "illegal transition: offline on event_11", "illegal transition: offline on event_-1"]
+        "illegal transition: state_8 on start", "illegal transition: state_-1 on start",
+        "illegal transition: offline on event_14", "illegal transition: offline on event_-1"]
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

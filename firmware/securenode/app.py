@@ -1,8 +1,9 @@
 """The node's main loop: an explicit state machine from power-on to readings on the broker.
 
 offline -> joining -> syncing -> connecting -> online, and backing_off after any failure,
-with every change reported. A reading whose PUBACK did not arrive is sent again (same seq)
-after the next connect.
+with every change reported. Every reading goes into the outbox on flash (outbox.py) when it is
+due, in any state, and leaves it only once the peer acknowledged it: one whose PUBACK did not
+arrive is sent again (same seq, DUP) after the next connect, oldest first.
 
 Example (what firmware/main.py does at boot)::
 
@@ -14,11 +15,13 @@ import os
 import sys
 import time
 
-from securenode import VERSION, clock, config, links, reading, sensor, states, wifi
+from securenode import VERSION, clock, config, links, outbox, reading, sensor, states, wifi
 from securenode.events import emit, error
 from securenode.mqtt_link import MqttError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
+from securenode import provision
+from securenode.https_client import HttpError
 
 
 def _read(path):
@@ -31,13 +34,19 @@ class Node:
         self.cfg = cfg
         self.state = states.OFFLINE
         self.attempt = 0
-        self.seq = 0
         self.acked = 0
-        self.pending = None  # (seq, payload) published but not yet acknowledged
+        self.sent_seq = 0    # last seq handed to a link: if it comes round again, it is a resend
+        self.status_dropped = -1  # outbox.dropped as last reported in a status message
+        self.due = time.ticks_ms()  # when the next sample is due, in every state
+        o = cfg.outbox
+        self.outbox = outbox.Outbox("outbox", o.budget_bytes, o.segment_bytes, o.max_record,
+                                    o.ack_batch)
+        self.status_topic = reading.status_topic(cfg.device_id)
         self.synced = False
         self.link = None
         self.tls = None
         self.halt_reason = None
+        self.creds = None  # MQTT credentials from the base station (provision.py), if any
         self.topic = reading.topic(cfg.device_id)
         self.interval_ms = cfg.sample.interval_ms  # a command from the peer may change it
         s = cfg.sample
@@ -49,6 +58,7 @@ class Node:
         emit("state", state=states.state_name(self.state), previous=states.state_name(previous))
 
     def run(self):
+        self._open_outbox()
         self.go(states.START)
         while self.state != states.HALTED:
             step = self._steps.get(self.state)
@@ -86,16 +96,21 @@ class Node:
     def _tls(self):
         if self.tls is None:
             t = self.cfg.tls
-            self.tls = PinnedTls([_read(path) for path in t.ca], _read(t.cert), _read(t.key),
+            # A provisioned board has no certificate: it logs in with user name + password.
+            self.tls = PinnedTls([_read(path) for path in t.ca], t.cert and _read(t.cert),
+                                 t.key and _read(t.key),
                                  t.server_hostname, self.cfg.timeouts_ms.handshake,
                                  self.cfg.timeouts_ms.io, t.allow_unverified)
         return self.tls
 
     def connect(self):
+        if self._needs_provisioning():
+            self.go(states.NEED_PROVISION)
+            return
         m = self.cfg.mqtt
         try:
             tls = self._tls()
-            link = links.open_link(self.cfg, tls)
+            link = links.open_link(self.cfg, tls, self.apply_command)
             link.connect()
         except TlsError as exc:
             error(exc.kind, str(exc))
@@ -107,6 +122,7 @@ class Node:
             return
         except (NetError, MqttError) as exc:
             error(getattr(exc, "kind", None) or exc.step, str(exc))
+            self._drop_revoked_credentials(exc)
             self.go(states.CONNECT_FAILED)
             return
         self.link = link
@@ -115,48 +131,131 @@ class Node:
              root_sha256=tls.pinned if tls.verified else None)
         emit("mqtt_connected", peer=link.peer, client_id=m.client_id,
              umqtt_api="1.3.4" if link.legacy_api else "current")
+        self._confirm_provisioning()
         self.go(states.CONNECTED)
 
     def online(self):
         keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
-        last_io = time.ticks_ms()
-        due = time.ticks_ms()
+        link = self.link
+        last_io = last_check = time.ticks_ms()
+        burst = 0
         try:
+            self._publish_status()
             while True:
-                if self.pending is None:
-                    if time.ticks_diff(due, time.ticks_ms()) > 0:
-                        if keepalive_ms and time.ticks_diff(time.ticks_ms(), last_io) > keepalive_ms // 2:
-                            self.link.ping()
-                            last_io = time.ticks_ms()
-                        time.sleep_ms(min(50, max(0, time.ticks_diff(due, time.ticks_ms()))))
-                        continue
-                    due = time.ticks_add(due, self.interval_ms)
-                    self.pending = self._sample()
-                seq, payload = self.pending
-                emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode())
-                self.link.publish(self.topic, payload)
-                last_io = time.ticks_ms()
-                self.pending = None
-                self.acked += 1
-                emit("acked", seq=seq)
-                limit = self.cfg.run.max_readings
-                if limit and self.acked >= limit:
-                    self.link.close()
-                    self.halt_reason = "done"
-                    self.go(states.STOP)
-                    return
+                if self._sample_if_due():
+                    burst = 0  # a fresh sample opens a new allowance for the backlog
+                head = self.outbox.peek() if burst < self.cfg.outbox.send_burst else None
+                if head is not None:
+                    self._deliver(head[0], head[1])
+                    burst += 1
+                    last_io = time.ticks_ms()
+                    limit = self.cfg.run.max_readings
+                    if limit and self.acked >= limit:
+                        self.outbox.flush()
+                        link.close()
+                        self.halt_reason = "done"
+                        self.go(states.STOP)
+                        return
+                    continue
+                if self.outbox.dropped != self.status_dropped:
+                    self._publish_status()
+                now = time.ticks_ms()
+                if keepalive_ms:
+                    idle = link.idle_ms() if hasattr(link, "idle_ms") else time.ticks_diff(
+                        now, last_io)
+                    if idle > keepalive_ms // 2:
+                        link.ping()  # umqtt.simple never sends PINGREQ by itself
+                        last_io = now
+                    if hasattr(link, "check") and time.ticks_diff(now, last_check) >= 100:
+                        last_check = now
+                        link.check(keepalive_ms * 3 // 2)
+                time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
         except MqttError as exc:
             error(exc.kind, str(exc))
-            self.link.close()
+            self.outbox.flush()
+            link.close()
             self.link = None
             self.go(states.LINK_LOST)
 
+    def _deliver(self, seq, payload):
+        # A reading leaves the outbox only once the peer acknowledged it; one that was sent
+        # before (its ack never came) goes again with the same seq, flagged DUP on MQTT.
+        dup = seq <= self.sent_seq
+        self.sent_seq = seq if seq > self.sent_seq else self.sent_seq
+        emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
+             dup=dup)
+        if dup and hasattr(self.link, "will"):
+            self.link.publish(self.topic, payload, dup=True)
+        else:
+            self.link.publish(self.topic, payload)
+        self.outbox.ack(seq)
+        self.acked += 1
+        emit("acked", seq=seq, depth=self.outbox.depth)
+
+    def _publish_status(self):
+        box = self.outbox
+        self.status_dropped = box.dropped
+        payload = ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
+                   '"torn":%d}' % (VERSION, box.boots, box.depth, box.dropped, box.torn)).encode()
+        if hasattr(self.link, "will"):
+            self.link.publish(self.status_topic, payload, retain=True)
+        elif hasattr(self.link, "publish_status"):
+            self.link.publish_status(payload)
+        else:
+            return
+        emit("status", payload=payload.decode())
+
+    def apply_command(self, command):
+        """Apply a command from the peer (wss ingest); return (ok, detail) for its ack.
+
+        >>> node.apply_command({"cmd": "set_interval", "interval_ms": 5000})
+        (True, None)
+        """
+        name = command.get("cmd")
+        if name == "set_interval":
+            value = command.get("interval_ms")
+            lo = self.cfg.sample.window_ms  # a reading needs one full sampling window
+            if type(value) is not int or not lo <= value <= 86400000:
+                detail = "interval_ms must be an integer %d..86400000" % lo
+                emit("command", cmd=name, ok=False, detail=detail)
+                return False, detail
+            self.interval_ms = value
+            emit("command", cmd=name, ok=True, interval_ms=value)
+            return True, None
+        emit("command", cmd=str(name)[:32], ok=False, detail="unknown command")
+        return False, "unknown command"
+
+    def _sample_if_due(self):
+        """Take a reading into the outbox when one is due, in any state; True if it did."""
+        late = time.ticks_diff(time.ticks_ms(), self.due)
+        if late < 0:
+            return False
+        # Missed slots (a long blocking step) are not made up: one reading now, then on cadence.
+        self.due = time.ticks_add(self.due, self.interval_ms * (1 + late // self.interval_ms))
+        self._sample()
+        return True
+
     def _sample(self):
         voltage, freq, status = self.sampler.read()
-        self.seq += 1
-        payload = reading.encode(self.cfg.device_id, self.seq, clock.unix_time(), status,
+        box = self.outbox
+        seq = box.next_seq
+        payload = reading.encode(self.cfg.device_id, seq, clock.unix_time(), status,
                                  voltage, freq)
-        return self.seq, payload
+        dropped = box.dropped
+        box.append(seq, payload)
+        if box.dropped != dropped:
+            emit("outbox_dropped", dropped=box.dropped - dropped, total=box.dropped)
+        emit("stored", seq=seq, depth=box.depth, flash_bytes=box.bytes_written)
+        return seq, payload
+
+    def _open_outbox(self):
+        for seq, lost_bytes in self.outbox.open():
+            error("outbox_torn", "torn write at seq %d: %d bytes dropped, earlier readings kept"
+                  % (seq, lost_bytes))
+            emit("outbox_torn", seq=seq, bytes=lost_bytes)
+        box = self.outbox
+        emit("outbox_open", depth=box.depth, next_seq=box.next_seq, boots=box.boots,
+             dropped=box.dropped, torn=box.torn)
 
     def backoff(self):
         b = self.cfg.backoff
@@ -164,8 +263,71 @@ class Node:
                                   int.from_bytes(os.urandom(4), "little"))
         self.attempt += 1
         emit("backoff", delay_ms=delay, attempt=self.attempt)
-        time.sleep_ms(delay)
+        # Readings are due while offline too: they wait in the outbox.
+        until = time.ticks_add(time.ticks_ms(), delay)
+        while time.ticks_diff(until, time.ticks_ms()) > 0:
+            self._sample_if_due()
+            time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
         self.go(states.BACKOFF_DONE)
+
+    def _needs_provisioning(self):
+        if self.cfg.provisioning is None or self.cfg.tls.cert is not None or self.creds:
+            return False
+        creds = provision.load_credentials(self.cfg.provisioning.credentials)
+        if creds is None:
+            return True
+        self._use_credentials(creds)
+        return False
+
+    def provision(self):
+        try:
+            creds = provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).obtain()
+            provision.save_credentials(self.cfg.provisioning.credentials, creds)
+        except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
+            # OSError: the link broke mid-exchange (reset, read timeout); ask again later.
+            error(getattr(exc, "kind", None) or getattr(exc, "step", None) or "provision_io",
+                  str(exc))
+            self.go(states.PROVISION_FAILED)
+            return
+        self._use_credentials(creds)
+        emit("provisioned", broker="%s:%d" % (creds["host"], creds["port"]), user=creds["user"])
+        self.go(states.PROVISIONED)
+
+    def _use_credentials(self, creds):
+        m = self.cfg.mqtt
+        m.host, m.port, m.user, m.password = (creds["host"], creds["port"], creds["user"],
+                                              creds["password"])
+        self.cfg.tls.server_hostname = creds["server_hostname"]
+        self.creds = creds
+        self.tls = None  # rebuilt for the broker's host name
+
+    def _drop_revoked_credentials(self, exc):
+        # Credentials that once worked and are now refused were revoked on the base station:
+        # forget them and ask again. Fresh ones are kept: the broker may not have re-read its
+        # password file yet.
+        if (self.creds and self.creds.get("confirmed")
+                and getattr(exc, "kind", None) == "connack_refused"):
+            provision.forget_credentials(self.cfg.provisioning.credentials)
+            self.creds = None
+            emit("provision_forgotten", reason="broker refused the stored credentials")
+
+    def _confirm_provisioning(self):
+        # The base station shows the device "confirmed" once its credentials worked.
+        if not self.creds or self.creds.get("confirmed"):
+            return
+        try:
+            provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).confirm(
+                self.creds)
+        except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
+            error("provision_confirm", str(exc))  # retried after the next connect
+            return
+        self.creds["confirmed"] = True
+        try:
+            provision.save_credentials(self.cfg.provisioning.credentials, self.creds)
+        except OSError as exc:
+            # Confirmed all the same (in RAM); after a reboot the board simply confirms again.
+            error("provision_store", "cannot record the confirmation on flash (%s)" % exc)
+        emit("provision_confirmed", peer="%s:%d" % (self.creds["base"][0], self.creds["base"][1]))
 
     _steps = {
         states.JOINING: join,
@@ -173,6 +335,7 @@ class Node:
         states.CONNECTING: connect,
         states.ONLINE: online,
         states.BACKOFF: backoff,
+        states.PROVISIONING: provision,
     }
 
 

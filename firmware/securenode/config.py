@@ -8,6 +8,7 @@ from micropython import const
 
 _MAX_GOT_CHARS = const(40)
 _TIMEOUT_MAX_MS = const(600000)
+_OUTBOX_MAX_RECORD = const(512)  # a reading is ~100 bytes; outbox.Outbox(max_record=...)
 
 
 class ConfigError(Exception):
@@ -93,14 +94,41 @@ _SECTIONS = (
         ("beacon_port", "int", 48443, (1, 65535)),
         ("beacon_wait_ms", "int", 10000, (1, _TIMEOUT_MAX_MS)),
         ("name", "str", None, 64),
-        ("poll_min_ms", "int", 1000, (100, _TIMEOUT_MAX_MS)),
-        ("poll_max_ms", "int", 10000, (100, _TIMEOUT_MAX_MS)),
+        ("poll_min_ms", "int", 1000, (100, 30000)),
+        # Polls must come well inside the base station's 60 s release window.
+        ("poll_max_ms", "int", 10000, (100, 30000)),
         # How long one request waits for the operator before the board asks anew.
         ("wait_s", "int", 300, (1, 86400)),
         ("credentials", "str", "mqtt_credentials.json", 64),
         ("max_response_bytes", "int", 2048, (256, 16384)),
     )),
+    # Used when transport is "wss" (readings to an ingest endpoint) or "mqtt_wss".
+    ("wss", False, (
+        ("host", "host", None, None),
+        ("port", "int", 443, (1, 65535)),
+        ("path", "str", None, 256),
+        ("token", "secret", "", 512),
+        # Largest message accepted from the peer; checked before any buffer grows.
+        ("max_message_bytes", "int", 4096, (125, 1048576)),
+    )),
+    # The outbox on flash (outbox.py): readings wait there until acknowledged.
+    ("outbox", False, (
+        ("budget_bytes", "int", 16384, (1024, 16777216)),
+        ("segment_bytes", "int", 2048, (_OUTBOX_MAX_RECORD + 10, 1048576)),
+        # Acks kept in RAM before the head is written to flash: fewer writes, and at most
+        # ack_batch - 1 resends after a power cut (storage dedupes them by (device, seq)).
+        ("ack_batch", "int", 8, (1, 1000)),
+        # Backlog readings sent between two samples: a backlog never starves sampling.
+        ("send_burst", "int", 8, (1, 1000)),
+    )),
+    # Used when transport is "jsonl": one reading per line over pinned TLS, one ack line back.
+    ("jsonl", False, (
+        ("host", "host", None, None),
+        ("port", "int", 8884, (1, 65535)),
+    )),
 )
+
+_TRANSPORTS = ("mqtts", "wss", "mqtt_wss", "jsonl")
 
 # ADC conversions take tens of microseconds; closer spacing than this cannot be met.
 _MIN_SAMPLE_PERIOD_US = const(100)
@@ -117,7 +145,7 @@ class Section:
         parts = []
         for field in self._fields:
             # Never print the WiFi key: repr(cfg) may end up in a log line.
-            if self._name == "wifi" and field == "key":
+            if (self._name, field) in (("wifi", "key"), ("wss", "token")):
                 value = "<hidden>"
             else:
                 value = repr(getattr(self, field))
@@ -173,7 +201,7 @@ def validate(data, source="config.json", base_dir=""):
     """
     if type(data) is not dict:
         raise ConfigError("%s: must be a JSON object, got %s" % (source, _show(data)))
-    known = ["device_id"]
+    known = ["device_id", "transport"]
     for section in _SECTIONS:
         known.append(section[0])
     _reject_unknown(source, "", data, known)
@@ -182,6 +210,10 @@ def validate(data, source="config.json", base_dir=""):
     if "device_id" not in data:
         raise ConfigError("%s: device_id is required" % source, "device_id")
     cfg.device_id = _check(source, "device_id", "name", data["device_id"], 64, base_dir)
+    cfg.transport = data.get("transport", "mqtts")
+    if cfg.transport not in _TRANSPORTS:
+        raise ConfigError("%s: transport must be one of %s, got %s"
+                          % (source, ", ".join(_TRANSPORTS), _show(cfg.transport)), "transport")
 
     provisioned = "provisioning" in data
     for name, required, fields in _SECTIONS:
@@ -219,6 +251,8 @@ def _cross_checks(source, cfg):
     # Defaults that depend on other fields, then rules spanning fields.
     if cfg.mqtt.client_id is None:
         cfg.mqtt.client_id = cfg.device_id
+    _wss_checks(source, cfg)
+    _outbox_checks(source, cfg)
     if cfg.tls.server_hostname is None:
         cfg.tls.server_hostname = cfg.mqtt.host
     p = cfg.provisioning
@@ -256,6 +290,50 @@ def _cross_checks(source, cfg):
     if s.hz_max <= s.hz_min:
         raise ConfigError("%s: sample.hz_max must be > sample.hz_min (%s), got %s"
                           % (source, _show(s.hz_min), _show(s.hz_max)), "sample.hz_max")
+
+
+def _wss_checks(source, cfg):
+    w = cfg.wss
+    if w.path is None:
+        w.path = "/ingest/" + cfg.device_id if cfg.transport == "wss" else "/mqtt"
+    # The path and token go into HTTP header lines: no spaces or control characters.
+    if w.path[0] != "/" or not _is_visible(w.path):
+        raise ConfigError("%s: wss.path must start with / and hold no spaces or control "
+                          "characters, got %s" % (source, _show(w.path)), "wss.path")
+    if w.token and not _is_visible(w.token):
+        raise ConfigError("%s: wss.token must hold no spaces or control characters (value "
+                          "not shown)" % source, "wss.token")
+    if cfg.transport not in ("wss", "mqtt_wss"):
+        return
+    if w.host is None:
+        raise ConfigError("%s: wss.host is required for transport %s"
+                          % (source, cfg.transport), "wss.host")
+    if cfg.transport == "wss" and not w.token:
+        raise ConfigError("%s: wss.token is required for transport wss" % source, "wss.token")
+    if cfg.tls.server_hostname is None:
+        cfg.tls.server_hostname = w.host
+
+
+def _outbox_checks(source, cfg):
+    o = cfg.outbox
+    o.max_record = _OUTBOX_MAX_RECORD
+    if o.budget_bytes < 2 * o.segment_bytes:
+        raise ConfigError("%s: outbox.budget_bytes must be >= 2 * outbox.segment_bytes (%d), "
+                          "got %d" % (source, 2 * o.segment_bytes, o.budget_bytes),
+                          "outbox.budget_bytes")
+    if cfg.transport == "jsonl":
+        if cfg.jsonl.host is None:
+            raise ConfigError("%s: jsonl.host is required for transport jsonl" % source,
+                              "jsonl.host")
+        if cfg.tls.server_hostname is None:
+            cfg.tls.server_hostname = cfg.jsonl.host
+
+
+def _is_visible(s):
+    for c in s:
+        if not ("!" <= c <= "~"):
+            return False
+    return True
 
 
 def _reject_unknown(source, prefix, raw, known):

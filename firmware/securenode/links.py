@@ -7,12 +7,40 @@ Example::
 
     link = links.open_link(cfg, tls)
     link.connect()
+
+``cfg.transport`` picks it: "mqtts" (default), "wss" (readings as text messages to an
+ingest endpoint, which may send commands to ``on_command``) or "mqtt_wss" (MQTT over
+a WebSocket, e.g. Mosquitto's websockets listener) or "jsonl" (one JSON reading per line
+over pinned TLS, one ack line back: tools/collector.py serves it).
 """
 
+from securenode import reading
 from securenode.mqtt_link import MqttLink
 
 
-def open_link(cfg, tls):
+def open_link(cfg, tls, on_command=None):
     m = cfg.mqtt
     to = cfg.timeouts_ms
-    return MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io)
+    transport = getattr(cfg, "transport", "mqtts")
+    if transport == "jsonl":
+        from securenode.jsonl_link import JsonlLink
+        return JsonlLink(cfg.jsonl.host, cfg.jsonl.port, tls, to.connect, to.io)
+    if transport != "mqtts":
+        # Imported only when used: a board on MQTTS never loads the WebSocket modules.
+        w = cfg.wss
+        if transport == "wss":
+            from securenode.wss_link import WssLink
+            return WssLink(cfg.device_id, w.host, w.port, w.path, w.token, tls, to.connect,
+                           to.io, to.handshake, w.max_message_bytes, on_command)
+        from securenode.mqtt_wss_link import MqttWssLink
+        link = MqttWssLink(m.client_id.encode(), w.host, w.port, w.path, tls, m.keepalive_s,
+                           to.connect, to.io, to.handshake, w.max_message_bytes)
+        link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
+        return link
+    # user/password exist only once provisioning (app.py) has set them; certificate
+    # boards have neither and log in with their certificate alone.
+    link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io,
+                    getattr(m, "user", None), getattr(m, "password", None))
+    # The broker announces an unclean loss on the board's status topic (retained).
+    link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
+    return link

@@ -18,11 +18,21 @@ Example::
 
 import errno
 import socket
+import time
 
 from umqtt import simple as umqtt
 
 from securenode import net
 from securenode.pinned_tls import TlsError
+
+from micropython import const
+
+# The fixed header's flag nibble is DUP(8) QoS(6) RETAIN(1). umqtt.simple's publish() ORs its
+# `retain` argument into that nibble unchecked (`pkt[0] |= qos << 1 | retain`, in 1.3.4 and
+# in the current micropython-lib): passing _DUP there is how a resend carries the DUP flag
+# without a copy of publish() here.
+_DUP = const(8)
+_PID_MAX = const(65535)
 
 _CONNACK_REFUSALS = {
     1: "unacceptable protocol version",
@@ -55,6 +65,14 @@ class _Sockets:
     def socket(self, *args):
         self.raw = socket.socket(*args)
         self.raw.settimeout(self.connect_s)
+        # umqtt writes a PUBLISH in four pieces (header, topic, packet id, payload): with
+        # Nagle on, the later pieces wait for the broker's delayed ACK (~40 ms per reading).
+        # Feature detection: not every port exposes TCP_NODELAY.
+        if hasattr(socket, "TCP_NODELAY") and hasattr(socket, "IPPROTO_TCP"):
+            try:
+                self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # the port's lwIP refused: readings still go, only slower
         return self.raw
 
     def getaddrinfo(self, host, port, *args):
@@ -69,10 +87,19 @@ class _DeadlineStream:
         self._raw = raw
         self._io_s = io_s
 
+    # Any byte from the peer proves the connection alive: last_rx_ms feeds the dead-link
+    # check, last_tx_ms decides when a PINGREQ is due.
+    last_rx_ms = 0
+    last_tx_ms = 0
+
     def read(self, n):
-        return self._sock.read(n)
+        data = self._sock.read(n)
+        if data:
+            self.last_rx_ms = time.ticks_ms()
+        return data
 
     def write(self, buf, n=None):
+        self.last_tx_ms = time.ticks_ms()
         if n is None:
             return self._sock.write(buf)
         return self._sock.write(buf, n)
@@ -87,8 +114,13 @@ class _DeadlineStream:
 
 
 class MqttLink:
-    def __init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms):
+    def __init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms,
+                 user=None, password=None):
         self.client_id = client_id
+        # Provisioned boards log in with a user name + password (from the base station)
+        # instead of a client certificate; both travel only inside the pinned TLS.
+        self._user = user
+        self._password = password
         self.host = host
         self.port = port
         self.peer = "%s:%d" % (host, port)
@@ -97,11 +129,15 @@ class MqttLink:
         self._connect_ms = connect_ms
         self._io_ms = io_ms
         self._client = None
+        self._will = None
         self.legacy_api = None
 
     def _new_client(self):
-        client = umqtt.MQTTClient(self.client_id, self.host, self.port,
-                                  keepalive=self._keepalive_s, ssl=self._tls)
+        client = umqtt.MQTTClient(self.client_id, self.host, self.port, user=self._user,
+                                  password=self._password, keepalive=self._keepalive_s,
+                                  ssl=self._tls)
+        if self._will is not None:
+            client.set_last_will(self._will[0], self._will[1], retain=True, qos=1)
         # Feature detection: 1.3.4 keeps ssl_params and wraps with ussl itself.
         self.legacy_api = hasattr(client, "ssl_params")
         if self.legacy_api:
@@ -126,6 +162,7 @@ class MqttLink:
                     continue
                 raise self._explain_connect(exc, client, sockets)
             client.sock = _DeadlineStream(client.sock, sockets.raw, self._io_ms / 1000)
+            client.sock.last_rx_ms = client.sock.last_tx_ms = time.ticks_ms()
             self._client = client
             return
 
@@ -159,12 +196,48 @@ class MqttLink:
                              "%d ms" % (self.peer, self._io_ms))
         return MqttError("connect_failed", "%s: %s" % (self.peer, exc))
 
-    def publish(self, topic, payload):
-        """Publish with QoS 1; returns when the broker's PUBACK has arrived."""
+    def will(self, topic, payload):
+        """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
+        connect(). Example: ``link.will(b"devices/b1/status", b'{"status":"offline"}')``"""
+        self._will = (topic, payload)
+
+    def publish(self, topic, payload, retain=False, dup=False):
+        """Publish with QoS 1; returns when the broker's PUBACK has arrived.
+
+        The wait is bounded by the io timeout (umqtt waits for PUBACK with no deadline of its
+        own): a missing PUBACK raises MqttError("ack_timeout"), and the caller resends the
+        reading on a new connection with ``dup=True``. On the ports a read timeout sticks to
+        the TLS connection, so resending on the same one is not an option.
+        """
+        client = self._client
+        # umqtt.simple counts pid up without a bound: 65536 goes out as 0 (1.3.4 packs it
+        # into 16 bits), and 0 is not a valid packet id (MQTT 3.1.1 2.3.1). Wrap to 1.
+        if client.pid >= _PID_MAX:
+            client.pid = 0
         try:
-            self._client.publish(topic, payload, qos=1)
+            client.publish(topic, payload, retain=(_DUP if dup else 0) | (1 if retain else 0),
+                           qos=1)
         except Exception as exc:
             raise self._explain_io(exc, "PUBACK")
+
+    def check(self, dead_after_ms):
+        """Handle what arrived (non-blocking) and raise MqttError("link_lost") when nothing
+        at all came from the broker for dead_after_ms (1.5 x keepalive: a half-open link).
+
+        Example: ``link.check(90000)`` in the idle loop of a board with keepalive 60 s.
+        """
+        try:
+            self._client.check_msg()
+        except Exception as exc:
+            raise self._explain_io(exc, "PINGRESP")
+        quiet_ms = time.ticks_diff(time.ticks_ms(), self._client.sock.last_rx_ms)
+        if dead_after_ms and quiet_ms > dead_after_ms:
+            raise MqttError("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
+                            "half-open connection" % (self.peer, quiet_ms))
+
+    def idle_ms(self):
+        """Milliseconds since we last sent anything (a PINGREQ is due at keepalive / 2)."""
+        return time.ticks_diff(time.ticks_ms(), self._client.sock.last_tx_ms)
 
     def ping(self):
         """Keep the session alive; umqtt.simple never sends PINGREQ on its own."""

@@ -40,6 +40,16 @@ def topic(device_id):
     return ("devices/%s/readings" % device_id).encode()
 
 
+def status_topic(device_id):
+    """Return the topic of the device's retained status (online/offline, outbox counters).
+
+    >>> status_topic("board-1")
+    b'devices/board-1/status'
+    """
+    _check_id(device_id)
+    return ("devices/%s/status" % device_id).encode()
+
+
 def _fixed(name, value, scale, fmt):
     # Rounded here, in integers, instead of "%.2f": MicroPython's float
     # formatting is not correctly rounded ("%.2f" % 50.005 gives 50.01 there,

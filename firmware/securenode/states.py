@@ -6,6 +6,8 @@
 #   CONNECTING --CONNECTED--> ONLINE
 #   any failure or LINK_LOST --> BACKOFF --BACKOFF_DONE--> JOINING
 #   FATAL or STOP, from any state but HALTED --> HALTED (final)
+#   CONNECTING --NEED_PROVISION--> PROVISIONING --PROVISIONED--> CONNECTING
+#   PROVISIONING --PROVISION_FAILED--> BACKOFF (denied, expired, no decision: ask again later)
 #
 # Backoff always resumes at JOINING: a handler finding WiFi still up (or the
 # clock still set) reports WIFI_UP (TIME_SYNCED) at once, so one path serves all.
@@ -18,8 +20,10 @@ CONNECTING = const(3)
 ONLINE = const(4)
 BACKOFF = const(5)
 HALTED = const(6)
+PROVISIONING = const(7)  # asking the base station for MQTT credentials
 
-STATE_NAMES = ("offline", "joining", "syncing", "connecting", "online", "backoff", "halted")
+STATE_NAMES = ("offline", "joining", "syncing", "connecting", "online", "backoff", "halted",
+               "provisioning")
 
 START = const(0)
 WIFI_UP = const(1)
@@ -32,31 +36,42 @@ LINK_LOST = const(7)
 BACKOFF_DONE = const(8)
 FATAL = const(9)
 STOP = const(10)  # a clean stop, e.g. run.max_readings reached
+NEED_PROVISION = const(11)  # no MQTT credentials yet, and a base station may give them
+PROVISIONED = const(12)
+PROVISION_FAILED = const(13)
 
 EVENT_NAMES = ("start", "wifi_up", "wifi_failed", "time_synced", "time_failed", "connected",
-               "connect_failed", "link_lost", "backoff_done", "fatal", "stop")
+               "connect_failed", "link_lost", "backoff_done", "fatal", "stop",
+               "need_provision", "provisioned", "provision_failed")
 
 _NO = const(-1)
 
 # _TABLE[state][event] -> next state, _NO where the event is illegal there.
 # Columns: START WIFI_UP WIFI_FAILED TIME_SYNCED TIME_FAILED CONNECTED
 #          CONNECT_FAILED LINK_LOST BACKOFF_DONE FATAL STOP
+#          NEED_PROVISION PROVISIONED PROVISION_FAILED
 _TABLE = (
     # OFFLINE
-    (JOINING, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, HALTED, HALTED),
+    (JOINING, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, HALTED, HALTED, _NO, _NO, _NO),
     # JOINING
-    (_NO, SYNCING, BACKOFF, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    (_NO, SYNCING, BACKOFF, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED, _NO, _NO, _NO),
     # SYNCING: without NTP, still try: an RTC kept across resets may be right, and if it
     # is not, TLS fails with "clock unset" and the next round syncs again.
-    (_NO, _NO, _NO, CONNECTING, CONNECTING, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    (_NO, _NO, _NO, CONNECTING, CONNECTING, _NO, _NO, BACKOFF, _NO, HALTED, HALTED,
+     _NO, _NO, _NO),
     # CONNECTING
-    (_NO, _NO, _NO, _NO, _NO, ONLINE, BACKOFF, BACKOFF, _NO, HALTED, HALTED),
+    (_NO, _NO, _NO, _NO, _NO, ONLINE, BACKOFF, BACKOFF, _NO, HALTED, HALTED,
+     PROVISIONING, _NO, _NO),
     # ONLINE
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED),
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED, _NO, _NO, _NO),
     # BACKOFF
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, JOINING, HALTED, HALTED),
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, JOINING, HALTED, HALTED, _NO, _NO, _NO),
     # HALTED: final; nothing leaves it.
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO),
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO),
+    # PROVISIONING: credentials go back to CONNECTING; a refusal or silence backs off and
+    # the board asks again from JOINING.
+    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED,
+     _NO, CONNECTING, BACKOFF),
 )
 
 # 2**31 ms is ~25 days: beyond any sane max_ms, and keeps the doubling bounded.

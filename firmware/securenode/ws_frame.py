@@ -76,16 +76,20 @@ def header_into(out, opcode, length, mask, fin=True):
     return i + 4
 
 
-def mask_into(out, start, payload, mask, phase=0):
-    """XOR ``payload`` with ``mask`` into ``out[start:]``; ``phase`` = bytes already masked.
+def mask_into(out, start, payload, mask, offset=0, count=None):
+    """XOR ``payload[offset:offset + count]`` with ``mask`` into ``out[start:]``.
+
+    ``offset`` also sets the mask phase, so a long payload can be masked in pieces.
 
     >>> out = bytearray(2)
     >>> mask_into(out, 0, b"ab", b"\\x00\\x01\\x00\\x01")
     >>> bytes(out)
     b'ac'
     """
-    for i in range(len(payload)):
-        out[start + i] = payload[i] ^ mask[(phase + i) & 3]
+    if count is None:
+        count = len(payload) - offset
+    for i in range(count):
+        out[start + i] = payload[offset + i] ^ mask[(offset + i) & 3]
 
 
 def encode_frame(out, opcode, payload, mask, fin=True):
@@ -283,6 +287,11 @@ class MessageReader:
         self._data = bytearray(0)
         self._opcode = None   # opcode of the message being reassembled, or None
         self._size = 0        # bytes of it gathered so far
+        self._first = -1      # first header byte, when a poll already read it
+
+    def push_first(self, byte):
+        """The next frame's first byte was read already (a non-blocking poll)."""
+        self._first = byte
 
     def _grow(self, size):
         if size > len(self._data):
@@ -293,7 +302,12 @@ class MessageReader:
     def read(self, stream):
         while True:
             hv = self._hdr_view
-            _read_exact(stream, hv[:2])
+            if self._first >= 0:
+                self._hdr[0] = self._first
+                self._first = -1
+                _read_exact(stream, hv[1:2])
+            else:
+                _read_exact(stream, hv[:2])
             need = header_length(self._hdr[1])
             if need > 2:
                 _read_exact(stream, hv[2:need])

@@ -54,7 +54,7 @@ def acl_text(subscribers):
 
 class Broker:
     def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None,
-                 password_listener=False):
+                 password_listener=False, websockets=False):
         self.files = {"ca.pem": Path(ca_pem), "server.pem": Path(server_pem),
                       "server.key": Path(server_key)}
         self.subscribers = list(subscribers)
@@ -63,9 +63,15 @@ class Broker:
         # second TLS listener; the same ACL pattern confines them to devices/<user>/#.
         self.password_port = free_port() if password_listener else None
         self.password_path = None
+        # MQTT over wss (firmware mqtt_wss_link): same TLS, certificates and ACL.
+        self.websockets_port = free_port() if websockets else None
         self.proc = None
         self.workdir = None
         self.log_path = None
+        # Keep persistent sessions and their queued QoS 1 messages across a restart (saved
+        # at a clean stop and every second) and never drop queued messages, as the
+        # collector's session needs: set before start().
+        self.persistence = False
 
     def _lay_out(self):
         # mkdtemp gives 0700; open it to the mosquitto group only, keys stay unreadable to others.
@@ -78,6 +84,7 @@ class Broker:
             self.password_path.write_text("")
         (self.workdir / "mosquitto.conf").write_text(self.config_text())
         self.log_path = self.workdir / "mosquitto.log"
+        (self.workdir / "persist").mkdir()  # the broker (as mosquitto) must write here
         if os.geteuid() == 0:
             uid = pwd.getpwnam("mosquitto").pw_uid if _user_exists("mosquitto") else 0
             gid = grp.getgrnam("mosquitto").gr_gid if _group_exists("mosquitto") else 0
@@ -86,6 +93,8 @@ class Broker:
             for path in self.workdir.iterdir():
                 os.chown(path, uid if path.name == "server.key" else 0, gid)
                 os.chmod(path, 0o600 if path.name == "server.key" else 0o640)
+            os.chown(self.workdir / "persist", uid, gid)
+            os.chmod(self.workdir / "persist", 0o700)
         else:
             os.chmod(self.workdir / "server.key", 0o600)
 
@@ -93,7 +102,12 @@ class Broker:
         return "\n".join([
             "per_listener_settings false",
             "allow_anonymous false",
-            "persistence false",
+            "persistence %s" % ("true" if self.persistence else "false"),
+            "persistence_location %s/" % (self.workdir / "persist"),
+            "autosave_interval 1",
+            # With persistence (a collector's session) nothing is dropped for a slow
+            # subscriber: the default queue limit (1000) discards the excess silently.
+            "max_queued_messages %d" % (0 if self.persistence else 1000),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -110,7 +124,25 @@ class Broker:
             "use_identity_as_username true",
             "set_tcp_nodelay true",
             "",
-        ] + self._password_listener_lines())
+        ] + self._password_listener_lines() + self._websockets_listener_lines())
+
+    def _websockets_listener_lines(self):
+        if not self.websockets_port:
+            return []
+        # Mosquitto 2.0.11 hands websockets listeners to libwebsockets, which binds every
+        # interface ("*:port", IPv4 and IPv6) unless socket_domain is set: with ipv4 it
+        # honours the 127.0.0.1 bind (tests/test_wss_mqtt.py checks with `ss`).
+        return [
+            "listener %d 127.0.0.1" % self.websockets_port,
+            "protocol websockets",
+            "socket_domain ipv4",
+            "cafile %s" % (self.workdir / "ca.pem"),
+            "certfile %s" % (self.workdir / "server.pem"),
+            "keyfile %s" % (self.workdir / "server.key"),
+            "require_certificate true",
+            "use_identity_as_username true",
+            "",
+        ]
 
     def _password_listener_lines(self):
         if not self.password_port:

@@ -231,6 +231,9 @@ def make_module(state):
         def setsockopt(self, level, optname, value):
             if level == SOL_SOCKET and optname == SO_REUSEADDR:
                 self._host.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, value)
+            elif level == IPPROTO_TCP and optname == TCP_NODELAY:
+                # As lwIP: Nagle is on by default and this turns it off.
+                self._host.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, value)
 
         def fileno(self):
             return self._host.fileno() if self._host is not None else -1

@@ -1,0 +1,330 @@
+"""A power-safe outbox on flash: readings wait here until the peer acknowledged them.
+
+Layout under one directory (``outbox/`` by default)::
+
+    00000001.seg  00000002.seg ...   append-only segments of records
+    state                            head position, counters; replaced by rename, never edited
+
+A record is ``<H payload length> <I seq> <I crc32(seq bytes + payload)> <payload>``. A power
+cut can tear only the record being appended (the tail): at open, the tail is scanned, the
+first record whose length or CRC does not hold ends the segment, and the good prefix is kept.
+A good record is never dropped for a torn one.
+
+Removal is by acknowledgement: the head moves forward in RAM, the ``state`` file records it
+every ``ack_batch`` acks (a crash in between resends at most ack_batch - 1 readings, which
+storage dedupes by (device, seq)), and a segment is deleted once every record in it is
+acknowledged. Nothing is rewritten per reading: flash wears by erase cycles.
+
+The sequence number is never stored on its own: it is the highest seq found in the records,
+the state file (last acknowledged) or a torn tail, plus one. A torn record's seq is never
+reused: it might have been half-written with content that will never be sent.
+
+Bounded by ``budget_bytes``: when an append would exceed it, the oldest segment goes first,
+and its unacknowledged records are counted in ``dropped`` (persisted, reported in status).
+
+Example::
+
+    box = Outbox("outbox", budget_bytes=16384, segment_bytes=2048)
+    torn = box.open()                # [(seq, bytes_dropped)] torn tails found, usually []
+    seq = box.next_seq
+    box.append(seq, b'{"seq":1}')
+    seq, payload = box.peek()        # oldest unacknowledged, or None
+    box.ack(seq)
+"""
+
+import binascii
+import os
+import struct
+
+from micropython import const
+
+_HEADER_BYTES = const(10)
+_STATE_NAME = "state"
+_STATE_TMP = "state.tmp"
+_SEG_SUFFIX = ".seg"
+_STATE_VERSION = const(1)
+
+
+class OutboxError(Exception):
+    """The outbox on flash cannot be used (bad arguments, a record too large, flash error)."""
+
+
+def encode_header(buf, seq, payload):
+    """Fill buf[0:10] with the record header for (seq, payload); return the record length.
+
+    >>> h = bytearray(10)
+    >>> encode_header(h, 1, b"x"), bytes(h[:6])
+    (11, b'\\x01\\x00\\x01\\x00\\x00\\x00')
+    """
+    struct.pack_into("<HI", buf, 0, len(payload), seq)
+    crc = binascii.crc32(payload, binascii.crc32(memoryview(buf)[2:6])) & 0xFFFFFFFF
+    struct.pack_into("<I", buf, 6, crc)
+    return _HEADER_BYTES + len(payload)
+
+
+def check_record(header, payload):
+    """Return the seq if header (10 bytes) and payload form a good record, else -1.
+
+    >>> h = bytearray(10); n = encode_header(h, 7, b"abc")
+    >>> check_record(h, b"abc"), check_record(h, b"abd")
+    (7, -1)
+    """
+    length, seq, crc = struct.unpack_from("<HII", header, 0)
+    if length != len(payload):
+        return -1
+    got = binascii.crc32(payload, binascii.crc32(memoryview(header)[2:6])) & 0xFFFFFFFF
+    return seq if got == crc else -1
+
+
+def _seg_name(number):
+    return "%08d%s" % (number, _SEG_SUFFIX)
+
+
+class Outbox:
+    def __init__(self, root="outbox", budget_bytes=16384, segment_bytes=2048, max_record=512,
+                 ack_batch=8):
+        if segment_bytes < max_record + _HEADER_BYTES or budget_bytes < 2 * segment_bytes:
+            raise OutboxError("outbox: need segment_bytes >= max_record + %d and budget_bytes "
+                              ">= 2 * segment_bytes" % _HEADER_BYTES)
+        self.root = root
+        self.budget_bytes = budget_bytes
+        self.segment_bytes = segment_bytes
+        self.max_record = max_record
+        self.ack_batch = ack_batch
+        self._header = bytearray(_HEADER_BYTES)
+        self._body = bytearray(max_record)
+        # [segment number, size in bytes, records] oldest first; the last one takes appends.
+        self._segs = []
+        self._head_off = 0       # byte offset of the oldest unacked record in _segs[0]
+        self._head_index = 0     # how many records of _segs[0] are acknowledged
+        self._head = None        # cached (seq, payload) of the record at the head
+        self._unsaved_acks = 0
+        self.next_seq = 1
+        self.acked_seq = 0
+        self.depth = 0           # records waiting for an acknowledgement
+        self.dropped = 0         # records lost to the byte budget, ever (persisted)
+        self.torn = 0            # torn tails found at open, ever (persisted)
+        self.boots = 0           # times this outbox was opened (persisted)
+        self.bytes_written = 0   # bytes this outbox wrote to flash since open
+
+    def _path(self, name):
+        return self.root + "/" + name
+
+    # --- opening ---------------------------------------------------------------------
+    def open(self):
+        """Read the state, check the tail, and be ready; return [(seq, bytes)] per torn tail."""
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass  # exists (errno differs between ports; a real failure shows at the first write)
+        head_seg = self._load_state()
+        numbers = []
+        for name in os.listdir(self.root):
+            if name.endswith(_SEG_SUFFIX) and name[:-len(_SEG_SUFFIX)].isdigit():
+                numbers.append(int(name[:-len(_SEG_SUFFIX)]))
+            elif name == _STATE_TMP:
+                os.remove(self._path(name))  # a replacement that never completed
+        numbers.sort()
+        torn = []
+        highest = self.acked_seq
+        for number in numbers:
+            if number < head_seg:
+                os.remove(self._path(_seg_name(number)))  # deletion interrupted by a reset
+                continue
+            count, good_bytes, last_seq, size = self._scan(number)
+            if last_seq > highest:
+                highest = last_seq
+            if good_bytes < size:
+                # The torn record carried the next seq: it is lost and never reused.
+                highest += 1
+                torn.append((highest, size - good_bytes))
+                self._keep_prefix(number, good_bytes)
+            self._segs.append([number, good_bytes, count])
+        if self._segs and self._segs[0][0] == head_seg:
+            self._skip_acked()
+        else:
+            self._head_off = 0
+        if not self._segs:
+            self._segs.append([max(head_seg, 1), 0, 0])
+        self.next_seq = highest + 1
+        self.torn += len(torn)
+        self.boots += 1
+        self.depth = 0
+        for seg in self._segs:
+            self.depth += seg[2]
+        self.depth -= self._head_index
+        self._save_state()
+        return torn
+
+    def _load_state(self):
+        try:
+            with open(self._path(_STATE_NAME)) as f:
+                fields = f.read().split()
+            if len(fields) != 7 or int(fields[0]) != _STATE_VERSION:
+                raise ValueError
+            values = [int(x) for x in fields[1:]]
+        except (OSError, ValueError):
+            return 0  # no outbox yet (or an unreadable state): the records still give the seq
+        head_seg, self._head_off, self.acked_seq, self.dropped, self.torn, self.boots = values
+        return head_seg
+
+    def _scan(self, number):
+        """(records, bytes of good records, last good seq, file size) of one segment."""
+        count = good = 0
+        last_seq = 0
+        header = self._header
+        with open(self._path(_seg_name(number)), "rb") as f:
+            while True:
+                if f.readinto(header) != _HEADER_BYTES:
+                    break
+                length = header[0] | header[1] << 8
+                if length > self.max_record:
+                    break  # not a length we ever write: garbage from a torn write
+                body = memoryview(self._body)[:length]
+                if f.readinto(body) != length:
+                    break
+                seq = check_record(header, body)
+                if seq < 0:
+                    break
+                count += 1
+                good += _HEADER_BYTES + length
+                last_seq = seq
+            size = f.seek(0, 2)
+        return count, good, last_seq, size
+
+    def _keep_prefix(self, number, good_bytes):
+        # MicroPython has no truncate: copy the good prefix and rename it over the segment,
+        # once per power cut (never per reading).
+        src = self._path(_seg_name(number))
+        tmp = src + ".tmp"
+        with open(src, "rb") as f_in:
+            with open(tmp, "wb") as f_out:
+                left = good_bytes
+                while left:
+                    n = f_in.readinto(memoryview(self._body)[:min(left, self.max_record)])
+                    f_out.write(memoryview(self._body)[:n])
+                    left -= n
+        os.rename(tmp, src)
+        self.bytes_written += good_bytes
+
+    def _skip_acked(self):
+        # Count the records before the persisted head offset, record by record, so that a
+        # stale or damaged offset never lands inside a record.
+        offset = index = 0
+        want = self._head_off
+        number = self._segs[0][0]
+        with open(self._path(_seg_name(number)), "rb") as f:
+            while offset < want and index < self._segs[0][2]:
+                f.readinto(self._header)
+                length = self._header[0] | self._header[1] << 8
+                f.seek(length, 1)
+                offset += _HEADER_BYTES + length
+                index += 1
+        self._head_off = offset
+        self._head_index = index
+
+    # --- state -------------------------------------------------------------------------
+    def _save_state(self):
+        text = "%d %d %d %d %d %d %d\n" % (_STATE_VERSION, self._segs[0][0], self._head_off,
+                                           self.acked_seq, self.dropped, self.torn, self.boots)
+        tmp = self._path(_STATE_TMP)
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, self._path(_STATE_NAME))  # atomic on LittleFS; FAT replaces in place
+        self.bytes_written += len(text)
+        self._unsaved_acks = 0
+
+    def flush(self):
+        """Persist the head now (e.g. before a clean stop), not just every ack_batch acks."""
+        if self._unsaved_acks:
+            self._save_state()
+
+    # --- append ------------------------------------------------------------------------
+    def append(self, seq, payload):
+        """Store one reading durably (flushed before returning); seq must be next_seq.
+
+        Drops the oldest segment(s) first when the byte budget would be exceeded.
+        """
+        if len(payload) > self.max_record:
+            raise OutboxError("outbox: record of %d bytes exceeds max_record %d"
+                              % (len(payload), self.max_record))
+        if seq != self.next_seq:
+            raise OutboxError("outbox: append seq %d, expected %d" % (seq, self.next_seq))
+        size = _HEADER_BYTES + len(payload)
+        tail = self._segs[-1]
+        if tail[1] + size > self.segment_bytes:
+            tail = [tail[0] + 1, 0, 0]
+            self._segs.append(tail)
+        total = 0
+        for seg in self._segs:
+            total += seg[1]
+        while total + size > self.budget_bytes and len(self._segs) > 1:
+            total -= self._drop_oldest()
+        encode_header(self._header, seq, payload)
+        with open(self._path(_seg_name(tail[0])), "ab") as f:
+            f.write(self._header)
+            f.write(payload)
+        tail[1] += size
+        tail[2] += 1
+        self.bytes_written += size
+        self.next_seq = seq + 1
+        self.depth += 1
+
+    def _drop_oldest(self):
+        oldest = self._segs.pop(0)
+        lost = oldest[2] - self._head_index
+        self.dropped += lost
+        self.depth -= lost
+        self._head_off = 0
+        self._head_index = 0
+        self._head = None
+        self._save_state()  # first the head moves past it, then the file goes
+        os.remove(self._path(_seg_name(oldest[0])))
+        return oldest[1]
+
+    # --- delivery ----------------------------------------------------------------------
+    def peek(self):
+        """The oldest unacknowledged reading as (seq, payload bytes), or None if empty."""
+        if self._head is not None:
+            return self._head
+        seg = self._segs[0]
+        if self._head_index >= seg[2]:
+            if len(self._segs) == 1:
+                return None
+            self._next_segment()
+            return self.peek()
+        with open(self._path(_seg_name(seg[0])), "rb") as f:
+            f.seek(self._head_off)
+            f.readinto(self._header)
+            length = self._header[0] | self._header[1] << 8
+            payload = f.read(length)
+        seq = check_record(self._header, payload)
+        if seq < 0:
+            raise OutboxError("outbox: record at %s:%d changed on flash"
+                              % (_seg_name(seg[0]), self._head_off))
+        self._head = (seq, payload)
+        return self._head
+
+    def ack(self, seq):
+        """The peer acknowledged seq (the head): it leaves the outbox."""
+        head = self.peek()
+        if head is None or head[0] != seq:
+            raise OutboxError("outbox: ack for seq %d, head is %s"
+                              % (seq, head and head[0]))
+        self._head_off += _HEADER_BYTES + len(head[1])
+        self._head_index += 1
+        self._head = None
+        self.acked_seq = seq
+        self.depth -= 1
+        self._unsaved_acks += 1
+        if self._head_index >= self._segs[0][2] and len(self._segs) > 1:
+            self._next_segment()
+        elif self._unsaved_acks >= self.ack_batch:
+            self._save_state()
+
+    def _next_segment(self):
+        done = self._segs.pop(0)
+        self._head_off = 0
+        self._head_index = 0
+        self._save_state()
+        os.remove(self._path(_seg_name(done[0])))

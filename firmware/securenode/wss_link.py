@@ -1,0 +1,119 @@
+"""Readings to an ingest endpoint over wss: one text message each, delivered when acked.
+
+The endpoint authenticates the board by the bearer token in the upgrade request (the
+path names the device, the token must belong to it), answers each reading with
+``{"ack": <seq>}``, and may send commands, e.g. ``{"cmd": "set_interval",
+"interval_ms": 5000, "id": 7}``. A command is handed to the app's callback and answered
+with ``{"cmd_ack": 7, "ok": true}`` (or ``"ok": false, "detail": "..."``).
+
+Errors leave as ``MqttError`` with the wss kind (the app handles every link's failures
+as that one class): ws_refused, ws_handshake, ws_protocol, ws_closed, ack_timeout, ...
+
+Example::
+
+    link = WssLink("board-1", "ingest.local", 443, "/ingest/board-1", token, tls,
+                   connect_ms=5000, io_ms=5000, handshake_ms=10000,
+                   max_message_bytes=4096, on_command=node.apply_command)
+    link.connect()
+    link.publish(topic, payload)       # returns once {"ack": seq} arrived
+"""
+
+import json
+import time
+
+from securenode import ws_frame
+from securenode.events import emit
+from securenode.mqtt_link import MqttError
+from securenode.wss_client import WssClient, WssError
+
+
+def link_error(exc, waiting_for=None):
+    """The MqttError the app handles, for a WssError (timeouts named as ack timeouts)."""
+    if exc.kind == "ws_timeout" and waiting_for:
+        return MqttError("ack_timeout", "no %s from %s: %s" % (waiting_for, exc.peer, exc))
+    err = MqttError(exc.kind, str(exc))
+    err.close_code = exc.close_code
+    return err
+
+
+class WssLink:
+    def __init__(self, device_id, host, port, path, token, tls, connect_ms, io_ms,
+                 handshake_ms, max_message_bytes, on_command=None):
+        self.device_id = device_id
+        self.peer = "%s:%d" % (host, port)
+        self.legacy_api = False
+        self._io_ms = io_ms
+        self._on_command = on_command
+        self._ws = WssClient(host, port, path, tls, connect_ms, io_ms, handshake_ms,
+                             max_message_bytes,
+                             headers=(("Authorization", "Bearer " + token),))
+
+    def connect(self):
+        try:
+            self._ws.connect()
+        except WssError as exc:
+            raise link_error(exc)
+        emit("wss_connected", peer=self.peer, path=self._ws.path)
+
+    def publish(self, topic, payload):
+        """Send one reading as a text message; return once its {"ack": seq} arrived."""
+        seq = json.loads(payload)["seq"]
+        try:
+            self._ws.send(payload)
+            self._wait(seq)
+        except WssError as exc:
+            raise link_error(exc, "ack for seq %d" % seq)
+
+    def ping(self):
+        """WebSocket ping; returns once the pong came back (commands are handled meanwhile)."""
+        try:
+            self._ws.ping(b"k")
+            self._wait(None)
+        except WssError as exc:
+            raise link_error(exc, "pong")
+
+    def _wait(self, seq):
+        # seq None: wait for a pong. The overall deadline holds even if the peer keeps
+        # talking (commands, stale acks) without ever answering what we wait for.
+        started = time.ticks_ms()
+        while True:
+            opcode, payload = self._ws.recv()
+            if opcode == ws_frame.OP_PONG:
+                if seq is None:
+                    return
+            elif opcode == ws_frame.OP_TEXT:
+                message = self._parse(payload)
+                if "cmd" in message:
+                    self._command(message)
+                elif seq is not None and message.get("ack") == seq:
+                    return
+            elif opcode == ws_frame.OP_BINARY:
+                self._ws.close(1003, "binary not accepted")
+                raise MqttError("protocol", "%s sent a binary message" % self.peer)
+            if time.ticks_diff(time.ticks_ms(), started) > self._io_ms:
+                raise MqttError("ack_timeout", "%s sent messages for %d ms but no %s"
+                                % (self.peer, self._io_ms,
+                                   "pong" if seq is None else "ack for seq %d" % seq))
+
+    def _parse(self, payload):
+        try:
+            message = json.loads(bytes(payload))
+        except ValueError:
+            message = None
+        if type(message) is not dict:
+            self._ws.close(1007, "not a JSON object")
+            raise MqttError("protocol", "%s sent a text message that is not a JSON object"
+                            % self.peer)
+        return message
+
+    def _command(self, message):
+        ok, detail = False, "unknown command"
+        if self._on_command is not None:
+            ok, detail = self._on_command(message)
+        reply = {"cmd_ack": message.get("id"), "ok": ok}
+        if detail:
+            reply["detail"] = detail
+        self._ws.send(json.dumps(reply).encode())
+
+    def close(self):
+        self._ws.close()

@@ -1,0 +1,105 @@
+"""Helpers for the provisioning tests: a broker with a password listener, a base station,
+a device-side HTTPS client that can pick its source address, and the CLI."""
+
+import http.client
+import json
+import os
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+from host_sim.servers.mosquitto import Broker
+from tools import basestation as bsm
+from tools import certs
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBSCRIBER = "test-subscriber"
+
+
+class FakeClock:
+    """The base station's clock, moved by the test: no sleeping through a 60 s window."""
+
+    def __init__(self, start):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def base_station_cert(pki):
+    if not (Path(pki.dir) / "basestation-chain.pem").exists():
+        certs.make_server(pki.dir, name="basestation")
+    return Path(pki.dir) / "basestation-chain.pem", Path(pki.dir) / "basestation.key"
+
+
+def password_broker(pki):
+    return Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
+                  subscribers=[SUBSCRIBER], password_listener=True)
+
+
+def start_base_station(pki, broker, state_dir, clock=None, beacon=None, port=0):
+    chain, key = base_station_cert(pki)
+    kwargs = {"beacon": beacon, "beacon_interval_s": 0.2, "port": port}
+    if clock is not None:
+        kwargs["clock"] = clock
+    return bsm.BaseStation(state_dir, chain, key, pki.ca.cert_der,
+                           ("127.0.0.1", broker.password_port, "localhost"),
+                           bsm.MosquittoPasswords(broker.password_path, broker.proc.pid),
+                           **kwargs).start()
+
+
+def post(pki, port, path, doc, source_ip="127.0.0.1", raw=None):
+    """A device's request, verified against the pinned CA; returns (status, JSON)."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca.cert_pem))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10,
+                                       source_address=(source_ip, 0))
+    try:
+        body = raw if raw is not None else json.dumps(doc)
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def ask(pki, port, device_id="dev-1", name="Kitchen meter", nonce=None, source_ip="127.0.0.1"):
+    nonce = nonce or os.urandom(16).hex()
+    status, doc = post(pki, port, "/v1/auth/request", {
+        "device_id": device_id, "name": name, "firmware": "0.1.0", "nonce": nonce},
+        source_ip=source_ip)
+    assert status == 202 and doc["status"] == "pending", (status, doc)
+    return doc["request_id"], nonce
+
+
+def poll(pki, port, request_id, device_id, nonce, source_ip="127.0.0.1"):
+    return post(pki, port, "/v1/auth/request/%d" % request_id,
+                {"device_id": device_id, "nonce": nonce}, source_ip=source_ip)
+
+
+def cli(state_dir, *args, stdin=None):
+    """Run `python tools/basestation.py --state DIR ...`; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "basestation.py"), "--state",
+                           str(state_dir)] + list(args), input=stdin, capture_output=True,
+                          text=True, timeout=60, cwd=str(ROOT))
+
+
+def cli_list(state_dir):
+    proc = cli(state_dir, "list", "--json", "--all")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def provisioning_config(port=None, beacon_port=None, wait_s=30, host="127.0.0.1"):
+    section = {"port": port or 1, "poll_min_ms": 200, "poll_max_ms": 1000, "wait_s": wait_s,
+               "beacon_wait_ms": 5000}
+    if host is not None:
+        section["host"] = host
+    if beacon_port:
+        section["beacon_port"] = beacon_port
+    # Only WiFi: no MQTT host, no client certificate; the pinned CA is the only trust.
+    return {"provisioning": section, "tls": {"ca": ["ca.der"]},
+            "mqtt": {"keepalive_s": 60}, "backoff.min_ms": 200, "backoff.max_ms": 600}

@@ -13,11 +13,11 @@ SIM_READINGS ?= 10
 # mqtts (default), wss (readings to tools/ingest.py) or mqtt_wss (MQTT over websockets)
 SIM_TRANSPORT ?= mqtts
 
-.PHONY: all deps sim test bench certs mosquitto chromium postgresql chaos clean
+.PHONY: all deps sim test bench certs system-packages chaos clean
 
 all: deps
 
-deps: $(STAMP) $(UMQTT) $(WASM) mosquitto chromium postgresql
+deps: $(STAMP) $(UMQTT) $(WASM) system-packages
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,22 +30,20 @@ $(UMQTT): $(STAMP) tools/vendor_umqtt.py
 $(WASM): tests/micropython_wasm/package.json tests/micropython_wasm/package-lock.json
 	npm ci --prefix tests/micropython_wasm --no-audit --no-fund --loglevel=error
 
-# Debian's package; the broker is started by the tests and the sim, never as a service here.
-mosquitto:
-	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
-
-# PostgreSQL server binaries for the collector's tests and bench (initdb/pg_ctl in a temp dir;
-# never started as a service here).
-postgresql:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
-
-# Debian's browser for the base station's page tests (Playwright drives it; we never run
-# `playwright install`, which would download a browser build of its own).
-chromium:
-	@[ -x /usr/bin/chromium ] || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+# Debian packages the tests and the sim start by themselves (never as services here):
+# Mosquitto (the broker), PostgreSQL's server binaries (initdb/pg_ctl in a temp dir for the
+# collector) and Chromium (Playwright drives it for the base station's page; we never run
+# `playwright install`, which would download a browser build of its own). One apt-get run
+# installs whichever are missing.
+system-packages:
+	@missing=""; \
+	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 # Idempotent: makes only what is missing (a CA is never replaced behind your back).
 certs: $(STAMP)

@@ -118,6 +118,21 @@ for _ in range(200):
     b.ack(seq)
 out["wear_bytes_per_reading"] = (b.bytes_written - start) / 200
 
+# A failed flash write (here: the next segment's name is taken by a directory) loses that
+# reading only, says so, and its seq is never given to another reading.
+w = fresh("wfail", segment_bytes=200, max_record=100); w.open()
+fill(w, 6)      # 6 x 33 bytes = 198: the seventh needs segment 2
+os.mkdir("wfail/00000002.seg")
+failed = []
+try:
+    w.append(w.next_seq, b'{"seq":7,"v":"reading"}')
+except outbox.OutboxError as e:
+    failed.append(str(e).startswith("outbox: writing seq 7 to flash failed"))
+w.append(w.next_seq, b'{"seq":8,"v":"reading"}')
+os.rmdir("wfail/00000002.seg")
+w2 = fresh("wfail", segment_bytes=200, max_record=100)
+out["write_failure"] = [failed, w.next_seq, w2.open(), drain(w2), w2.next_seq]
+
 # Wrong use is a named error, never an assert.
 errors = []
 try:
@@ -210,6 +225,13 @@ def test_flash_bytes_per_reading_stay_near_one_record(results, port):
     # record (10 + 88 bytes) plus a 20-byte state file every 4th ack / segment switch
     per_reading = results[port]["wear_bytes_per_reading"]
     assert 98 <= per_reading <= 98 + 20
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_a_failed_flash_write_loses_that_reading_only_and_its_seq_is_not_reused(results, port):
+    failed, next_seq, torn, seqs, reopened_next = results[port]["write_failure"]
+    assert failed == [True] and next_seq == 9
+    assert torn == [] and seqs == [1, 2, 3, 4, 5, 6, 8] and reopened_next == 9
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import signal
-import socket
 import socketserver
 import ssl
 import sys

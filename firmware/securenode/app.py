@@ -242,7 +242,11 @@ class Node:
         payload = reading.encode(self.cfg.device_id, seq, clock.unix_time(), status,
                                  voltage, freq)
         dropped = box.dropped
-        box.append(seq, payload)
+        try:
+            box.append(seq, payload)
+        except outbox.OutboxError as exc:
+            error("outbox_write", str(exc))  # flash full or failing: said, never silent
+            return seq, payload
         if box.dropped != dropped:
             emit("outbox_dropped", dropped=box.dropped - dropped, total=box.dropped)
         emit("stored", seq=seq, depth=box.depth, flash_bytes=box.bytes_written)

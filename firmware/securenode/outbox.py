@@ -261,9 +261,17 @@ class Outbox:
         while total + size > self.budget_bytes and len(self._segs) > 1:
             total -= self._drop_oldest()
         encode_header(self._header, seq, payload)
-        with open(self._path(_seg_name(tail[0])), "ab") as f:
-            f.write(self._header)
-            f.write(payload)
+        try:
+            with open(self._path(_seg_name(tail[0])), "ab") as f:
+                f.write(self._header)
+                f.write(payload)
+        except OSError as exc:
+            # Whatever reached the flash is now a torn tail: never append after it, and never
+            # give this seq to another reading.
+            self._segs.append([tail[0] + 1, 0, 0])
+            self.next_seq = seq + 1
+            raise OutboxError("outbox: writing seq %d to flash failed (%s); that reading is lost"
+                              % (seq, exc))
         tail[1] += size
         tail[2] += 1
         self.bytes_written += size

@@ -9,7 +9,6 @@ Times are host times: they rank the operations, they are not ESP32 flash timings
     .venv/bin/python tests/bench/bench_outbox.py
 """
 
-import json
 import sys
 import tempfile
 from pathlib import Path

@@ -33,6 +33,7 @@ from micropython import const
 # without a copy of publish() here.
 _DUP = const(8)
 _PID_MAX = const(65535)
+_GATHER_BYTES = const(256)  # a reading's whole PUBLISH: header, topic, id, ~90 B JSON
 
 _CONNACK_REFUSALS = {
     1: "unacceptable protocol version",
@@ -82,10 +83,15 @@ class _Sockets:
 class _DeadlineStream:
     # umqtt calls setblocking(True) after every read; on MicroPython that also clears the
     # socket's timeout, so a silent broker would block the board forever. Re-arm it here.
+    # umqtt also writes one PUBLISH in five pieces; written as they come, each becomes its
+    # own TLS record. Gathered until umqtt next reads (for the PUBACK), a reading leaves in one.
     def __init__(self, tls_sock, raw, io_s):
         self._sock = tls_sock
         self._raw = raw
         self._io_s = io_s
+        self._out = bytearray(_GATHER_BYTES)
+        self._out_view = memoryview(self._out)
+        self._out_len = 0
 
     # Any byte from the peer proves the connection alive: last_rx_ms feeds the dead-link
     # check, last_tx_ms decides when a PINGREQ is due.
@@ -93,6 +99,7 @@ class _DeadlineStream:
     last_tx_ms = 0
 
     def read(self, n):
+        self.flush()
         data = self._sock.read(n)
         if data:
             self.last_rx_ms = time.ticks_ms()
@@ -100,17 +107,36 @@ class _DeadlineStream:
 
     def write(self, buf, n=None):
         self.last_tx_ms = time.ticks_ms()
+        if isinstance(buf, str):
+            buf = buf.encode()
         if n is None:
-            return self._sock.write(buf)
-        return self._sock.write(buf, n)
+            n = len(buf)
+        if self._out_len + n > _GATHER_BYTES:
+            self.flush()
+            if n > _GATHER_BYTES:
+                return self._sock.write(memoryview(buf)[:n])
+        self._out_view[self._out_len:self._out_len + n] = memoryview(buf)[:n]
+        self._out_len += n
+        return n
+
+    def flush(self):
+        if self._out_len:
+            pending = self._out_len
+            self._out_len = 0
+            self._sock.write(self._out_view[:pending])
 
     def setblocking(self, flag):
+        if not flag:
+            self.flush()  # while still blocking, under the io deadline
         self._sock.setblocking(flag)
         if flag:
             self._raw.settimeout(self._io_s)
 
     def close(self):
-        self._sock.close()
+        try:
+            self.flush()  # umqtt's DISCONNECT
+        finally:
+            self._sock.close()
 
 
 class MqttLink:

@@ -233,13 +233,14 @@ def main():
     for name, payload, up, down, setup in wire:
         lines.append("| %s | %d | %.0f | %.0f | %.0f | %.0f |"
                      % (name, payload, up, down, up + down, setup))
-    lines += ["", "Why MQTTS costs most per reading: umqtt.simple writes one PUBLISH in five "
-              "stream writes (header, topic length, topic, packet id, payload) and the TLS "
-              "layer sends each as its own record (22 bytes of overhead per record here, where "
-              "the simulator negotiates TLS 1.3; 29 with TLS 1.2 AES-GCM). Over wss, `mqtt_wss_link.WsStream` gathers umqtt's writes "
-              "until it reads, so the PUBLISH leaves as one 6-byte-header WebSocket frame in "
-              "one record; the wss ingest link sends the bare reading JSON in one frame and "
-              "gets `{\"ack\": seq}` back."]
+    lines += ["", "umqtt.simple writes one PUBLISH in five stream writes (header, topic length, "
+              "topic, packet id, payload); sent as they come, each would be its own TLS record "
+              "(22 bytes of overhead per record under TLS 1.3 here, 29 with TLS 1.2 AES-GCM: "
+              "255 bytes per MQTTS reading before the change). `mqtt_link._DeadlineStream` and "
+              "`mqtt_wss_link.WsStream` gather umqtt's writes until it reads, so a PUBLISH "
+              "leaves in one record (over wss, in one 6-byte-header WebSocket frame). The wss "
+              "ingest link sends the bare reading JSON in one frame and gets `{\"ack\": seq}` "
+              "back."]
     lines += ["", "Per-frame CPU cost of `securenode/ws_frame.py` (microseconds per frame; "
               "encode = header + masking into a preallocated buffer, decode = "
               "`MessageReader.read` from an in-memory stream, text adds the UTF-8 check). "

@@ -173,19 +173,23 @@ class Broker:
                                      stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
+        # Ready once every listener accepts: the websockets one opens after the others.
+        waiting = [p for p in (self.port, self.websockets_port, self.password_port) if p]
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while waiting and time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise BrokerError("mosquitto exited with %s at start:\n%s"
                                   % (self.proc.returncode, self.log()))
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.2):
+                    waiting.pop(0)
             except OSError:
                 time.sleep(0.05)
+        if not waiting:
+            return self
         self.stop()
         raise BrokerError("mosquitto did not listen on 127.0.0.1:%d within %ss:\n%s"
-                          % (self.port, timeout_s, self.log()))
+                          % (waiting[0], timeout_s, self.log()))
 
     def log(self):
         try:

@@ -41,7 +41,6 @@ class Node:
         o = cfg.outbox
         self.outbox = outbox.Outbox("outbox", o.budget_bytes, o.segment_bytes, o.max_record,
                                     o.ack_batch)
-        self.status_topic = reading.status_topic(cfg.device_id)
         self.synced = False
         self.link = None
         self.tls = None
@@ -137,7 +136,7 @@ class Node:
     def online(self):
         keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         link = self.link
-        last_io = last_check = time.ticks_ms()
+        last_check = time.ticks_ms()
         burst = 0
         try:
             self._publish_status()
@@ -148,7 +147,6 @@ class Node:
                 if head is not None:
                     self._deliver(head[0], head[1])
                     burst += 1
-                    last_io = time.ticks_ms()
                     limit = self.cfg.run.max_readings
                     if limit and self.acked >= limit:
                         self.outbox.flush()
@@ -160,15 +158,11 @@ class Node:
                 if self.outbox.dropped != self.status_dropped:
                     self._publish_status()
                 now = time.ticks_ms()
-                if keepalive_ms:
-                    idle = link.idle_ms() if hasattr(link, "idle_ms") else time.ticks_diff(
-                        now, last_io)
-                    if idle > keepalive_ms // 2:
-                        link.ping()  # umqtt.simple never sends PINGREQ by itself
-                        last_io = now
-                    if hasattr(link, "check") and time.ticks_diff(now, last_check) >= 100:
-                        last_check = now
-                        link.check(keepalive_ms * 3 // 2)
+                if keepalive_ms and link.idle_ms() > keepalive_ms // 2:
+                    link.ping()  # umqtt.simple never sends PINGREQ by itself
+                if time.ticks_diff(now, last_check) >= 100:
+                    last_check = now
+                    link.check(keepalive_ms * 3 // 2)
                 time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
         except MqttError as exc:
             error(exc.kind, str(exc))
@@ -184,10 +178,7 @@ class Node:
         self.sent_seq = seq if seq > self.sent_seq else self.sent_seq
         emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
              dup=dup)
-        if dup and hasattr(self.link, "will"):
-            self.link.publish(self.topic, payload, dup=True)
-        else:
-            self.link.publish(self.topic, payload)
+        self.link.publish(self.topic, payload, dup=dup)
         self.outbox.ack(seq)
         self.acked += 1
         emit("acked", seq=seq, depth=self.outbox.depth)
@@ -197,13 +188,8 @@ class Node:
         self.status_dropped = box.dropped
         payload = ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
                    '"torn":%d}' % (VERSION, box.boots, box.depth, box.dropped, box.torn)).encode()
-        if hasattr(self.link, "will"):
-            self.link.publish(self.status_topic, payload, retain=True)
-        elif hasattr(self.link, "publish_status"):
-            self.link.publish_status(payload)
-        else:
-            return
-        emit("status", payload=payload.decode())
+        if self.link.publish_status(payload):
+            emit("status", payload=payload.decode())
 
     def apply_command(self, command):
         """Apply a command from the peer (wss ingest); return (ok, detail) for its ack.

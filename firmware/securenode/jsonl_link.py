@@ -18,6 +18,7 @@ Example::
 """
 
 import json
+import time
 
 from micropython import const
 
@@ -38,6 +39,7 @@ class JsonlLink:
         self._io_ms = io_ms
         self._sock = None
         self._line = bytearray(_MAX_LINE)
+        self._last_tx_ms = time.ticks_ms()
 
     def connect(self):
         raw = net.open_tcp(self.host, self.port, self._connect_ms)
@@ -47,8 +49,10 @@ class JsonlLink:
             raw.close()
             raise self._tls.explain(exc, self.host, self.port)
 
-    def publish(self, topic, payload, retain=False, dup=False):
-        """Send one reading line; return once the server acknowledged its seq."""
+    def publish(self, topic, payload, dup=False):
+        """Send one reading line; return once the server acknowledged its seq (a resend is
+        the same line: the server dedupes by seq, so ``dup`` changes nothing on the wire)."""
+        self._last_tx_ms = time.ticks_ms()
         seq = json.loads(payload)["seq"]
         answer = self._exchange(payload, "ack for seq %d" % seq)
         if answer.get("ack") != seq and answer.get("nack") != seq:
@@ -56,13 +60,23 @@ class JsonlLink:
                             % (self.peer, _quote(answer), seq))
 
     def publish_status(self, payload):
-        """Send the board's status line (version, boot count, outbox depth, drops)."""
+        """Send the board's status line (version, boot count, outbox depth, drops); True."""
+        self._last_tx_ms = time.ticks_ms()
         if self._exchange(payload, "status ack").get("ack") != "status":
             raise MqttError("protocol", "%s did not acknowledge the status line" % self.peer)
+        return True
 
     def ping(self):
+        self._last_tx_ms = time.ticks_ms()
         if "pong" not in self._exchange(b'{"ping":1}', "pong"):
             raise MqttError("protocol", "%s did not answer the ping" % self.peer)
+
+    def idle_ms(self):
+        return time.ticks_diff(time.ticks_ms(), self._last_tx_ms)
+
+    def check(self, dead_after_ms):
+        """Nothing to do: this server only ever answers, and a dead link shows as a ping
+        that is not answered within the io deadline."""
 
     def _exchange(self, line, waiting_for):
         try:

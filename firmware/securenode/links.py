@@ -1,7 +1,10 @@
 """Which link carries readings: chosen once from the configuration.
 
-Every link has the same shape: ``connect()``, ``publish(topic, payload)`` (returns only
-once the peer acknowledged the reading), ``ping()``, ``close()`` and ``peer``.
+Every link has the same shape: ``connect()``; ``publish(topic, payload, dup=False)``, which
+returns only once the peer acknowledged the reading; ``publish_status(payload)`` (True if the
+transport carries status); ``ping()``; ``idle_ms()`` since we last sent; ``check(dead_after_ms)``
+to handle what arrived unasked without blocking (and, on MQTT, to find a half-open link);
+``close()``; and ``peer``.
 
 Example::
 

@@ -224,10 +224,18 @@ class MqttLink:
 
     def will(self, topic, payload):
         """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
-        connect(). Example: ``link.will(b"devices/b1/status", b'{"status":"offline"}')``"""
+        connect(). The same topic then carries publish_status().
+        Example: ``link.will(b"devices/b1/status", b'{"status":"offline"}')``"""
         self._will = (topic, payload)
 
-    def publish(self, topic, payload, retain=False, dup=False):
+    def publish_status(self, payload):
+        """Publish the board's status, retained, where the last will speaks; True if sent."""
+        if self._will is None:
+            return False
+        self.publish(self._will[0], payload, retain=True)
+        return True
+
+    def publish(self, topic, payload, dup=False, retain=False):
         """Publish with QoS 1; returns when the broker's PUBACK has arrived.
 
         The wait is bounded by the io timeout (umqtt waits for PUBACK with no deadline of its

@@ -44,6 +44,7 @@ class WssLink:
         self.legacy_api = False
         self._io_ms = io_ms
         self._on_command = on_command
+        self._last_tx_ms = time.ticks_ms()
         self._ws = WssClient(host, port, path, tls, connect_ms, io_ms, handshake_ms,
                              max_message_bytes,
                              headers=(("Authorization", "Bearer " + token),))
@@ -55,22 +56,44 @@ class WssLink:
             raise link_error(exc)
         emit("wss_connected", peer=self.peer, path=self._ws.path)
 
-    def publish(self, topic, payload):
-        """Send one reading as a text message; return once its {"ack": seq} arrived."""
+    def publish(self, topic, payload, dup=False):
+        """Send one reading as a text message; return once its {"ack": seq} arrived (a
+        resend is the same message: the endpoint dedupes by seq, ``dup`` changes nothing)."""
         seq = json.loads(payload)["seq"]
+        self._last_tx_ms = time.ticks_ms()
         try:
             self._ws.send(payload)
             self._wait(seq)
         except WssError as exc:
             raise link_error(exc, "ack for seq %d" % seq)
 
+    def publish_status(self, payload):
+        """The ingest protocol carries readings only: nothing is sent; False."""
+        return False
+
     def ping(self):
         """WebSocket ping; returns once the pong came back (commands are handled meanwhile)."""
+        self._last_tx_ms = time.ticks_ms()
         try:
             self._ws.ping(b"k")
             self._wait(None)
         except WssError as exc:
             raise link_error(exc, "pong")
+
+    def idle_ms(self):
+        return time.ticks_diff(time.ticks_ms(), self._last_tx_ms)
+
+    def check(self, dead_after_ms):
+        """Handle what the endpoint sent between readings (commands) without blocking; a
+        dead link shows as a ping without pong within the io deadline."""
+        try:
+            while True:
+                got = self._ws.poll()
+                if got is None:
+                    return
+                self._handle(got[0], got[1])
+        except WssError as exc:
+            raise link_error(exc)
 
     def _wait(self, seq):
         # seq None: wait for a pong. The overall deadline holds even if the peer keeps
@@ -78,22 +101,29 @@ class WssLink:
         started = time.ticks_ms()
         while True:
             opcode, payload = self._ws.recv()
-            if opcode == ws_frame.OP_PONG:
-                if seq is None:
-                    return
-            elif opcode == ws_frame.OP_TEXT:
-                message = self._parse(payload)
-                if "cmd" in message:
-                    self._command(message)
-                elif seq is not None and message.get("ack") == seq:
-                    return
-            elif opcode == ws_frame.OP_BINARY:
-                self._ws.close(1003, "binary not accepted")
-                raise MqttError("protocol", "%s sent a binary message" % self.peer)
+            message = self._handle(opcode, payload)
+            if opcode == ws_frame.OP_PONG and seq is None:
+                return
+            if message is not None and seq is not None and message.get("ack") == seq:
+                return
             if time.ticks_diff(time.ticks_ms(), started) > self._io_ms:
                 raise MqttError("ack_timeout", "%s sent messages for %d ms but no %s"
                                 % (self.peer, self._io_ms,
                                    "pong" if seq is None else "ack for seq %d" % seq))
+
+    def _handle(self, opcode, payload):
+        # Commands are applied wherever they arrive; a text message is returned for the
+        # caller to match against the ack it waits for.
+        if opcode == ws_frame.OP_TEXT:
+            message = self._parse(payload)
+            if "cmd" in message:
+                self._command(message)
+                return None
+            return message
+        if opcode == ws_frame.OP_BINARY:
+            self._ws.close(1003, "binary not accepted")
+            raise MqttError("protocol", "%s sent a binary message" % self.peer)
+        return None
 
     def _parse(self, payload):
         try:

@@ -15,7 +15,7 @@ from tools.ingest import IngestServer, load_tokens
 
 TOKENS = {"board-ws1": "ws1-" + "q7Rz" * 8, "board-ws2": "ws2-" + "M3kP" * 8,
           "board-wsbad": "bad-" + "x9Yv" * 8, "board-wscmd": "cmd-" + "L0oN" * 8,
-          "board-wsrogue": "rog-" + "H4sT" * 8}
+          "board-wsrogue": "rog-" + "H4sT" * 8, "board-wsidle": "idl-" + "P2wE" * 8}
 FAST = {"timeouts_ms.io": 1500, "timeouts_ms.handshake": 3000, "timeouts_ms.connect": 2000,
         "backoff.min_ms": 100, "backoff.max_ms": 400}
 
@@ -90,6 +90,18 @@ def test_set_interval_command_is_applied_and_acknowledged(launch, ingest):
     times = [e["t_ms"] for e in board.of("published") if e["t_ms"] > applied["t_ms"] + 300]
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(gaps) >= 2 and min(gaps) >= 700, (gaps, board.events[-30:])
+
+
+def test_command_between_readings_is_applied_without_waiting_for_the_next_one(launch, ingest):
+    # Readings 20 s apart: the command must be handled while the board idles, not at the
+    # next reading's ack.
+    board = launch("board-wsidle", 1, config=dict(wss(ingest.port, TOKENS["board-wsidle"]),
+                                                  **{"sample.interval_ms": 20000}))
+    acked = board.wait_for("acked", timeout=30, seq=1)
+    ingest.send_command("board-wsidle", {"cmd": "set_interval", "interval_ms": 1000})
+    applied = board.wait_for("command", timeout=5, cmd="set_interval", ok=True)
+    assert applied["t_ms"] - acked["t_ms"] < 20000
+    assert [e["seq"] for e in board.of("published")] == [1]
 
 
 def test_invalid_command_is_refused_in_its_ack(launch, ingest):

@@ -116,15 +116,20 @@ class Broker:
             "connection_messages true",
             "acl_file %s" % (self.workdir / "acl"),
             "",
-            "listener %d 127.0.0.1" % self.port,
-            "cafile %s" % (self.workdir / "ca.pem"),
-            "certfile %s" % (self.workdir / "server.pem"),
-            "keyfile %s" % (self.workdir / "server.key"),
+        ] + self._tls_listener_lines(self.port, [
             "require_certificate true",
             "use_identity_as_username true",
             "set_tcp_nodelay true",
+        ]) + self._password_listener_lines() + self._websockets_listener_lines())
+
+    def _tls_listener_lines(self, port, settings):
+        # Every listener binds loopback only and presents the same server certificate.
+        return ["listener %d 127.0.0.1" % port] + settings + [
+            "cafile %s" % (self.workdir / "ca.pem"),
+            "certfile %s" % (self.workdir / "server.pem"),
+            "keyfile %s" % (self.workdir / "server.key"),
             "",
-        ] + self._password_listener_lines() + self._websockets_listener_lines())
+        ]
 
     def _websockets_listener_lines(self):
         if not self.websockets_port:
@@ -132,33 +137,20 @@ class Broker:
         # Mosquitto 2.0.11 hands websockets listeners to libwebsockets, which binds every
         # interface ("*:port", IPv4 and IPv6) unless socket_domain is set: with ipv4 it
         # honours the 127.0.0.1 bind (tests/test_wss_mqtt.py checks with `ss`).
-        return [
-            "listener %d 127.0.0.1" % self.websockets_port,
+        return self._tls_listener_lines(self.websockets_port, [
             "protocol websockets",
             "socket_domain ipv4",
-            "cafile %s" % (self.workdir / "ca.pem"),
-            "certfile %s" % (self.workdir / "server.pem"),
-            "keyfile %s" % (self.workdir / "server.key"),
             "require_certificate true",
             "use_identity_as_username true",
-            "",
-        ]
+        ])
 
     def _password_listener_lines(self):
         if not self.password_port:
             return []
         # per_listener_settings is false, so password_file is global; Mosquitto skips the
         # password check where use_identity_as_username takes the name from the certificate.
-        return [
-            "password_file %s" % self.password_path,
-            "listener %d 127.0.0.1" % self.password_port,
-            "cafile %s" % (self.workdir / "ca.pem"),
-            "certfile %s" % (self.workdir / "server.pem"),
-            "keyfile %s" % (self.workdir / "server.key"),
-            "require_certificate false",
-            "set_tcp_nodelay true",
-            "",
-        ]
+        return ["password_file %s" % self.password_path] + self._tls_listener_lines(
+            self.password_port, ["require_certificate false", "set_tcp_nodelay true"])
 
     def reload(self):
         """SIGHUP: Mosquitto re-reads its password file and ACL without dropping clients."""

@@ -36,7 +36,8 @@ else:
     time.ticks_diff = lambda a, b: ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
 sys.path.insert(0, "lib")
 from umqtt import simple as umqtt
-from securenode.mqtt_link import MqttLink, MqttError, _DeadlineStream
+from securenode.link_error import LinkError
+from securenode.mqtt_link import MqttLink, _DeadlineStream
 
 class FakeBroker:
     """Answers every PUBLISH it is sent with the PUBACK for its packet id (unless mute)."""
@@ -109,7 +110,7 @@ link, client = link_on(mute)
 try:
     link.publish(b"devices/b1/readings", b"x")
     out["mute"] = "returned"
-except MqttError as e:
+except LinkError as e:
     out["mute"] = [e.kind, str(e)]
 print(json.dumps(out))
 '''
@@ -117,7 +118,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    files = firmware_files("mqtt_link", "net", "pinned_tls", "clock", "build", "x509_peek")
+    files = firmware_files("mqtt_link", "link_error", "net", "pinned_tls", "clock", "build",
+                           "x509_peek")
     files["lib/umqtt/simple.py"] = (FIRMWARE / "lib" / "umqtt" / "simple.py").read_text()
     for name in ("usocket", "socket", "ssl"):
         files["wasm_only/%s.py" % name] = "# inert stand-in for the WebAssembly port\n"

@@ -17,7 +17,7 @@ import time
 
 from securenode import VERSION, clock, config, links, outbox, reading, sensor, states, wifi
 from securenode.events import emit, error
-from securenode.mqtt_link import MqttError
+from securenode.link_error import LinkError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
 from securenode import provision
@@ -119,7 +119,7 @@ class Node:
             else:
                 self.go(states.CONNECT_FAILED)
             return
-        except (NetError, MqttError) as exc:
+        except (NetError, LinkError) as exc:
             error(getattr(exc, "kind", None) or exc.step, str(exc))
             self._drop_revoked_credentials(exc)
             self.go(states.CONNECT_FAILED)
@@ -164,7 +164,7 @@ class Node:
                     last_check = now
                     link.check(keepalive_ms * 3 // 2)
                 time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
-        except MqttError as exc:
+        except LinkError as exc:
             error(exc.kind, str(exc))
             self.outbox.flush()
             link.close()

@@ -7,7 +7,7 @@ not wanted. Board to server, one JSON object per line: a reading (it has "seq"),
 it refused (kept in its rejects table; the board counts it as delivered, as resending the
 same bytes would be refused again).
 
-Errors leave as ``MqttError`` with the same kinds as the MQTT link (the app handles every
+Errors leave as ``LinkError`` with the same kinds as the MQTT link (the app handles every
 link's failures as that one class): ack_timeout, link_lost, protocol.
 
 Example::
@@ -23,7 +23,7 @@ import time
 from micropython import const
 
 from securenode import net
-from securenode.mqtt_link import MqttError
+from securenode.link_error import LinkError
 
 _MAX_LINE = const(256)  # longest answer line accepted; checked byte by byte
 
@@ -56,20 +56,20 @@ class JsonlLink:
         seq = json.loads(payload)["seq"]
         answer = self._exchange(payload, "ack for seq %d" % seq)
         if answer.get("ack") != seq and answer.get("nack") != seq:
-            raise MqttError("protocol", "%s answered %s to seq %d"
+            raise LinkError("protocol", "%s answered %s to seq %d"
                             % (self.peer, _quote(answer), seq))
 
     def publish_status(self, payload):
         """Send the board's status line (version, boot count, outbox depth, drops); True."""
         self._last_tx_ms = time.ticks_ms()
         if self._exchange(payload, "status ack").get("ack") != "status":
-            raise MqttError("protocol", "%s did not acknowledge the status line" % self.peer)
+            raise LinkError("protocol", "%s did not acknowledge the status line" % self.peer)
         return True
 
     def ping(self):
         self._last_tx_ms = time.ticks_ms()
         if "pong" not in self._exchange(b'{"ping":1}', "pong"):
-            raise MqttError("protocol", "%s did not answer the ping" % self.peer)
+            raise LinkError("protocol", "%s did not answer the ping" % self.peer)
 
     def idle_ms(self):
         return time.ticks_diff(time.ticks_ms(), self._last_tx_ms)
@@ -86,27 +86,27 @@ class JsonlLink:
             while True:
                 c = self._sock.read(1)
                 if not c:
-                    raise MqttError("link_lost", "%s closed the connection while we waited "
+                    raise LinkError("link_lost", "%s closed the connection while we waited "
                                     "for %s" % (self.peer, waiting_for))
                 if c == b"\n":
                     break
                 if n == _MAX_LINE:
-                    raise MqttError("protocol", "%s sent a line longer than %d bytes"
+                    raise LinkError("protocol", "%s sent a line longer than %d bytes"
                                     % (self.peer, _MAX_LINE))
                 self._line[n] = c[0]
                 n += 1
         except OSError as exc:
             if net.is_timeout(exc):
-                raise MqttError("ack_timeout", "no %s from %s within %d ms"
+                raise LinkError("ack_timeout", "no %s from %s within %d ms"
                                 % (waiting_for, self.peer, self._io_ms))
-            raise MqttError("link_lost", "connection to %s lost while waiting for %s (%s)"
+            raise LinkError("link_lost", "connection to %s lost while waiting for %s (%s)"
                             % (self.peer, waiting_for, exc))
         try:
             answer = json.loads(bytes(self._line[:n]))
         except ValueError:
             answer = None
         if type(answer) is not dict:
-            raise MqttError("protocol", "%s sent a line that is not a JSON object" % self.peer)
+            raise LinkError("protocol", "%s sent a line that is not a JSON object" % self.peer)
         return answer
 
     def close(self):

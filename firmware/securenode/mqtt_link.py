@@ -6,13 +6,13 @@ umqtt.simple speaks MQTT; this adapter makes it safe on a board:
   version takes ``ssl=<context>`` and calls ``wrap_socket(sock, server_hostname=...)``.
 - every blocking step has a deadline (umqtt sets none, and its ``setblocking(True)`` after
   each read would clear one);
-- umqtt's ``assert``s and bare ``MQTTException(n)`` become named ``MqttError``s.
+- umqtt's ``assert``s and bare ``MQTTException(n)`` become named ``LinkError``s.
 
 Example::
 
     link = MqttLink("board-1", "broker.local", 8883, tls, keepalive_s=60,
                     connect_ms=5000, io_ms=5000)
-    link.connect()                          # raises NetError, TlsError or MqttError
+    link.connect()                          # raises NetError, TlsError or LinkError
     link.publish(b"devices/board-1/readings", payload)   # returns once PUBACK arrived
 """
 
@@ -23,6 +23,7 @@ import time
 from umqtt import simple as umqtt
 
 from securenode import net
+from securenode.link_error import LinkError
 from securenode.pinned_tls import TlsError
 
 from micropython import const
@@ -46,14 +47,6 @@ _CONNACK_REFUSALS = {
 
 _UNREACHABLE = tuple(getattr(errno, name) for name in ("ECONNREFUSED", "EHOSTUNREACH",
                                                          "ENETUNREACH") if hasattr(errno, name))
-
-
-class MqttError(Exception):
-    """An MQTT-level failure: ``kind`` is a stable name, the text says what came back."""
-
-    def __init__(self, kind, detail):
-        super().__init__("%s: %s" % (kind, detail))
-        self.kind = kind
 
 
 class _Sockets:
@@ -197,12 +190,12 @@ class MqttLink:
             return exc
         if isinstance(exc, umqtt.MQTTException):
             code = exc.args[0] if exc.args else -1
-            return MqttError("connack_refused", "CONNACK refused: %s (%s)"
+            return LinkError("connack_refused", "CONNACK refused: %s (%s)"
                              % (_CONNACK_REFUSALS.get(code, "unknown reason"), code))
         if isinstance(exc, AssertionError):
-            return MqttError("protocol", "%s sent something other than CONNACK" % self.peer)
+            return LinkError("protocol", "%s sent something other than CONNACK" % self.peer)
         if isinstance(exc, IndexError):
-            return MqttError("closed", "%s closed the connection before CONNACK (is this "
+            return LinkError("closed", "%s closed the connection before CONNACK (is this "
                              "device's certificate accepted there?)" % self.peer)
         if client.sock is sockets.raw or client.sock is None:
             # umqtt had not finished wrapping: TCP or the TLS handshake failed.
@@ -218,9 +211,9 @@ class MqttLink:
                 return net.NetError("connect", self.peer, "refused or unreachable (%s)" % exc)
             return self._tls.explain(exc, self.host, self.port)
         if net.is_timeout(exc):
-            return MqttError("connack_timeout", "%s completed TLS but sent no CONNACK within "
+            return LinkError("connack_timeout", "%s completed TLS but sent no CONNACK within "
                              "%d ms" % (self.peer, self._io_ms))
-        return MqttError("connect_failed", "%s: %s" % (self.peer, exc))
+        return LinkError("connect_failed", "%s: %s" % (self.peer, exc))
 
     def will(self, topic, payload):
         """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
@@ -239,7 +232,7 @@ class MqttLink:
         """Publish with QoS 1; returns when the broker's PUBACK has arrived.
 
         The wait is bounded by the io timeout (umqtt waits for PUBACK with no deadline of its
-        own): a missing PUBACK raises MqttError("ack_timeout"), and the caller resends the
+        own): a missing PUBACK raises LinkError("ack_timeout"), and the caller resends the
         reading on a new connection with ``dup=True``. On the ports a read timeout sticks to
         the TLS connection, so resending on the same one is not an option.
         """
@@ -255,7 +248,7 @@ class MqttLink:
             raise self._explain_io(exc, "PUBACK")
 
     def check(self, dead_after_ms):
-        """Handle what arrived (non-blocking) and raise MqttError("link_lost") when nothing
+        """Handle what arrived (non-blocking) and raise LinkError("link_lost") when nothing
         at all came from the broker for dead_after_ms (1.5 x keepalive: a half-open link).
 
         Example: ``link.check(90000)`` in the idle loop of a board with keepalive 60 s.
@@ -266,7 +259,7 @@ class MqttLink:
             raise self._explain_io(exc, "PINGRESP")
         quiet_ms = time.ticks_diff(time.ticks_ms(), self._client.sock.last_rx_ms)
         if dead_after_ms and quiet_ms > dead_after_ms:
-            raise MqttError("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
+            raise LinkError("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
                             "half-open connection" % (self.peer, quiet_ms))
 
     def idle_ms(self):
@@ -283,15 +276,15 @@ class MqttLink:
 
     def _explain_io(self, exc, waiting_for):
         if net.is_timeout(exc):
-            return MqttError("ack_timeout", "no %s from %s within %d ms"
+            return LinkError("ack_timeout", "no %s from %s within %d ms"
                              % (waiting_for, self.peer, self._io_ms))
         if isinstance(exc, AssertionError):
-            return MqttError("protocol", "%s sent a malformed packet while we waited for %s"
+            return LinkError("protocol", "%s sent a malformed packet while we waited for %s"
                              % (self.peer, waiting_for))
         if isinstance(exc, (IndexError, OSError)):
-            return MqttError("link_lost", "connection to %s lost while waiting for %s (%s)"
+            return LinkError("link_lost", "connection to %s lost while waiting for %s (%s)"
                              % (self.peer, waiting_for, exc))
-        return MqttError("link_lost", "%s: %s" % (self.peer, exc))
+        return LinkError("link_lost", "%s: %s" % (self.peer, exc))
 
     def close(self):
         if self._client is not None:

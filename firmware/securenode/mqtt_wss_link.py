@@ -23,7 +23,8 @@ from umqtt import simple as umqtt
 
 from securenode import net, ws_frame
 from securenode.events import emit
-from securenode.mqtt_link import MqttError, MqttLink
+from securenode.link_error import LinkError
+from securenode.mqtt_link import MqttLink
 from securenode.pinned_tls import TlsError
 from securenode.wss_client import WssClient, WssError
 from securenode.wss_link import link_error
@@ -171,7 +172,7 @@ class MqttWssLink(MqttLink):
             raise self._explain_wss(exc, "CONNACK")
         if ws.subprotocol != "mqtt":
             ws.close(1002, "no subprotocol")
-            raise MqttError("ws_handshake", "%s accepted the upgrade without choosing the "
+            raise LinkError("ws_handshake", "%s accepted the upgrade without choosing the "
                             "mqtt subprotocol" % self.peer)
         emit("wss_connected", peer=self.peer, path=self.path, subprotocol=ws.subprotocol)
         stream.last_rx_ms = stream.last_tx_ms = time.ticks_ms()
@@ -184,11 +185,11 @@ class MqttWssLink(MqttLink):
             return link_error(exc, waiting_for)
         if isinstance(exc, umqtt.MQTTException):
             code = exc.args[0] if exc.args else -1
-            return MqttError("connack_refused", "CONNACK refused (%s) by %s" % (code, self.peer))
+            return LinkError("connack_refused", "CONNACK refused (%s) by %s" % (code, self.peer))
         if isinstance(exc, (AssertionError, IndexError)):
-            return MqttError("protocol", "%s sent a malformed packet while we waited for %s"
+            return LinkError("protocol", "%s sent a malformed packet while we waited for %s"
                              % (self.peer, waiting_for))
-        return MqttError("link_lost", "%s: %s" % (self.peer, exc))
+        return LinkError("link_lost", "%s: %s" % (self.peer, exc))
 
     def _explain_io(self, exc, waiting_for):
         return self._explain_wss(exc, waiting_for)

@@ -6,7 +6,7 @@ path names the device, the token must belong to it), answers each reading with
 "interval_ms": 5000, "id": 7}``. A command is handed to the app's callback and answered
 with ``{"cmd_ack": 7, "ok": true}`` (or ``"ok": false, "detail": "..."``).
 
-Errors leave as ``MqttError`` with the wss kind (the app handles every link's failures
+Errors leave as ``LinkError`` with the wss kind (the app handles every link's failures
 as that one class): ws_refused, ws_handshake, ws_protocol, ws_closed, ack_timeout, ...
 
 Example::
@@ -23,15 +23,15 @@ import time
 
 from securenode import ws_frame
 from securenode.events import emit
-from securenode.mqtt_link import MqttError
+from securenode.link_error import LinkError
 from securenode.wss_client import WssClient, WssError
 
 
 def link_error(exc, waiting_for=None):
-    """The MqttError the app handles, for a WssError (timeouts named as ack timeouts)."""
+    """The LinkError the app handles, for a WssError (timeouts named as ack timeouts)."""
     if exc.kind == "ws_timeout" and waiting_for:
-        return MqttError("ack_timeout", "no %s from %s: %s" % (waiting_for, exc.peer, exc))
-    err = MqttError(exc.kind, str(exc))
+        return LinkError("ack_timeout", "no %s from %s: %s" % (waiting_for, exc.peer, exc))
+    err = LinkError(exc.kind, str(exc))
     err.close_code = exc.close_code
     return err
 
@@ -107,7 +107,7 @@ class WssLink:
             if message is not None and seq is not None and message.get("ack") == seq:
                 return
             if time.ticks_diff(time.ticks_ms(), started) > self._io_ms:
-                raise MqttError("ack_timeout", "%s sent messages for %d ms but no %s"
+                raise LinkError("ack_timeout", "%s sent messages for %d ms but no %s"
                                 % (self.peer, self._io_ms,
                                    "pong" if seq is None else "ack for seq %d" % seq))
 
@@ -122,7 +122,7 @@ class WssLink:
             return message
         if opcode == ws_frame.OP_BINARY:
             self._ws.close(1003, "binary not accepted")
-            raise MqttError("protocol", "%s sent a binary message" % self.peer)
+            raise LinkError("protocol", "%s sent a binary message" % self.peer)
         return None
 
     def _parse(self, payload):
@@ -132,7 +132,7 @@ class WssLink:
             message = None
         if type(message) is not dict:
             self._ws.close(1007, "not a JSON object")
-            raise MqttError("protocol", "%s sent a text message that is not a JSON object"
+            raise LinkError("protocol", "%s sent a text message that is not a JSON object"
                             % self.peer)
         return message
 

@@ -156,3 +156,12 @@ def launch(tmp_path, pki, ntp):
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="module")
+def pw_broker(pki):
+    """A broker with the password listener that provisioned devices log in on."""
+    from provision_helpers import password_broker
+
+    with password_broker(pki) as running:
+        yield running

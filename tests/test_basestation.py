@@ -15,14 +15,8 @@ import pytest
 
 from conftest import Subscriber
 from provision_helpers import (FakeClock, ask, base_station_cert, cli, cli_list,
-                               password_broker, poll, post, start_base_station)
+                               poll, post, start_base_station)
 from tools import basestation as bsm
-
-
-@pytest.fixture(scope="module")
-def pw_broker(pki):
-    with password_broker(pki) as running:
-        yield running
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provision_helpers import ask, password_broker, provisioning_config, start_base_station
+from provision_helpers import ask, provisioning_config, start_base_station
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,12 +28,6 @@ def browser():
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-@pytest.fixture(scope="module")
-def pw_broker(pki):
-    with password_broker(pki) as running:
-        yield running
 
 
 @pytest.fixture

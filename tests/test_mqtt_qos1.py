@@ -198,8 +198,7 @@ def unlimited_broker(pki):
     # the test's subscriber on a loaded machine, and the default limit would drop the excess
     # on the way to it (the board's side is already proven by its PUBACKs).
     b = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
-               subscribers=[SUBSCRIBER])
-    b.persistence = True
+               subscribers=[SUBSCRIBER], persistence=True)
     with b:
         sub = Subscriber(pki, b.port)
         yield b, sub

@@ -99,8 +99,7 @@ def own_broker(pki):
     # Its own broker per test: these tests restart it. Persistence keeps the collector's
     # session and its queued messages across a restart.
     b = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
-               subscribers=[SUBSCRIBER])
-    b.persistence = True
+               subscribers=[SUBSCRIBER], persistence=True)
     b.start()
     yield b
     b.close()

@@ -15,14 +15,8 @@ import pytest
 from conftest import Subscriber
 from host_sim.servers.mosquitto import free_port
 from host_sim.servers.tls_recorder import RecordingTlsServer
-from provision_helpers import (cli, cli_list, password_broker, provisioning_config,
+from provision_helpers import (cli, cli_list, provisioning_config,
                                start_base_station)
-
-
-@pytest.fixture(scope="module")
-def pw_broker(pki):
-    with password_broker(pki) as running:
-        yield running
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def acl_text(subscribers):
 
 class Broker:
     def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None,
-                 password_listener=False, websockets=False):
+                 password_listener=False, websockets=False, persistence=False):
         self.files = {"ca.pem": Path(ca_pem), "server.pem": Path(server_pem),
                       "server.key": Path(server_key)}
         self.subscribers = list(subscribers)
@@ -70,8 +70,8 @@ class Broker:
         self.log_path = None
         # Keep persistent sessions and their queued QoS 1 messages across a restart (saved
         # at a clean stop and every second) and never drop queued messages, as the
-        # collector's session needs: set before start().
-        self.persistence = False
+        # collector's session needs.
+        self.persistence = persistence
 
     def _lay_out(self):
         # mkdtemp gives 0700; open it to the mosquitto group only, keys stay unreadable to others.

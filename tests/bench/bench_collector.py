@@ -109,8 +109,8 @@ def main():
         pg = Postgres().start()
         try:
             broker = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
-                            subscribers=[SUBSCRIBER])
-            broker.persistence = True  # as for the collector in production: no queue limit
+                            # as for the collector in production: no queue limit
+                            subscribers=[SUBSCRIBER], persistence=True)
             with broker:
                 for name, url in (("SQLite (WAL)", str(tmp / "bench.db")),
                                   ("PostgreSQL 15", pg.url)):

@@ -1,0 +1,475 @@
+r"""MQTT 3.1.1 packets to bytes and back for a client: pure, bounded, no I/O.
+
+Modelled on AWS coreMQTT's serializer: encoders write into a buffer the caller owns and
+return the length (``ValueError`` when it does not fit, never a silent cut); the
+``Decoder`` takes bytes as a stream hands them over and never asks for more than the
+current packet still needs, so a blocking ``read(decoder.need())`` cannot eat into the
+next packet. The remaining length is at most 4 bytes and checked against the decoder's
+bound before any body byte is taken; the body buffer is allocated once and never grows.
+A client receives only CONNACK, PUBLISH (QoS 0/1), PUBACK and PINGRESP here: every other
+type, and every malformed packet, is a ``ProtocolError`` that names it. ``PacketIds``
+hands out packet ids for several PUBLISHes in flight and tells a duplicate PUBACK (counted,
+ignored) from one for an id never sent (a protocol error).
+
+Example::
+
+    >>> buf = bytearray(64)
+    >>> n = encode_publish(buf, b"t", b"hi", 1)
+    >>> bytes(buf[:n])
+    b'2\x07\x00\x01t\x00\x01hi'
+    >>> d = Decoder(128)
+    >>> d.feed(b"\x40\x02\x00\x01")
+    4
+    >>> d.take()
+    (4, 1)
+"""
+
+from micropython import const
+
+CONNECT = const(1)
+CONNACK = const(2)
+PUBLISH = const(3)
+PUBACK = const(4)
+PINGREQ = const(12)
+PINGRESP = const(13)
+DISCONNECT = const(14)
+
+PINGREQ_BYTES = b"\xc0\x00"
+DISCONNECT_BYTES = b"\xe0\x00"
+
+_NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
+          "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
+          "DISCONNECT", "reserved 15")
+_MAX_REMAINING = const(268435455)  # what 4 length bytes can say (MQTT 3.1.1 2.2.3)
+_MAX_ID = const(65535)
+
+CONNACK_REFUSALS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+class ProtocolError(Exception):
+    """The peer broke MQTT 3.1.1; the text names the packet and what was wrong with it."""
+
+
+def packet_name(kind):
+    """The name of an MQTT control packet type (0..15).
+
+    >>> packet_name(9)
+    'SUBACK'
+    """
+    return _NAMES[kind & 15]
+
+
+def _b(value):
+    # Topics, ids, user names may come as str; the wire carries their UTF-8 bytes.
+    return value.encode() if isinstance(value, str) else value
+
+
+def _length_bytes(n):
+    return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
+
+
+def put_remaining_length(buf, at, n):
+    r"""Write ``n`` as MQTT's variable-length integer at ``buf[at]``; return the next offset.
+
+    >>> buf = bytearray(4)
+    >>> put_remaining_length(buf, 0, 321), bytes(buf[:2])
+    (2, b'\xc1\x02')
+    """
+    if not 0 <= n <= _MAX_REMAINING:
+        raise ValueError("remaining length %d outside 0..%d" % (n, _MAX_REMAINING))
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        buf[at] = byte | (0x80 if n else 0)
+        at += 1
+        if not n:
+            return at
+
+
+def _put_str(buf, at, data):
+    n = len(data)
+    buf[at] = n >> 8
+    buf[at + 1] = n & 0xFF
+    buf[at + 2:at + 2 + n] = data
+    return at + 2 + n
+
+
+def _check_fits(buf, total, what):
+    if total > len(buf):
+        raise ValueError("%s needs %d bytes, the buffer has %d" % (what, total, len(buf)))
+
+
+def _check_str(data, what):
+    if len(data) > _MAX_ID:
+        raise ValueError("%s is %d bytes, more than MQTT's 65535" % (what, len(data)))
+
+
+def connect_length(client_id, will_topic=None, will_payload=b"", user=None, password=None):
+    """Bytes a CONNECT with these fields takes on the wire.
+
+    >>> connect_length(b"b1")
+    16
+    """
+    body = _connect_body(client_id, will_topic, will_payload, user, password)
+    return 1 + _length_bytes(body) + body
+
+
+def _connect_body(client_id, will_topic, will_payload, user, password):
+    body = 10 + 2 + len(_b(client_id))
+    if will_topic is not None:
+        body += 4 + len(_b(will_topic)) + len(will_payload)
+    if user is not None:
+        body += 2 + len(_b(user))
+    if password is not None:
+        body += 2 + len(_b(password))
+    return body
+
+
+def encode_connect(buf, client_id, keepalive_s, clean_session=True, will_topic=None,
+                   will_payload=b"", will_qos=1, will_retain=True, user=None, password=None):
+    r"""Write a CONNECT (protocol level 4) into ``buf``; return its length.
+
+    >>> buf = bytearray(32)
+    >>> n = encode_connect(buf, b"b1", 60)
+    >>> bytes(buf[:n])
+    b'\x10\x0e\x00\x04MQTT\x04\x02\x00<\x00\x02b1'
+    """
+    client_id = _b(client_id)
+    if not 0 <= keepalive_s <= _MAX_ID:
+        raise ValueError("keepalive %d s outside 0..65535" % keepalive_s)
+    if password is not None and user is None:
+        raise ValueError("a password needs a user name (MQTT 3.1.1 3.1.2.9)")
+    if will_qos not in (0, 1, 2):
+        raise ValueError("will QoS %r is not 0, 1 or 2" % (will_qos,))
+    flags = 0x02 if clean_session else 0
+    if will_topic is not None:
+        will_topic = _b(will_topic)
+        _check_str(will_topic, "will topic")
+        _check_str(will_payload, "will payload")
+        flags |= 0x04 | will_qos << 3 | (0x20 if will_retain else 0)
+    if user is not None:
+        user = _b(user)
+        _check_str(user, "user name")
+        flags |= 0x80
+    if password is not None:
+        password = _b(password)
+        _check_str(password, "password")
+        flags |= 0x40
+    _check_str(client_id, "client id")
+    body = _connect_body(client_id, will_topic, will_payload, user, password)
+    _check_fits(buf, 1 + _length_bytes(body) + body, "CONNECT")
+    buf[0] = CONNECT << 4
+    at = put_remaining_length(buf, 1, body)
+    at = _put_str(buf, at, b"MQTT")
+    buf[at] = 4  # protocol level 4 = MQTT 3.1.1
+    buf[at + 1] = flags
+    buf[at + 2] = keepalive_s >> 8
+    buf[at + 3] = keepalive_s & 0xFF
+    at = _put_str(buf, at + 4, client_id)
+    if will_topic is not None:
+        at = _put_str(buf, at, will_topic)
+        at = _put_str(buf, at, will_payload)
+    if user is not None:
+        at = _put_str(buf, at, user)
+    if password is not None:
+        at = _put_str(buf, at, password)
+    return at
+
+
+def publish_length(topic, payload_len, qos=1):
+    """Bytes a PUBLISH takes on the wire.
+
+    >>> publish_length(b"t", 2)
+    9
+    """
+    body = 2 + len(topic) + (2 if qos else 0) + payload_len
+    return 1 + _length_bytes(body) + body
+
+
+def encode_publish(buf, topic, payload, packet_id, qos=1, dup=False, retain=False):
+    r"""Write a PUBLISH into ``buf``; return its length. QoS 0 takes packet_id 0.
+
+    >>> buf = bytearray(16)
+    >>> n = encode_publish(buf, b"t", b"x", 7, dup=True, retain=True)
+    >>> bytes(buf[:n])
+    b';\x06\x00\x01t\x00\x07x'
+    """
+    topic = _b(topic)
+    if qos not in (0, 1):
+        raise ValueError("PUBLISH QoS %r: this client sends 0 or 1" % (qos,))
+    if qos and not 1 <= packet_id <= _MAX_ID:
+        raise ValueError("packet id %r outside 1..65535" % (packet_id,))
+    if not qos and dup:
+        raise ValueError("DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)")
+    if not topic or b"+" in topic or b"#" in topic:
+        raise ValueError("topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)" % (topic,))
+    _check_str(topic, "topic")
+    n = len(payload)
+    body = 2 + len(topic) + (2 if qos else 0) + n
+    _check_fits(buf, 1 + _length_bytes(body) + body, "PUBLISH")
+    buf[0] = PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
+    at = put_remaining_length(buf, 1, body)
+    at = _put_str(buf, at, topic)
+    if qos:
+        buf[at] = packet_id >> 8
+        buf[at + 1] = packet_id & 0xFF
+        at += 2
+    buf[at:at + n] = payload
+    return at + n
+
+
+def encode_puback(buf, packet_id):
+    r"""Write the PUBACK for ``packet_id`` into ``buf``; return 4.
+
+    >>> buf = bytearray(4)
+    >>> encode_puback(buf, 258), bytes(buf)
+    (4, b'@\x02\x01\x02')
+    """
+    if not 1 <= packet_id <= _MAX_ID:
+        raise ValueError("packet id %r outside 1..65535" % (packet_id,))
+    _check_fits(buf, 4, "PUBACK")
+    buf[0] = PUBACK << 4
+    buf[1] = 2
+    buf[2] = packet_id >> 8
+    buf[3] = packet_id & 0xFF
+    return 4
+
+
+class Decoder:
+    r"""Packets a client may receive, from a byte stream, one at a time and bounded.
+
+    ``need()`` says how many bytes to read next (never past the current packet); ``feed``
+    takes them (fewer is fine) and returns how many it used, stopping at the end of a
+    packet; ``take()`` then returns the packet and readies the next one:
+
+    - ``(CONNACK, session_present, return_code)``
+    - ``(PUBLISH, packet_id, qos, dup, retain, topic, payload)``: topic and payload are
+      memoryviews into the decoder's buffer, valid until the next ``feed``; packet_id 0
+      for QoS 0
+    - ``(PUBACK, packet_id)``
+    - ``(PINGRESP,)``
+
+    >>> d = Decoder(64)
+    >>> d.need()
+    2
+    >>> d.feed(b"\x20\x02\x00\x05"), d.take()
+    (4, (2, 0, 5))
+    >>> try:
+    ...     d.feed(b"\x90\x02")
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    unexpected SUBACK (first byte 0x90): this client subscribes to nothing
+    """
+
+    def __init__(self, max_remaining):
+        self.max_remaining = max_remaining
+        self._body = bytearray(max_remaining)
+        self._view = memoryview(self._body)
+        self.reset()
+
+    def reset(self):
+        """Forget any partial packet (after a new connection)."""
+        self._first = -1
+        self._length = 0
+        self._length_count = 0
+        self._in_length = True
+        self._got = 0
+        self._packet = None
+
+    def need(self):
+        """Bytes to read next: >= 1, and never beyond the end of the current packet."""
+        if self._packet is not None:
+            return 0
+        if self._first < 0:
+            return 2  # every packet has a first byte and at least one length byte
+        if self._in_length:
+            return 1
+        return self._length - self._got
+
+    def feed(self, data):
+        """Take bytes from the stream; return how many were used. Raises ProtocolError."""
+        used = 0
+        n = len(data)
+        while used < n and self._packet is None:
+            if self._first < 0:
+                self._first = data[used]
+                used += 1
+                self._check_type()
+            elif self._in_length:
+                byte = data[used]
+                used += 1
+                self._length |= (byte & 0x7F) << (7 * self._length_count)
+                self._length_count += 1
+                if byte & 0x80:
+                    if self._length_count == 4:
+                        raise ProtocolError("%s: remaining length longer than 4 bytes"
+                                            % self._name())
+                    continue
+                self._in_length = False
+                self._check_length()
+                if self._length == 0:
+                    self._complete()
+            else:
+                k = min(n - used, self._length - self._got)
+                self._view[self._got:self._got + k] = data[used:used + k]
+                self._got += k
+                used += k
+                if self._got == self._length:
+                    self._complete()
+        return used
+
+    def take(self):
+        """The packet completed by ``feed``, or None; the decoder moves on to the next."""
+        packet = self._packet
+        if packet is not None:
+            self._first = -1
+            self._length = 0
+            self._length_count = 0
+            self._in_length = True
+            self._got = 0
+            self._packet = None
+        return packet
+
+    def _name(self):
+        return "%s (first byte 0x%02x)" % (_NAMES[self._first >> 4], self._first)
+
+    def _check_type(self):
+        kind = self._first >> 4
+        flags = self._first & 15
+        if kind == PUBLISH:
+            qos = flags >> 1 & 3
+            if qos == 3:
+                raise ProtocolError("malformed %s: QoS 3" % self._name())
+            if qos == 2:
+                raise ProtocolError("%s with QoS 2: this client subscribes to nothing and "
+                                    "takes QoS 0/1 only" % self._name())
+            if qos == 0 and flags & 8:
+                raise ProtocolError("malformed %s: DUP on QoS 0" % self._name())
+            return
+        if kind in (CONNACK, PUBACK, PINGRESP):
+            if flags:
+                raise ProtocolError("malformed %s: fixed-header flags must be 0"
+                                    % self._name())
+            return
+        if kind in (5, 6, 7):
+            raise ProtocolError("unexpected %s: this client sends QoS 0/1 only"
+                                % self._name())
+        if kind in (9, 11):
+            raise ProtocolError("unexpected %s: this client subscribes to nothing"
+                                % self._name())
+        if kind in (0, 15):
+            raise ProtocolError("%s: not an MQTT packet" % self._name())
+        raise ProtocolError("unexpected %s: only a client sends it" % self._name())
+
+    def _check_length(self):
+        n = self._length
+        kind = self._first >> 4
+        if kind in (CONNACK, PUBACK):
+            if n != 2:
+                raise ProtocolError("malformed %s: remaining length %d, must be 2"
+                                    % (self._name(), n))
+        elif kind == PINGRESP:
+            if n != 0:
+                raise ProtocolError("malformed %s: remaining length %d, must be 0"
+                                    % (self._name(), n))
+        elif n < (5 if self._first & 6 else 3):
+            raise ProtocolError("malformed %s: remaining length %d is too short"
+                                % (self._name(), n))
+        if n > self.max_remaining:
+            # Refused before a single body byte is read: the buffer never grows.
+            raise ProtocolError("%s announces %d bytes, over the bound of %d"
+                                % (self._name(), n, self.max_remaining))
+
+    def _complete(self):
+        kind = self._first >> 4
+        body = self._body
+        if kind == CONNACK:
+            if body[0] & 0xFE:
+                raise ProtocolError("malformed CONNACK: reserved flags 0x%02x" % body[0])
+            self._packet = (CONNACK, body[0] & 1, body[1])
+        elif kind == PUBACK:
+            packet_id = body[0] << 8 | body[1]
+            if not packet_id:
+                raise ProtocolError("malformed PUBACK: packet id 0")
+            self._packet = (PUBACK, packet_id)
+        elif kind == PINGRESP:
+            self._packet = (PINGRESP,)
+        else:
+            self._packet = self._publish()
+
+    def _publish(self):
+        flags = self._first & 15
+        qos = flags >> 1 & 3
+        body = self._body
+        n = self._length
+        topic_end = 2 + (body[0] << 8 | body[1])
+        data_start = topic_end + (2 if qos else 0)
+        if topic_end == 2 or data_start > n:
+            raise ProtocolError("malformed PUBLISH: topic of %d bytes in a packet of %d"
+                                % (topic_end - 2, n))
+        packet_id = 0
+        if qos:
+            packet_id = body[topic_end] << 8 | body[topic_end + 1]
+            if not packet_id:
+                raise ProtocolError("malformed PUBLISH: QoS 1 with packet id 0")
+        view = self._view
+        return (PUBLISH, packet_id, qos, flags >> 3 & 1, flags & 1, view[2:topic_end],
+                view[data_start:n])
+
+
+class PacketIds:
+    """Packet ids of one MQTT session, with up to ``window`` PUBLISHes awaiting PUBACK.
+
+    Ids run 1..65535 then 1 again (0 is not a packet id, MQTT 3.1.1 2.3.1), skipping any
+    still in flight. ``acked`` matches a PUBACK: True for an id in flight; False for a
+    duplicate of one acknowledged before (counted in ``duplicates``); ProtocolError for
+    an id this session never sent.
+
+    >>> ids = PacketIds(2)
+    >>> ids.next(), ids.next()
+    (1, 2)
+    >>> ids.acked(1), ids.acked(1), ids.duplicates
+    (True, False, 1)
+    >>> try:
+    ...     ids.acked(9)
+    ... except ProtocolError as exc:
+    ...     print(exc)
+    PUBACK for packet id 9, which this session never sent
+    """
+
+    def __init__(self, window=1, last=0):
+        self.window = window
+        self.inflight = []  # oldest first; a list: `window` is small
+        self.last = last    # the id handed out last
+        self.wrapped = False
+        self.duplicates = 0
+
+    def next(self):
+        """A free packet id, now in flight; ValueError when the window is full."""
+        if len(self.inflight) >= self.window:
+            raise ValueError("%d PUBLISHes already await PUBACK" % len(self.inflight))
+        while True:
+            if self.last >= _MAX_ID:
+                self.last = 0
+                self.wrapped = True
+            self.last += 1
+            if self.last not in self.inflight:
+                self.inflight.append(self.last)
+                return self.last
+
+    def acked(self, packet_id):
+        """Match a PUBACK: True (was in flight), False (duplicate, counted) or raise."""
+        if packet_id in self.inflight:
+            self.inflight.remove(packet_id)
+            return True
+        if self.wrapped or 0 < packet_id <= self.last:
+            self.duplicates += 1
+            return False
+        raise ProtocolError("PUBACK for packet id %d, which this session never sent"
+                            % packet_id)

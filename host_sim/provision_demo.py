@@ -1,7 +1,7 @@
 """`make sim`, provisioning run: a fresh board gets its MQTT credentials from the base station.
 
 Starts SNTP, Mosquitto (certificate listener + a user-name/password listener), the base
-station (tools/basestation.py, with its UDP beacon on 127.0.0.1) and a subscriber, then one
+station (tools/basestation/, with its UDP beacon on 127.0.0.1) and a subscriber, then one
 simulated board whose flash holds only WiFi settings and the pinned CA. The board finds the
 base station by its beacon, asks, prints its comparison code; this script checks the code
 against `basestation list`, approves the request with `basestation approve` (as an operator
@@ -43,8 +43,9 @@ def fresh_config(readings, interval_ms, beacon_port):
 
 
 def cli(state, *args):
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "basestation.py"), "--state",
-                           str(state)] + list(args), capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tools.basestation", "--state",
+                           str(state)] + list(args), capture_output=True, text=True, timeout=60,
+                          cwd=str(ROOT))
 
 
 def wait_for(board, event, timeout):

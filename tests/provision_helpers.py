@@ -41,14 +41,16 @@ def password_broker(pki):
                   subscribers=[SUBSCRIBER], password_listener=True)
 
 
-def start_base_station(pki, broker, state_dir, clock=None, beacon=None, port=0):
+def start_base_station(pki, broker, state_dir, clock=None, beacon=None, port=0, limits=None):
+    """An in-process base station for `broker`; its ACL's user names are reserved ids."""
     chain, key = base_station_cert(pki)
-    kwargs = {"beacon": beacon, "beacon_interval_s": 0.2, "port": port}
+    kwargs = {"beacon": beacon, "beacon_interval_s": 0.2, "port": port, "limits": limits}
     if clock is not None:
         kwargs["clock"] = clock
     return bsm.BaseStation(state_dir, chain, key, pki.ca.cert_der,
                            ("127.0.0.1", broker.password_port, "localhost"),
-                           bsm.MosquittoPasswords(broker.password_path, broker.proc.pid),
+                           bsm.MosquittoPasswords(broker.password_path, broker.proc.pid,
+                                                  acl_file=broker.workdir / "acl"),
                            **kwargs).start()
 
 
@@ -81,8 +83,8 @@ def poll(pki, port, request_id, device_id, nonce, source_ip="127.0.0.1"):
 
 
 def cli(state_dir, *args, stdin=None):
-    """Run `python tools/basestation.py --state DIR ...`; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "basestation.py"), "--state",
+    """Run `python -m tools.basestation --state DIR ...`; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "tools.basestation", "--state",
                            str(state_dir)] + list(args), input=stdin, capture_output=True,
                           text=True, timeout=60, cwd=str(ROOT))
 

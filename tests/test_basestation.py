@@ -1,4 +1,4 @@
-"""tools/basestation.py: the device API, the 60 s one-time release, the CLI, the SQLite
+"""tools/basestation/: the device API, the 60 s one-time release, the CLI, the SQLite
 state across restarts, revocation in Mosquitto, and the operator page's guards (the page
 in a real browser: tests/test_basestation_browser.py)."""
 
@@ -313,7 +313,7 @@ def test_page_escapes_what_devices_send(pki, station):
 
 
 def test_pending_requests_are_bounded(pki, station, monkeypatch):
-    monkeypatch.setattr(bsm, "MAX_PENDING", 2)
+    monkeypatch.setattr(bsm.store, "MAX_PENDING", 2)
     ask(pki, station.port, "dev-flood-1")
     ask(pki, station.port, "dev-flood-2")
     status, doc = post(pki, station.port, "/v1/auth/request", {

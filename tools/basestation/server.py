@@ -1,0 +1,578 @@
+"""The base station's HTTPS service (device API + operator page) and its UDP beacon.
+
+Anyone on the LAN can reach it, so everything a client can make it spend is bounded:
+
+- connections: a fixed pool of worker threads (``max_connections``), at most
+  ``max_per_source`` at once from one address; a connection over either cap is closed at
+  once, before its TLS handshake, and costs no thread;
+- time: the TLS handshake must finish within ``handshake_timeout_s`` and the whole request
+  (handshake, head, body, answer) within ``request_deadline_s``; a watchdog shuts down a
+  socket that overstays, so a body sent one byte every 8 s ends at the deadline;
+- operator logins: at most ``LOGIN_CONCURRENCY`` scrypt checks at once (16 MiB each), one
+  attempt in flight per address, and after each wrong password that address waits
+  1, 2, 4 ... 60 s before its next guess is even checked.
+
+    with BaseStation(state_dir, chain_pem, key_pem, ca_der, mqtt=("127.0.0.1", 8884,
+                     "localhost"), passwords=MosquittoPasswords(path, pid)) as bs:
+        bs.port      # HTTPS on 127.0.0.1
+"""
+
+import collections
+import concurrent.futures
+import hmac
+import http.server
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from . import page
+from .store import (RELEASE_WINDOW_S, SESSION_TTL_S, BaseStationError, Store, comparison_code,
+                    sha256_hex)
+
+MAX_BODY_BYTES = 4096
+BEACON_SERVICE = "securenode-base"
+SESSION_COOKIE = "bs_session"
+MAX_CONNECTIONS = 64         # worker threads, and connections served at once
+MAX_PER_SOURCE = 8           # a browser opens up to 6 to one host
+HANDSHAKE_TIMEOUT_S = 5.0
+REQUEST_DEADLINE_S = 10.0
+LOGIN_CONCURRENCY = 2        # scrypt n=2**14, r=8 takes 16 MiB per check
+LOGIN_DELAY_S = 1.0          # after a wrong password; doubles per further failure
+LOGIN_MAX_DELAY_S = 60.0
+MAX_TRACKED_SOURCES = 4096   # addresses the login throttle remembers
+
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_NONCE_RE = re.compile(r"[0-9a-f]{32}\Z")
+_PRINTABLE_RE = re.compile(r"[\x20-\x7e]{1,64}\Z")
+_LENGTH_RE = re.compile(r"[0-9]{1,9}\Z")
+_POLL_PATH_RE = re.compile(r"/v1/auth/request/([0-9]{1,12})\Z")
+
+log = logging.getLogger("basestation")
+
+
+class Limits:
+    """What one client may cost the service; defaults above, overridable per instance."""
+
+    def __init__(self, max_connections=MAX_CONNECTIONS, max_per_source=MAX_PER_SOURCE,
+                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, request_deadline_s=REQUEST_DEADLINE_S,
+                 login_concurrency=LOGIN_CONCURRENCY, login_delay_s=LOGIN_DELAY_S):
+        self.max_connections = max_connections
+        self.max_per_source = max_per_source
+        self.handshake_timeout_s = handshake_timeout_s
+        self.request_deadline_s = request_deadline_s
+        self.login_concurrency = login_concurrency
+        self.login_delay_s = login_delay_s
+
+
+def _first_cert_der(chain_pem):
+    text = Path(chain_pem).read_text()
+    end = text.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(text[text.index("-----BEGIN CERTIFICATE-----"):end])
+
+
+class LoginGuard:
+    """Bounds password guessing: scrypt concurrency, one try in flight per address, and a
+    doubling wait after each wrong password from that address.
+
+        guard = LoginGuard(concurrency=2, delay_s=1.0)
+        wait_s = guard.begin("192.0.2.9")     # None: go ahead; else refuse, retry after wait_s
+        ... check the password ...
+        guard.end("192.0.2.9", ok=False)
+    """
+
+    def __init__(self, concurrency=LOGIN_CONCURRENCY, delay_s=LOGIN_DELAY_S,
+                 max_delay_s=LOGIN_MAX_DELAY_S, max_sources=MAX_TRACKED_SOURCES,
+                 clock=time.monotonic):
+        self.scrypt_slots = threading.BoundedSemaphore(concurrency)
+        self.delay_s, self.max_delay_s = delay_s, max_delay_s
+        self.max_sources = max_sources
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._sources = {}   # ip -> [in_flight, failures, next_allowed]
+
+    def begin(self, ip):
+        now = self.clock()
+        with self._lock:
+            entry = self._sources.get(ip)
+            if entry is None:
+                if len(self._sources) >= self.max_sources:
+                    self._prune(now)
+                if len(self._sources) >= self.max_sources:
+                    return self.delay_s
+                entry = self._sources[ip] = [False, 0, now]
+            if entry[0]:
+                return self.delay_s
+            if now < entry[2]:
+                return entry[2] - now
+            entry[0] = True
+            return None
+
+    def end(self, ip, ok, checked=True):
+        """``checked`` False: the password was never compared (busy), so no penalty."""
+        now = self.clock()
+        with self._lock:
+            entry = self._sources.get(ip)
+            if entry is None:
+                return
+            if ok:
+                del self._sources[ip]
+                return
+            entry[0] = False
+            if not checked:
+                return
+            entry[1] += 1
+            entry[2] = now + min(self.delay_s * 2 ** min(entry[1] - 1, 16), self.max_delay_s)
+
+    def _prune(self, now):
+        # Forget addresses whose wait is long over; a busy table refuses newcomers instead.
+        for ip in [ip for ip, e in self._sources.items()
+                   if not e[0] and e[2] + self.max_delay_s < now]:
+            del self._sources[ip]
+
+
+class _Conn:
+    __slots__ = ("fd", "ip", "handshake_by", "deadline", "tls", "expired")
+
+    def __init__(self, sock, ip, limits, now):
+        self.fd = sock.fileno()
+        self.ip = ip
+        self.handshake_by = now + limits.handshake_timeout_s
+        self.deadline = now + limits.request_deadline_s
+        self.tls = False
+        self.expired = None
+
+
+class _Server(http.server.HTTPServer):
+    """HTTPServer with a bounded worker pool instead of a thread per connection."""
+
+    request_queue_size = 128     # the accept loop drains it fast: over-cap sockets just close
+
+    def __init__(self, address, handler, station, limits):
+        self.station = station
+        self.limits = limits
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=limits.max_connections, thread_name_prefix="basestation-conn")
+        self._lock = threading.Lock()
+        self._conns = {}
+        self._per_source = collections.Counter()
+        self._refused = 0
+        self._stop = threading.Event()
+        super().__init__(address, handler)
+        self._watchdog = threading.Thread(target=self._watch, name="basestation-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def process_request(self, request, client_address):
+        ip = client_address[0]
+        conn = None
+        with self._lock:
+            if (len(self._conns) < self.limits.max_connections
+                    and self._per_source[ip] < self.limits.max_per_source):
+                conn = _Conn(request, ip, self.limits, time.monotonic())
+                self._conns[conn.fd] = conn
+                self._per_source[ip] += 1
+            else:
+                self._refused += 1
+        if conn is None:
+            request.close()
+            return
+        try:
+            self._pool.submit(self._serve, request, client_address, conn)
+        except RuntimeError:         # the pool is shut down: we are stopping
+            self._forget(conn)
+            request.close()
+
+    def _serve(self, request, client_address, conn):
+        ip = client_address[0]
+        tls = None
+        try:
+            request.settimeout(self.limits.handshake_timeout_s)
+            try:
+                tls = self.station.ctx.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake with %s failed: %s", ip, conn.expired or _reason(exc))
+                return
+            conn.tls = True
+            tls.settimeout(self.limits.request_deadline_s)
+            self.RequestHandlerClass(tls, client_address, self)
+        except (ssl.SSLError, OSError) as exc:
+            # A client that goes away mid-request is normal on a LAN: one line, no traceback.
+            log.info("connection from %s ended mid-request: %s", ip,
+                     conn.expired or _reason(exc))
+        except Exception as exc:     # a bug, not the client's doing: say so once
+            log.error("request from %s failed: %s: %s", ip, type(exc).__name__, exc)
+            log.debug("request from %s failed", ip, exc_info=True)
+        finally:
+            self._forget(conn)
+            try:
+                (tls or request).close()
+            except OSError:
+                pass
+
+    def _forget(self, conn):
+        # Under the lock, so the watchdog never shuts down an fd after it was closed.
+        with self._lock:
+            if self._conns.pop(conn.fd, None) is conn:
+                self._per_source[conn.ip] -= 1
+                if not self._per_source[conn.ip]:
+                    del self._per_source[conn.ip]
+
+    def _watch(self):
+        refused, next_report = 0, 0.0
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                for conn in self._conns.values():
+                    if conn.expired:
+                        continue
+                    if not conn.tls and now > conn.handshake_by:
+                        conn.expired = "no TLS handshake within %g s" % (
+                            self.limits.handshake_timeout_s)
+                    elif now > conn.deadline:
+                        conn.expired = "request not done within %g s" % (
+                            self.limits.request_deadline_s)
+                    else:
+                        continue
+                    _shutdown_fd(conn.fd)
+                refused += self._refused
+                self._refused = 0
+                busy = len(self._conns)
+            if refused and now >= next_report:
+                # One line per 5 s at most, however hard the flood.
+                log.warning("refused %d connections over the caps (%d at once, %d per "
+                            "address); %d open", refused, self.limits.max_connections,
+                            self.limits.max_per_source, busy)
+                refused, next_report = 0, now + 5
+
+    def counts(self):
+        """(connections open, addresses with one open): for tests and the bench."""
+        with self._lock:
+            return len(self._conns), len(self._per_source)
+
+    def server_close(self):
+        self._stop.set()
+        super().server_close()
+        with self._lock:
+            for conn in self._conns.values():
+                _shutdown_fd(conn.fd)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._watchdog.join(timeout=5)
+
+
+def _shutdown_fd(fd):
+    # shutdown() acts on the connection, which a dup shares; the dup is then closed. The
+    # worker still owns (and closes) the original fd, whose reads now return at once.
+    try:
+        dup = socket.socket(fileno=socket.dup(fd))
+    except OSError:
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+
+
+def _reason(exc):
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or exc.__class__.__name__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or exc.__class__.__name__
+
+
+class BaseStation:
+    """The HTTPS service (device API + operator page) and the UDP beacon."""
+
+    def __init__(self, state_dir, chain_pem, key_pem, ca_der, mqtt, passwords,
+                 bind="127.0.0.1", port=0, clock=time.time, beacon=None, beacon_interval_s=1.0,
+                 limits=None):
+        self.store = Store(state_dir)
+        self.cert_der = _first_cert_der(chain_pem)
+        self.ca_sha256 = sha256_hex(Path(ca_der).read_bytes())
+        self.mqtt_host, self.mqtt_port, self.mqtt_server_hostname = mqtt
+        self.passwords = passwords
+        self.clock = clock
+        self.beacon = beacon
+        self.beacon_interval_s = beacon_interval_s
+        self.limits = limits or Limits()
+        self.login_guard = LoginGuard(self.limits.login_concurrency, self.limits.login_delay_s)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(str(chain_pem), str(key_pem))
+        self.server = _Server((bind, port), _Handler, self, self.limits)
+        self.port = self.server.server_address[1]
+        self._threads = []
+        self._stop = threading.Event()
+        if passwords is not None:
+            # The CLI (another process) finds the broker's files here.
+            self.store.set_setting("password_file", passwords.password_file)
+            self.store.set_setting("mosquitto_pid", str(passwords.mosquitto_pid or ""))
+            self.store.set_setting("mosquitto_pid_file", passwords.pid_file or "")
+            self.store.set_setting("acl_file", passwords.acl_file or "")
+
+    def start(self):
+        serve = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                 name="basestation-accept", daemon=True)
+        serve.start()
+        self._threads.append(serve)
+        if self.beacon:
+            beacon = threading.Thread(target=self._beacon_loop, name="basestation-beacon",
+                                      daemon=True)
+            beacon.start()
+            self._threads.append(beacon)
+        log.info("listening on https://%s:%d", *self.server.server_address[:2])
+        return self
+
+    def beacon_payload(self):
+        return json.dumps({"service": BEACON_SERVICE, "port": self.port,
+                           "ca_sha256": self.ca_sha256}).encode()
+
+    def _beacon_loop(self):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            while not self._stop.is_set():
+                try:
+                    udp.sendto(self.beacon_payload(), self.beacon)
+                except OSError as exc:
+                    log.warning("beacon to %s:%d failed: %s", self.beacon[0], self.beacon[1], exc)
+                self._stop.wait(self.beacon_interval_s)
+
+    def stop(self):
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- decisions (the page and the CLI) ---------------------------------------------
+    def reserved_ids(self):
+        return self.passwords.reserved_ids() if self.passwords is not None else set()
+
+    def decide(self, ref, allow, by, replace=False):
+        return self.store.decide(ref, allow, self.clock(), by, reserved=self.reserved_ids(),
+                                 replace=replace)
+
+    # --- device API -------------------------------------------------------------------
+    def api_request(self, doc, ip):
+        device_id, name, firmware, nonce = (doc.get(k) for k in ("device_id", "name",
+                                                                   "firmware", "nonce"))
+        if not (isinstance(device_id, str) and _DEVICE_ID_RE.match(device_id)):
+            return 400, {"status": "invalid", "error": "device_id"}
+        if not (isinstance(name, str) and _PRINTABLE_RE.match(name)):
+            return 400, {"status": "invalid", "error": "name"}
+        if not (isinstance(firmware, str) and _PRINTABLE_RE.match(firmware)):
+            return 400, {"status": "invalid", "error": "firmware"}
+        if not (isinstance(nonce, str) and _NONCE_RE.match(nonce)):
+            return 400, {"status": "invalid", "error": "nonce"}
+        code = comparison_code(bytes.fromhex(nonce), self.cert_der)
+        try:
+            rid = self.store.add_request(device_id, name, firmware, nonce, ip, code,
+                                         self.clock())
+        except BaseStationError as exc:
+            log.warning("request from %s refused: %s", ip, exc)
+            return 429, {"status": "busy"}
+        log.info("request %d: device %s (%r) at %s asks; code %s", rid, device_id, name, ip, code)
+        return 202, {"status": "pending", "request_id": rid}
+
+    def api_poll(self, request_id, doc, ip):
+        device_id, nonce = doc.get("device_id"), doc.get("nonce")
+        if not (isinstance(device_id, str) and isinstance(nonce, str)):
+            return 400, {"status": "invalid"}
+        try:
+            status, password = self.store.release(request_id, device_id, nonce, ip,
+                                                  self.clock(), self.passwords.add)
+        except BaseStationError as exc:
+            # The approval stays; the board's next poll (or request) tries again.
+            log.error("could not create credentials for %s: %s", device_id, exc)
+            return 503, {"status": "unavailable"}
+        if password is None:
+            return {"unknown": 404, "gone": 410}.get(status, 200), {"status": status}
+        return 200, {"status": "approved", "mqtt": {
+            "host": self.mqtt_host, "port": self.mqtt_port, "user": device_id,
+            "password": password, "server_hostname": self.mqtt_server_hostname}}
+
+    def api_confirm(self, doc):
+        request_id = doc.get("request_id")
+        ok = (type(request_id) is int and isinstance(doc.get("device_id"), str)
+              and isinstance(doc.get("nonce"), str)
+              and self.store.confirm(request_id, doc["device_id"], doc["nonce"], self.clock()))
+        return (200, {"status": "confirmed"}) if ok else (404, {"status": "unknown"})
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "securenode-basestation"
+    sys_version = ""
+
+    def log_message(self, fmt, *args):
+        # Paths carry no secrets (devices POST theirs in the body); keep them at debug.
+        log.debug("%s %s", self.client_address[0], fmt % args)
+
+    @property
+    def station(self):
+        return self.server.station
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _body(self):
+        length = self.headers.get("Content-Length", "0")
+        if not _LENGTH_RE.match(length) or int(length) > MAX_BODY_BYTES:
+            return None
+        return self.rfile.read(int(length))
+
+    def _send(self, status, body, content_type, headers=()):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "same-origin")
+        self.send_header("Content-Security-Policy", page.CSP)
+        self.send_header("Connection", "close")
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status, doc):
+        self._send(status, json.dumps(doc).encode(), "application/json")
+
+    def _html(self, status, text, headers=()):
+        self._send(status, text.encode(), "text/html; charset=utf-8", headers)
+
+    def _redirect(self, where, headers=()):
+        self._send(303, b"", "text/plain", [("Location", where)] + list(headers))
+
+    def _cookie(self):
+        for part in self.headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == SESSION_COOKIE:
+                return value
+        return None
+
+    def _same_origin(self):
+        # A browser always sends Origin on a cross-site POST; ours must name this very
+        # host. With no Origin at all (old browsers), fall back to the Referer.
+        expected = "https://%s" % self.headers.get("Host", "")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            return origin == expected
+        referer = self.headers.get("Referer", "")
+        return referer == expected or referer.startswith(expected + "/")
+
+    # --- routes -----------------------------------------------------------------------
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/login":
+            return self._html(200, page.login_page())
+        if path == "/":
+            csrf = self.station.store.session_csrf(self._cookie(), self.station.clock())
+            if csrf is None:
+                return self._redirect("/login")
+            store, now = self.station.store, self.station.clock()
+            try:
+                reserved = self.station.reserved_ids()
+            except BaseStationError as exc:
+                log.error("%s", exc)
+                reserved = set()
+            return self._html(200, page.operator_page(
+                csrf, store.requests(now=now, status="pending"), store.devices(), reserved))
+        self._json(404, {"status": "not_found"})
+
+    def do_POST(self):
+        path = urllib.parse.urlsplit(self.path).path
+        body = self._body()
+        if body is None:
+            return self._json(413, {"status": "too_large"})
+        if path.startswith("/v1/"):
+            return self._api(path, body)
+        form = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+        field = lambda name: (form.get(name) or [""])[0]  # noqa: E731
+        if not self._same_origin():
+            log.warning("refused a cross-site %s from %s (Origin %r)", path,
+                        self.client_address[0], self.headers.get("Origin"))
+            return self._html(403, "<p>Forbidden: cross-site request.</p>")
+        store, now = self.station.store, self.station.clock()
+        if path == "/login":
+            return self._login(field("password"))
+        csrf = store.session_csrf(self._cookie(), now)
+        if csrf is None:
+            return self._html(403, "<p>Forbidden: log in first.</p>")
+        if not hmac.compare_digest(field("csrf").encode(), csrf.encode()):
+            log.warning("refused %s from %s: bad CSRF token", path, self.client_address[0])
+            return self._html(403, "<p>Forbidden: stale or forged form.</p>")
+        if path == "/logout":
+            store.logout(self._cookie())
+            return self._redirect("/login", [("Set-Cookie", "%s=; Path=/; HttpOnly; Secure; "
+                                              "SameSite=Strict; Max-Age=0" % SESSION_COOKIE)])
+        action = field("action")
+        if path == "/decide" and action in ("allow", "replace", "deny"):
+            try:
+                self.station.decide(field("request"), action != "deny", "web",
+                                    replace=action == "replace")
+            except BaseStationError as exc:
+                return self._html(409, page.message_page(str(exc)))
+            return self._redirect("/")
+        self._json(404, {"status": "not_found"})
+
+    def _login(self, password):
+        ip, guard = self.client_address[0], self.station.login_guard
+        wait_s = guard.begin(ip)
+        if wait_s is not None:
+            log.warning("operator login from %s refused: wait %.0f s after a wrong password",
+                        ip, wait_s)
+            return self._html(429, page.login_page(
+                "Too many attempts: wait %d s before trying again." % max(1, round(wait_s))),
+                [("Retry-After", str(max(1, round(wait_s))))])
+        checked, session = False, None
+        try:
+            if not guard.scrypt_slots.acquire(timeout=2):
+                log.warning("operator login from %s refused: password checks busy", ip)
+                return self._html(503, page.login_page("Busy: try again in a moment."),
+                                  [("Retry-After", "1")])
+            try:
+                session = self.station.store.login(password, self.station.clock())
+                checked = True
+            finally:
+                guard.scrypt_slots.release()
+        finally:
+            guard.end(ip, session is not None, checked)
+        if session is None:
+            log.warning("failed operator login from %s", ip)
+            return self._html(401, page.login_page("Wrong password."))
+        cookie = ("%s=%s; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=%d"
+                  % (SESSION_COOKIE, session[0], SESSION_TTL_S))
+        return self._redirect("/", [("Set-Cookie", cookie)])
+
+    def _api(self, path, body):
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            # RecursionError: a few KB of nested brackets; the body bound keeps it cheap.
+            doc = None
+        if not isinstance(doc, dict):
+            return self._json(400, {"status": "invalid", "error": "body must be a JSON object"})
+        ip = self.client_address[0]
+        if path == "/v1/auth/request":
+            return self._json(*self.station.api_request(doc, ip))
+        if path == "/v1/auth/confirm":
+            return self._json(*self.station.api_confirm(doc))
+        match = _POLL_PATH_RE.match(path)
+        if match:
+            return self._json(*self.station.api_poll(int(match.group(1)), doc, ip))
+        self._json(404, {"status": "not_found"})
+
+
+__all__ = ["BaseStation", "Limits", "LoginGuard", "MAX_BODY_BYTES", "RELEASE_WINDOW_S"]

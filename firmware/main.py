@@ -1,4 +1,13 @@
 # Runs at boot on the board (and in host_sim, which imports it the same way).
-from securenode import app
+# Nothing that escapes the app leaves a board at the REPL until someone power-cycles it:
+# the reason is recorded on flash, reported, and the board resets (securenode/crash.py).
+from securenode import crash
 
-app.main()
+try:
+    from securenode import app
+
+    app.main()
+except KeyboardInterrupt:
+    raise  # Ctrl-C on the serial console: the person there wants the REPL
+except Exception as exc:  # MemoryError included: the reset frees the heap
+    crash.fatal(exc)

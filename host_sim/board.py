@@ -88,6 +88,8 @@ def build_parser():
     p.add_argument("--tls-verify-error", choices=("oserror", "valueerror"), default="oserror",
                    help="how a failed certificate check surfaces: OSError(-9984) "
                         "(default) or ValueError(<mbedTLS verify info>) as newer builds do")
+    p.add_argument("--time-type", choices=("int", "float"), default="int",
+                   help="what time.time() returns: int (esp32, esp8266) or float (unix port)")
     p.add_argument("--flash-us-per-byte", type=int, default=0, metavar="US",
                    help="write flash files in 8-byte pieces at US microseconds per byte, so a "
                         "kill can tear a write (see host_sim/outbox_torn_writes.py)")
@@ -152,7 +154,7 @@ def main(argv=None):
         mains_v=args.mains_v, mains_hz=args.mains_hz, noise_v=args.noise_v,
         adc_volts_per_count=args.adc_volts_per_count, device_seed=args.device_seed,
         state_dir=os.path.abspath(args.state_dir or flash + ".state"),
-        verify_error=args.tls_verify_error)
+        verify_error=args.tls_verify_error, float_time=args.time_type == "float")
 
     def reset_hook(cause):
         sys.stdout.flush()

@@ -11,11 +11,13 @@ Example (what firmware/main.py does at boot)::
     app.main()
 """
 
+import json
 import os
 import sys
 import time
 
-from securenode import VERSION, clock, config, links, outbox, reading, sensor, states, wifi
+from securenode import (VERSION, clock, config, crash, links, outbox, reading, sensor, states,
+                        watchdog, wifi)
 from securenode.events import emit, error
 from securenode.link_error import LinkError
 from securenode.net import NetError
@@ -30,8 +32,10 @@ def _read(path):
 
 
 class Node:
-    def __init__(self, cfg):
+    def __init__(self, cfg, reset_cause=None, last_crash=None):
         self.cfg = cfg
+        self.reset_cause = reset_cause  # why this boot happened (machine.reset_cause)
+        self.last_crash = last_crash    # crash.recorded(): kept until a status carries it
         self.state = states.OFFLINE
         self.attempt = 0
         self.acked = 0
@@ -60,6 +64,7 @@ class Node:
         self._open_outbox()
         self.go(states.START)
         while self.state != states.HALTED:
+            watchdog.feed()  # each step is bounded by a timeout shorter than the watchdog's
             step = self._steps.get(self.state)
             step(self)
         emit("halted", reason=self.halt_reason)
@@ -141,6 +146,7 @@ class Node:
         try:
             self._publish_status()
             while True:
+                watchdog.feed()
                 if self._sample_if_due():
                     burst = 0  # a fresh sample opens a new allowance for the backlog
                 head = self.outbox.peek() if burst < self.cfg.outbox.send_burst else None
@@ -186,10 +192,18 @@ class Node:
     def _publish_status(self):
         box = self.outbox
         self.status_dropped = box.dropped
+        # The retained status says why this boot happened and, until delivered once, what
+        # crashed the run before it (crash.py); the record is then cleared from flash.
+        last = self.last_crash
         payload = ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
-                   '"torn":%d}' % (VERSION, box.boots, box.depth, box.dropped, box.torn)).encode()
+                   '"torn":%d,"reset_cause":%s,"crash":%s}' % (
+                       VERSION, box.boots, box.depth, box.dropped, box.torn,
+                       json.dumps(self.reset_cause), json.dumps(last))).encode()
         if self.link.publish_status(payload):
             emit("status", payload=payload.decode())
+            if last is not None:
+                crash.clear()
+                self.last_crash = None
 
     def apply_command(self, command):
         """Apply a command from the peer (wss ingest); return (ok, detail) for its ack.
@@ -225,8 +239,15 @@ class Node:
         voltage, freq, status = self.sampler.read()
         box = self.outbox
         seq = box.next_seq
-        payload = reading.encode(self.cfg.device_id, seq, clock.unix_time(), status,
-                                 voltage, freq)
+        try:
+            payload = reading.encode(self.cfg.device_id, seq, clock.unix_time(), status,
+                                     voltage, freq)
+        except (reading.ReadingError, MemoryError) as exc:
+            # One reading that cannot be built is reported and skipped; the next may succeed
+            # (a full heap is collected by then). The seq is not used, so none goes missing.
+            error("reading_memory" if isinstance(exc, MemoryError) else "reading",
+                  str(exc) or "no memory for a reading")
+            return None, None
         dropped = box.dropped
         try:
             box.append(seq, payload)
@@ -256,6 +277,7 @@ class Node:
         # Readings are due while offline too: they wait in the outbox.
         until = time.ticks_add(time.ticks_ms(), delay)
         while time.ticks_diff(until, time.ticks_ms()) > 0:
+            watchdog.feed()
             self._sample_if_due()
             time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
         self.go(states.BACKOFF_DONE)
@@ -330,11 +352,15 @@ class Node:
 
 
 def main(config_path="config.json"):
-    emit("boot", version=VERSION, platform=sys.platform)
+    cause = crash.reset_cause()
+    last_crash = crash.recorded()
+    emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
     try:
         cfg = config.load(config_path)
     except config.ConfigError as exc:
         error("config", str(exc))
         emit("halted", reason="config")
         return 1
-    return Node(cfg).run()
+    timeout_ms = watchdog.start(watchdog.timeout_for(cfg))
+    emit("watchdog", timeout_ms=timeout_ms)
+    return Node(cfg, cause, last_crash).run()

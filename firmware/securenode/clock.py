@@ -29,7 +29,12 @@ def _epoch_offset():
 
 
 def unix_time():
-    return time.time() + _epoch_offset()
+    """Whole unix seconds, an int on every port.
+
+    The unix port's time.time() is a float (boards return an int); a reading's timestamp
+    and the certificate-date checks want whole seconds, so the fraction is dropped here.
+    """
+    return int(time.time()) + _epoch_offset()
 
 
 def is_set():

@@ -32,7 +32,7 @@ class BoardState:
     def __init__(self, port="esp32", mpy="1.24", air_path=None, ntp_addr=None,
                  clock_unix_s=None, ticks_start_ms=0, mains_v=230.0, mains_hz=50.0,
                  noise_v=1.0, adc_volts_per_count=0.0125, device_seed="board",
-                 state_dir=None, verify_error="oserror", argv=None):
+                 state_dir=None, verify_error="oserror", argv=None, float_time=False):
         if port not in PORTS:
             raise ValueError("port must be one of %s" % (PORTS,))
         if mpy not in MPY_VERSIONS:
@@ -49,6 +49,7 @@ class BoardState:
         self.state_dir = state_dir
         self.verify_error = verify_error
         self.argv = argv
+        self.float_time = bool(float_time)   # time.time() as a float, as on the unix port
         self.rng = random.Random(device_seed)
         self.noise_rng = random.Random()
         # Ticks: a board's counters start near zero at boot; --ticks-start moves the

@@ -37,6 +37,10 @@ def make_module(state):
     mod.__doc__ = __doc__
 
     def time():
+        # esp32/esp8266 return whole seconds (an int); the unix port returns a float
+        # (MicroPython's ports/unix/modtime.c uses the C double): --float-time models it.
+        if state.float_time:
+            return state.board_time_s()
         return int(state.board_time_s())
 
     def time_ns():

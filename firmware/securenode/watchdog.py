@@ -1,0 +1,62 @@
+"""The hardware watchdog: resets the board when the main loop stops feeding it.
+
+Every step of the main loop is bounded by a configured timeout except the ones MicroPython
+cannot bound (DNS has no deadline on a board; a driver can wedge): the watchdog turns such a
+hang into a reset, reported at the next boot as reset_cause "wdt". Its timeout is derived
+from the configuration, longer than the longest bounded step, so it never fires on a slow
+but healthy step.
+
+Example::
+
+    from securenode import watchdog
+    watchdog.start(watchdog.timeout_for(cfg))   # -> 27000, or None if the port has none
+    watchdog.feed()                             # once per loop turn
+"""
+
+import sys
+
+from micropython import const
+
+# Sampling window, flash writes and event output on top of the longest network step.
+_MARGIN_MS = const(5000)
+
+_wdt = None  # a board has one hardware watchdog; so does this module
+
+
+def timeout_for(cfg):
+    """Milliseconds: the longest step between two feeds plus a margin.
+
+    A connect is DNS + TCP + TLS handshake + the first exchange (CONNACK, WebSocket
+    upgrade) and a PUBACK wait; provisioning polls sleep up to poll_max_ms, then make one
+    HTTPS exchange (io + handshake), and discovery blocks up to beacon_wait_ms.
+    """
+    t = cfg.timeouts_ms
+    net_ms = t.dns + t.connect + 2 * t.handshake + 2 * t.io
+    step = max(cfg.wifi.timeout_ms, cfg.ntp.timeout_ms + t.dns, net_ms)
+    p = cfg.provisioning
+    if p is not None:
+        step = max(step, p.poll_max_ms + net_ms, p.beacon_wait_ms)
+    return step + cfg.sample.window_ms + _MARGIN_MS
+
+
+def start(timeout_ms):
+    """Start the watchdog; return its timeout, or None where the port has none to start.
+
+    Feature detection: the unix port has no machine.WDT. On the esp8266 the timeout cannot
+    be set (MicroPython docs, machine.WDT: "determined by the underlying system"), and a TLS
+    handshake there outlasts it, so the board runs without one.
+    """
+    global _wdt
+    try:
+        from machine import WDT
+    except ImportError:
+        return None
+    if sys.platform == "esp8266":
+        return None
+    _wdt = WDT(timeout=timeout_ms)
+    return timeout_ms
+
+
+def feed():
+    if _wdt is not None:
+        _wdt.feed()

@@ -18,6 +18,14 @@ _flash = sys.argv[1]
 _mark = b"\x00\x1e" + sys.argv[2].encode()
 _extra = sys.argv[3:]
 
+# The stand-ins' settings (host_sim/mp/port/_simboard.py) are read from a host path named in
+# the environment: import them while the host's filesystem is still at "/".
+sys.path[:] = _extra
+try:
+    import _simboard  # noqa: F401
+except ImportError:
+    pass
+
 # The flash directory becomes "/", as a board's filesystem is (VfsPosix rooted there); the
 # machine/network/ntptime stand-ins are mounted under a directory a listing of "/" never shows.
 vfs.umount("/")

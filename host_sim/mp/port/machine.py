@@ -1,0 +1,173 @@
+# `machine` for the MicroPython unix port, which has no ADC, Pin, RTC, WDT, reset_cause or
+# unique_id (runs under MicroPython). Behaviour follows the esp32/esp8266 ports' machine
+# modules (ports/esp32/machine_adc.c, machine_wdt.c, modmachine.c); what the host cannot
+# give (setting the RTC) is said where it happens.
+import hashlib
+import math
+import random
+import sys
+import time
+
+from _simboard import settings, tell_chip
+
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+
+_ESP32 = settings["port"] != "esp8266"
+_FEED_REPORT_MS = 100   # the launcher hears of feeds at most this often
+_TWO_PI = 2 * math.pi
+
+# The mains waveform's time base: microseconds since this module loaded, unwrapped from
+# ticks_us (which wraps at 2**30 us, ~18 min) as long as reads come < 9 min apart.
+_clock = [time.ticks_us(), 0]
+
+
+def _elapsed_us():
+    now = time.ticks_us()
+    _clock[1] += time.ticks_diff(now, _clock[0])
+    _clock[0] = now
+    return _clock[1]
+
+
+def _gauss():
+    # Box-Muller: this port's random has no gauss().
+    u = 1.0 - random.random()
+    return math.sqrt(-2.0 * math.log(u)) * math.cos(_TWO_PI * random.random())
+
+
+def _adc_u16():
+    # Same formula as host_sim/stubs/board_state.py BoardState.adc_u16.
+    s = settings
+    v = 1.4142135623730951 * s["mains_v"] * math.sin(
+        _TWO_PI * s["mains_hz"] * _elapsed_us() / 1e6)
+    if s["noise_v"] > 0:
+        v += _gauss() * s["noise_v"]
+    counts = int(round(32768 + v / s["adc_volts_per_count"]))
+    return 0 if counts < 0 else 65535 if counts > 65535 else counts
+
+
+class Pin:
+    IN = 1
+    OUT = 3 if _ESP32 else 1
+    OPEN_DRAIN = 7 if _ESP32 else 2
+    PULL_UP = 2 if _ESP32 else 1
+    PULL_DOWN = 1 if _ESP32 else None
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, id, mode=None, pull=None, value=None):
+        self.id = id
+        self._value = 0 if value is None else int(bool(value))
+
+    def init(self, mode=None, pull=None, value=None):
+        if value is not None:
+            self._value = int(bool(value))
+
+    def value(self, v=None):
+        if v is None:
+            return self._value
+        self._value = int(bool(v))
+
+    def on(self):
+        self._value = 1
+
+    def off(self):
+        self._value = 0
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def irq(self, *args, **kwargs):
+        return None
+
+
+class ADC:
+    ATTN_0DB = 0
+    ATTN_2_5DB = 1
+    ATTN_6DB = 2
+    ATTN_11DB = 3
+
+    def __init__(self, pin, atten=None):
+        self.pin = pin.id if isinstance(pin, Pin) else pin
+        if not _ESP32 and self.pin != 0:
+            raise ValueError("invalid pin")      # esp8266 has ADC(0) only
+
+    def read_u16(self):
+        return _adc_u16()
+
+    def read(self):
+        return _adc_u16() >> (4 if _ESP32 else 6)   # 12-bit on esp32, 10-bit on esp8266
+
+    def atten(self, value):
+        return None
+
+
+class RTC:
+    def datetime(self, dt=None):
+        # The unix port's time.time() is the host clock, which an unprivileged process cannot
+        # set: reads give the host time, and setting it (ntptime.settime) changes nothing.
+        if dt is not None:
+            return None
+        t = time.time()
+        g = time.gmtime(int(t))
+        return (g[0], g[1], g[2], g[6], g[3], g[4], g[5], int((t % 1) * 1000000))
+
+    def init(self, dt):
+        self.datetime(dt)
+
+
+class WDT:
+    """The hardware watchdog: the launcher resets the board unless fed within timeout ms."""
+
+    def __init__(self, id=0, timeout=5000):
+        self._told = time.ticks_ms()
+        tell_chip(b"w%d" % max(1, int(timeout)))
+
+    def feed(self):
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self._told) >= _FEED_REPORT_MS:
+            self._told = now
+            tell_chip(b"f")
+
+
+def _reset(cause_line, exit_status):
+    if tell_chip(cause_line):
+        while True:        # like the chip, never returns: the launcher kills this process
+            time.sleep_ms(1000)
+    sys.exit(exit_status)  # no launcher (a bare interpreter): end the process instead
+
+
+def reset():
+    _reset(b"r", 75)
+
+
+def soft_reset():
+    _reset(b"s", 75)
+
+
+def reset_cause():
+    return settings["reset_cause"]
+
+
+def unique_id():
+    return hashlib.sha256(b"uid:" + settings["device_seed"].encode()).digest()[:6]
+
+
+def freq(hz=None):
+    if hz is None:
+        return 160000000 if _ESP32 else 80000000
+
+
+def idle():
+    time.sleep_ms(0)
+
+
+def disable_irq():
+    return 0
+
+
+def enable_irq(state=0):
+    return None

@@ -1,0 +1,253 @@
+"""The real-MicroPython runtime's chip: stand-ins, LittleFS2 flash, reset, watchdog, heap.
+
+Each test boots a real MicroPython board process (host_sim.board --runtime micropython) on a
+throwaway main.py that exercises one part and prints JSON lines.
+"""
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from host_sim.flash import board_command, board_env  # noqa: E402
+from host_sim.mp import launcher  # noqa: E402
+from host_sim.servers.ntp import NtpServer  # noqa: E402
+
+WIFI_UP = """
+import network, time
+wlan = network.WLAN(network.STA_IF)
+wlan.active(True)
+wlan.connect("simnet", "simkey")
+while wlan.status() == network.STAT_CONNECTING:
+    time.sleep_ms(10)
+"""
+
+
+def run_mp(tmp_path, source, *, wifi=False, options=None, timeout=60, name="flash"):
+    """Boot a MicroPython board on `source` as main.py: (exit status, JSON lines, stderr)."""
+    flash = tmp_path / name
+    flash.mkdir(exist_ok=True)
+    (flash / "main.py").write_text((WIFI_UP if wifi else "") + textwrap.dedent(source))
+    opts = {"runtime": "micropython"}
+    opts.update(options or {})
+    proc = subprocess.run(board_command(flash, **opts), env=board_env(), capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, lines, proc.stderr
+
+
+def debug(tmp_path, name="flash"):
+    path = tmp_path / (name + ".state") / "sim_debug.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_firmware_sees_the_flash_at_root_and_the_interpreters_own_modules(tmp_path):
+    rc, lines, err = run_mp(tmp_path, """
+        import json, os, sys, socket, ssl, time, machine, network, ntptime
+        with open("/note.txt", "w") as f:
+            f.write("kept")
+        print(json.dumps({"cwd": os.getcwd(), "ls": sorted(os.listdir("/")),
+                          "impl": sys.implementation.name, "path": sys.path[:3],
+                          "ssl": hasattr(ssl, "SSLContext"), "float_time":
+                          isinstance(time.time(), float),
+                          "stand_ins": [m.__file__.startswith("/host/") for m in
+                                        (machine, network, ntptime)]}))
+    """)
+    assert rc == 0, err
+    r = lines[0]
+    assert r["cwd"] == "/" and r["impl"] == "micropython" and r["ssl"] and r["float_time"]
+    assert r["ls"] == ["host", "main.py", "note.txt"]
+    assert r["path"] == ["", ".frozen", "/lib"] and r["stand_ins"] == [True] * 3
+    # The flash is a real LittleFS2 image: the file is in it, not in the flash directory.
+    image = (tmp_path / "flash.state" / "flash.img").read_bytes()
+    assert b"littlefs" in image[:8192] and b"note.txt" in image
+    assert not (tmp_path / "flash" / "note.txt").exists()
+
+
+def test_boot_line_states_the_profile_and_the_heap_the_firmware_gets(tmp_path):
+    src = """
+        import gc, json, machine, network, ntptime
+        gc.collect()
+        print(json.dumps({"free": gc.mem_free()}))
+    """
+    free = {}
+    for board in ("esp32", "esp8266"):
+        rc, lines, err = run_mp(tmp_path, src, options={"board": board}, name=board)
+        assert rc == 0, err
+        free[board] = lines[0]["free"]
+        assert "board %s, GC heap %d bytes" % (board, launcher.PROFILES[board]) in err
+        boot = [d for d in debug(tmp_path, board) if d["kind"] == "boot"][0]
+        assert (boot["board"], boot["heap_bytes"]) == (board, launcher.PROFILES[board])
+    # With the stand-ins loaded the firmware finds about a board's free heap: ESP32 without
+    # PSRAM 111,936 bytes less ~1 KB the interpreter keeps at boot; ESP8266 ~32.7 KB less.
+    assert 109000 <= free["esp32"] <= 112000
+    assert 28500 <= free["esp8266"] <= 32768
+    rc, lines, err = run_mp(tmp_path, src, options={"heap": "180K"}, name="explicit")
+    assert rc == 0, err and 179 * 1024 <= lines[0]["free"] <= 181 * 1024
+
+
+def test_heap_cap_is_hard(tmp_path):
+    rc, lines, err = run_mp(tmp_path, """
+        import json
+        try:
+            hog = bytearray(200 * 1024)
+            print(json.dumps({"got": len(hog)}))
+        except MemoryError:
+            print(json.dumps({"memory_error": True}))
+    """, options={"board": "esp32"})
+    assert rc == 0, err
+    assert lines == [{"memory_error": True}]
+
+
+def test_adc_rms_matches_configured_mains_volts(tmp_path):
+    rc, lines, err = run_mp(tmp_path, """
+        import json, machine, math, time
+        adc = machine.ADC(machine.Pin(34))
+        vals = []
+        t0 = time.ticks_us()
+        while time.ticks_diff(time.ticks_us(), t0) < 200000:     # 10 cycles at 50 Hz
+            vals.append(adc.read_u16())
+            time.sleep_us(200)
+        rms = math.sqrt(sum(((v - 32768) * 0.0125) ** 2 for v in vals) / len(vals))
+        print(json.dumps({"rms": rms, "n": len(vals), "raw": adc.read(),
+                          "uid": machine.unique_id().hex()}))
+    """, options={"mains_v": 120, "mains_hz": 60, "noise_v": 1.0,
+                  "adc_volts_per_count": 0.0125, "device_seed": "adc-1"})
+    assert rc == 0, err
+    r = lines[0]
+    assert r["n"] > 200 and abs(r["rms"] - 120) / 120 < 0.02
+    assert 0 <= r["raw"] <= 4095
+    # Same unique_id as the CPython stand-in gives the same seed.
+    import hashlib
+    assert r["uid"] == hashlib.sha256(b"uid:adc-1").digest()[:6].hex()
+
+
+def test_wifi_statuses_follow_the_virtual_air(tmp_path):
+    air = tmp_path / "air.json"
+    air.write_text(json.dumps({"aps": {"simnet": {"key": "simkey", "up": True}}}))
+    rc, lines, err = run_mp(tmp_path, """
+        import json, network, time
+        w = network.WLAN(network.STA_IF)
+        w.active(True)
+        def settle():
+            while w.status() == network.STAT_CONNECTING:
+                time.sleep_ms(10)
+            return w.status()
+        w.connect("simnet", "nope")
+        wrong = settle()
+        w.connect("other", "simkey")
+        missing = settle()
+        w.connect("simnet", "simkey")
+        up = settle()
+        with open(%r, "w") as f:
+            f.write(json.dumps({"aps": {}}))
+        time.sleep_ms(150)
+        lost = w.status()
+        print(json.dumps({"wrong": wrong, "missing": missing, "up": up, "lost": lost,
+                          "want": [network.STAT_WRONG_PASSWORD, network.STAT_NO_AP_FOUND,
+                                   network.STAT_GOT_IP, network.STAT_BEACON_TIMEOUT]}))
+    """ % ("/host" + str(air)), options={"air": air})
+    assert rc == 0, err
+    r = lines[0]
+    assert [r["wrong"], r["missing"], r["up"], r["lost"]] == r["want"] == [202, 201, 1010, 200]
+
+
+def test_ntptime_queries_the_simulators_server_over_real_udp(tmp_path):
+    with NtpServer(offset_s=3600) as ntp:
+        rc, lines, err = run_mp(tmp_path, wifi=True, source="""
+            import json, ntptime
+            print(json.dumps({"ntp": ntptime.time()}))
+            try:
+                ntptime.settime()
+                ok = True
+            except Exception as e:
+                ok = repr(e)
+            print(json.dumps({"settime": ok}))
+        """, options={"ntp": "127.0.0.1:%d" % ntp.address[1]})
+        assert ntp.queries == 2
+    assert rc == 0, err
+    assert abs(lines[0]["ntp"] - (time.time() + 3600)) < 5    # the server's clock, 1970 epoch
+    assert lines[1] == {"settime": True}
+
+
+def test_reset_keeps_the_flash_and_reports_its_cause_and_an_unfed_watchdog_resets(tmp_path):
+    rc, lines, err = run_mp(tmp_path, """
+        import json, machine, time
+        try:
+            with open("boots") as f:
+                n = int(f.read())
+        except OSError:
+            n = 0
+        with open("boots", "w") as f:
+            f.write(str(n + 1))
+        print(json.dumps({"boot": n, "cause": machine.reset_cause()}))
+        if n == 0:
+            machine.reset()
+            print(json.dumps({"reset_returned": True}))
+        elif n == 1:
+            wdt = machine.WDT(timeout=600)
+            for _ in range(12):          # fed: 1.2 s with a 0.6 s timeout, no reset
+                time.sleep_ms(100)
+                wdt.feed()
+            print(json.dumps({"fed_ok": True}))
+            while True:                  # a hang: nothing feeds it any more
+                pass
+    """)
+    assert rc == 0, err
+    assert lines == [{"boot": 0, "cause": 1}, {"boot": 1, "cause": 2}, {"fed_ok": True},
+                     {"boot": 2, "cause": 3}]
+    kinds = [(d["kind"], d.get("reset_cause")) for d in debug(tmp_path)]
+    assert kinds == [("flash", None), ("boot", 1), ("reset", 2), ("boot", 2), ("reset", 3),
+                     ("boot", 3), ("exit", None)]
+
+
+def test_an_uncaught_exception_exits_1_with_the_traceback_on_the_console(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text("import json\nprint(json.dumps({'a': 1}))\n1 / 0\n")
+    proc = subprocess.run(board_command(flash, runtime="micropython"), env=board_env(),
+                          capture_output=True, text=True, timeout=60)
+    # This port prints it on stdout, where a board's REPL prints it: the console.
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[0] == '{"a": 1}'
+    assert "ZeroDivisionError: divide by zero" in proc.stdout
+
+
+def test_flash_that_does_not_mount_is_reported_not_reformatted(tmp_path):
+    rc, _, err = run_mp(tmp_path, "print('{}')\n")
+    assert rc == 0, err
+    image = tmp_path / "flash.state" / "flash.img"
+    with open(image, "r+b") as f:       # both superblock copies (blocks 0 and 1) wiped
+        f.write(b"\x00" * 8192)
+    rc, lines, err = run_mp(tmp_path, "print('{}')\n")
+    assert rc == 3 and lines == []
+    assert "does not mount as LittleFS2" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("clock", "1700000000", "--clock"),
+    ("tls_verify_error", "valueerror", "--tls-verify-error"),
+    ("heap", "12", "heap must be bytes"),
+])
+def test_options_that_do_not_apply_are_refused_in_one_line(tmp_path, flag, value, needle):
+    rc, _, err = run_mp(tmp_path, "print('{}')\n", options={flag: value})
+    assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_mpy_cross_output_matches_the_interpreter():
+    assert launcher.mpy_cross_version() == launcher.interpreter_mpy()
+
+
+def test_parse_heap():
+    assert launcher.parse_heap("112K") == 114688
+    assert launcher.parse_heap("2M") == 2097152
+    with pytest.raises(ValueError):
+        launcher.parse_heap("lots")
+    assert math.isclose(launcher.PROFILES["esp32"] / 1024, 112)

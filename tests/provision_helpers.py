@@ -105,3 +105,70 @@ def provisioning_config(port=None, beacon_port=None, wait_s=30, host="127.0.0.1"
     # Only WiFi: no MQTT host, no client certificate; the pinned CA is the only trust.
     return {"provisioning": section, "tls": {"ca": ["ca.der"]},
             "mqtt": {"keepalive_s": 60}, "backoff.min_ms": 200, "backoff.max_ms": 600}
+
+
+def proc_status(pid):
+    """(VmRSS kB, VmHWM kB, threads) of a running process, from /proc/<pid>/status."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value.split()[0] if value.split() else ""
+    return int(fields["VmRSS"]), int(fields["VmHWM"]), int(fields["Threads"])
+
+
+class StationProcess:
+    """`python -m tools.basestation serve` as a real process on a free loopback port.
+
+    Its log goes to a file (``log_text()``); ``status()`` reads its RSS and thread count.
+        with StationProcess(pki, broker, tmp_path / "s", "--request-deadline", "2") as bs:
+            post(pki, bs.port, "/v1/auth/request", {...})
+    """
+
+    def __init__(self, pki, broker, state_dir, *serve_args, password=None):
+        self.state = Path(state_dir)
+        made = cli(self.state, "operator-password",
+                   stdin=(password or "not the operator password") + "\n")
+        assert made.returncode == 0, made.stderr
+        chain, key = base_station_cert(pki)
+        self.pid_file = self.state.parent / (self.state.name + "-broker.pid")
+        self.pid_file.write_text("%d\n" % broker.proc.pid)
+        self.log_path = self.state.parent / (self.state.name + ".log")
+        self._log = open(self.log_path, "wb")
+        argv = [sys.executable, "-m", "tools.basestation", "--state", str(self.state), "serve",
+                "--cert", str(chain), "--key", str(key), "--ca", str(pki.ca.cert_der),
+                "--port", "0", "--mqtt-port", str(broker.password_port),
+                "--mqtt-server-hostname", "localhost",
+                "--password-file", str(broker.password_path),
+                "--mosquitto-pid-file", str(self.pid_file),
+                "--acl-file", str(broker.workdir / "acl")] + list(serve_args)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
+                                     cwd=str(ROOT))
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("basestation: https://"):
+            self.stop()
+            raise AssertionError("base station did not start: %r\n%s" % (line, self.log_text()))
+        self.port = int(line.split()[1].rsplit(":", 1)[1])
+
+    def status(self):
+        return proc_status(self.proc.pid)
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -89,7 +89,11 @@ class LoginGuard:
     def __init__(self, concurrency=LOGIN_CONCURRENCY, delay_s=LOGIN_DELAY_S,
                  max_delay_s=LOGIN_MAX_DELAY_S, max_sources=MAX_TRACKED_SOURCES,
                  clock=time.monotonic):
-        self.scrypt_slots = threading.BoundedSemaphore(concurrency)
+        # Checks run on their own few threads, not on the connection's: glibc keeps a
+        # freed 16 MiB scrypt block in the arena of the thread that used it, so checks on
+        # 64 worker threads would keep 1 GB resident; on two threads, 32 MiB.
+        self.checker = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="basestation-scrypt")
         self.delay_s, self.max_delay_s = delay_s, max_delay_s
         self.max_sources = max_sources
         self.clock = clock
@@ -128,6 +132,18 @@ class LoginGuard:
                 return
             entry[1] += 1
             entry[2] = now + min(self.delay_s * 2 ** min(entry[1] - 1, 16), self.max_delay_s)
+
+    def check(self, fn, *args, timeout_s=5.0):
+        """fn(*args) on a checker thread; TimeoutError if the checks are busy that long."""
+        future = self.checker.submit(fn, *args)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError("password checks busy") from None
+
+    def close(self):
+        self.checker.shutdown(wait=False, cancel_futures=True)
 
     def _prune(self, now):
         # Forget addresses whose wait is long over; a busy table refuses newcomers instead.
@@ -196,6 +212,9 @@ class _Server(http.server.HTTPServer):
             try:
                 tls = self.station.ctx.wrap_socket(request, server_side=True)
             except (ssl.SSLError, OSError) as exc:
+                if isinstance(exc, TimeoutError) and not conn.expired:
+                    conn.expired = "no TLS handshake within %g s" % (
+                        self.limits.handshake_timeout_s)
                 log.info("TLS handshake with %s failed: %s", ip, conn.expired or _reason(exc))
                 return
             conn.tls = True
@@ -281,6 +300,8 @@ def _shutdown_fd(fd):
 
 
 def _reason(exc):
+    if isinstance(exc, ssl.SSLEOFError):
+        return "the client closed the connection without a TLS close_notify"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or exc.__class__.__name__
     if isinstance(exc, TimeoutError):
@@ -348,6 +369,7 @@ class BaseStation:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+        self.login_guard.close()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -538,15 +560,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 [("Retry-After", str(max(1, round(wait_s))))])
         checked, session = False, None
         try:
-            if not guard.scrypt_slots.acquire(timeout=2):
-                log.warning("operator login from %s refused: password checks busy", ip)
-                return self._html(503, page.login_page("Busy: try again in a moment."),
-                                  [("Retry-After", "1")])
-            try:
-                session = self.station.store.login(password, self.station.clock())
-                checked = True
-            finally:
-                guard.scrypt_slots.release()
+            session = guard.check(self.station.store.login, password, self.station.clock())
+            checked = True
+        except TimeoutError:
+            log.warning("operator login from %s refused: password checks busy", ip)
+            return self._html(503, page.login_page("Busy: try again in a moment."),
+                              [("Retry-After", "1")])
         finally:
             guard.end(ip, session is not None, checked)
         if session is None:

@@ -462,3 +462,51 @@ def test_help_for_each_command_teaches_with_an_example(name, capsys):
         certs.main([name, "--help"])
     assert done.value.code == 0
     assert "\n  certs.py %s" % name in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------
+# Careless input: one line each, nothing written (issue 13, item 10)
+
+@pytest.mark.parametrize("dns, fragment", [
+    ("a" * 65, "is 65 characters long: at most 63"),
+    ("", "--dns is empty"),
+    ("my host", "' ' at position 3 is not allowed in a host name"),
+    ("pay$day.example", "'$' at position 4 is not allowed in a host name"),
+    ("a..b", "empty label"),
+    ("x" * 254, "254 characters long: a host name has at most 253"),
+])
+def test_server_refuses_a_host_name_no_resolver_would_use(tmp_path, dns, fragment):
+    certs.make_ca(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    proc = run_cli("--dir", tmp_path, "server", "--dns", dns)
+    assert_one_line_error(proc, 2, fragment)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_server_takes_a_long_valid_host_name_and_keeps_the_cn_within_64(tmp_path):
+    certs.make_ca(tmp_path)
+    long_name = ".".join(["b" * 40, "c" * 40, "example"])
+    issued = certs.make_server(tmp_path, dns=[long_name, "*.example.com"], name="long")
+    sans = issued.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [long_name, "*.example.com"]
+    assert cn(issued.cert) == "*.example.com"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "1e9"])
+def test_pin_refuses_a_timeout_that_is_not_a_finite_positive_number(tmp_path, value):
+    proc = run_cli("--dir", tmp_path, "pin", "127.0.0.1:1", "--timeout=" + value)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --timeout: %s: must be more than 0" % value in proc.stderr.splitlines()[-1]
+
+
+def test_days_beyond_a_century_are_refused_not_overflowed(tmp_path):
+    proc = run_cli("--dir", tmp_path, "init-ca", "--days", "999999999")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "must be 1..36500" in proc.stderr.splitlines()[-1]
+
+
+def test_inspect_reads_a_bounded_amount_of_an_endless_file(tmp_path):
+    proc = subprocess.run(["prlimit", "--as=%d" % (400 << 20), sys.executable, str(CERTS_PY),
+                           "inspect", "/dev/zero"], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+    assert_one_line_error(proc, 2, "/dev/zero is larger than 8 MiB")

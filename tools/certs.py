@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import ipaddress
 import json
+import math
 import os
 import re
 import select
@@ -54,6 +55,10 @@ EXIT_USAGE = 2       # the user's mistake: arguments, files, names
 EXIT_NO_ROOT = 3     # pin: the chain's root is not in the trust store
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_LABEL_CHAR_RE = re.compile(r"[A-Za-z0-9-]\Z")
+MAX_INPUT_BYTES = 8 << 20    # any file we read: a system CA bundle is ~220 KB
+MAX_DAYS = 36500             # 100 years; more overflows the date types
+MAX_TIMEOUT_S = 3600
 _PEM_CERT_RE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
 _RSA_BITS = 2048
@@ -129,6 +134,40 @@ def check_name(value, what="device id"):
         bad = next(i for i, ch in enumerate(value) if not _NAME_RE.match(ch))
         raise CertError("%s %r: %r at position %d is not allowed (use A-Z a-z 0-9 _ -)"
                         % (what, value, value[bad], bad + 1))
+    return value
+
+
+def check_dns_name(value):
+    """Return `value` if it is a host name for a SAN (RFC 1123), else raise CertError.
+
+    Labels of 1..63 letters, digits and hyphens (not at either end), dot-separated, 253
+    characters at most; a leading "*." wildcard is allowed. A name that no resolver would
+    ever look up must not be written into a certificate.
+
+        check_dns_name("base.local")     # -> "base.local"
+        check_dns_name("my host")        # CertError: --dns 'my host': ' ' at position 3 ...
+    """
+    if not value:
+        raise CertError("--dns is empty: give a host name such as base.local")
+    if len(value) > 253:
+        raise CertError("--dns %r is %d characters long: a host name has at most 253"
+                        % (value[:20] + "...", len(value)))
+    body = value[2:] if value.startswith("*.") else value
+    offset = len(value) - len(body)
+    for index, label in enumerate(body.split(".")):
+        start = offset + sum(len(part) + 1 for part in body.split(".")[:index])
+        bad = next((i for i, ch in enumerate(label) if not _LABEL_CHAR_RE.match(ch)), None)
+        if bad is not None:
+            raise CertError("--dns %r: %r at position %d is not allowed in a host name (use "
+                            "A-Z a-z 0-9 - and dots)" % (value, label[bad], start + bad + 1))
+        if not label:
+            raise CertError("--dns %r has an empty label (two dots, or a dot at an end)"
+                            % value)
+        if len(label) > 63:
+            raise CertError("--dns %r: label %r is %d characters long: at most 63 are allowed"
+                            % (value[:20] + "...", label[:10] + "...", len(label)))
+        if label[0] == "-" or label[-1] == "-":
+            raise CertError("--dns %r: label %r may not start or end with '-'" % (value, label))
     return value
 
 
@@ -310,7 +349,13 @@ def _write(path, data, private=False):
 
 def _read(path, what="file"):
     try:
-        return Path(path).read_bytes()
+        with open(path, "rb") as f:
+            # Bounded: a certificate bundle is a few hundred KB; /dev/zero never ends.
+            data = f.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise CertError("%s %s is larger than %d MiB: not a certificate or key file"
+                            % (what, _display(path), MAX_INPUT_BYTES >> 20))
+        return data
     except FileNotFoundError:
         raise CertError("%s %s does not exist" % (what, _display(path))) from None
     except OSError as exc:
@@ -513,7 +558,7 @@ def _sans(hosts, dns):
         try:
             ipaddress.ip_address(name)
         except ValueError:
-            general.append(x509.DNSName(name))
+            general.append(x509.DNSName(check_dns_name(name)))
             continue
         raise CertError("--dns %r is an IP address (put addresses in --host)" % name)
     if not general:
@@ -548,7 +593,10 @@ def make_server(directory, hosts=None, dns=None, name="server", days=825, rsa=Fa
     general = _sans(hosts, dns)
     issuer_cert, issuer_key = _load_issuer(directory, issuer)
     key = _new_key(rsa)
-    cert = _build(_name((dns or hosts)[0]), key, issuer_cert, issuer_key,
+    # The CN (at most 64 characters, RFC 5280 ub-common-name) is informative only: clients
+    # match the SAN. A longer host name leaves the CN to the file stem.
+    common_name = next((n for n in dns + hosts if len(n) <= 64), name)
+    cert = _build(_name(common_name), key, issuer_cert, issuer_key,
                   validity(days, not_before, not_after),
                   [(x509.BasicConstraints(ca=False, path_length=None), True),
                    (_leaf_key_usage(key), True),
@@ -1018,8 +1066,8 @@ def _positive_int(text):
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a whole number of days" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("%d: must be at least 1" % value)
+    if not 1 <= value <= MAX_DAYS:
+        raise argparse.ArgumentTypeError("%d: must be 1..%d" % (value, MAX_DAYS))
     return value
 
 
@@ -1028,8 +1076,10 @@ def _positive_float(text):
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("%g: must be more than 0" % value)
+    # nan passes "<= 0" and inf overflows the socket's timeout: both refused here.
+    if not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError("%s: must be more than 0 and at most %d seconds"
+                                         % (text, MAX_TIMEOUT_S))
     return value
 
 

@@ -128,6 +128,7 @@ def test_an_exception_escaping_the_app_is_recorded_reset_and_reported_next_boot(
     # Every reading stored before the crash reached the broker after the reset.
     assert set(before) <= set(received_seqs(subscriber, "board-crash", before))
     assert not (tmp_path / "flash-board-crash-0" / "crash.json").exists()  # cleared once sent
+    assert len(boots(board)) == 2  # a fed watchdog never fired during the healthy run
 
 
 def test_a_hang_is_ended_by_the_watchdog_and_reported_next_boot(

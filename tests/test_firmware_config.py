@@ -210,7 +210,7 @@ def results(tmp_path_factory):
     files["conf/config.json"] = json.dumps(sub)
     for f in ("ca.der", "device.crt.der", "device.key.der"):
         files["conf/" + f] = FLASH[f]
-    files.update(firmware_files("config"))
+    files.update(firmware_files("config", "settings"))
     code = "CASES = %r\n" % json.dumps({"dicts": dicts, "files": paths}) + VECTORS
     return run_both(files, code, tmp_path_factory.mktemp("flash"))
 

@@ -95,7 +95,7 @@ def results(tmp_path_factory):
     cases = dict(VALID)
     cases.update((name, raw) for name, (raw, _, _) in INVALID.items())
     files = dict(FLASH)
-    files.update(firmware_files("config"))
+    files.update(firmware_files("config", "settings"))
     code = "CASES = %r\n" % json.dumps(cases) + VECTORS
     return run_both(files, code, tmp_path_factory.mktemp("flash"))
 

@@ -79,7 +79,7 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     files = dict(FLASH)
-    files.update(firmware_files("config"))
+    files.update(firmware_files("config", "settings"))
     code = "CASES = %r\n" % json.dumps({k: v[0] for k, v in CASES.items()}) + VECTORS
     return run_both(files, code, tmp_path_factory.mktemp("flash"))
 

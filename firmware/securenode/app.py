@@ -16,14 +16,15 @@ import os
 import sys
 import time
 
-from securenode import (VERSION, clock, config, crash, links, outbox, reading, sensor, states,
-                        watchdog, wifi)
+from securenode import (VERSION, clock, crash, links, outbox, reading, sensor, settings,
+                        states, watchdog, wifi)
 from securenode.events import emit, error
 from securenode.link_error import LinkError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
-from securenode import provision
-from securenode.https_client import HttpError
+
+# Imported where used, not here: provision and https_client only on a board that must be
+# provisioned (a certificate board never loads them), the validator (config.py) only at boot.
 
 
 def _read(path):
@@ -285,6 +286,8 @@ class Node:
     def _needs_provisioning(self):
         if self.cfg.provisioning is None or self.cfg.tls.cert is not None or self.creds:
             return False
+        from securenode import provision
+
         creds = provision.load_credentials(self.cfg.provisioning.credentials)
         if creds is None:
             return True
@@ -292,6 +295,9 @@ class Node:
         return False
 
     def provision(self):
+        from securenode import provision
+        from securenode.https_client import HttpError
+
         try:
             creds = provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).obtain()
             provision.save_credentials(self.cfg.provisioning.credentials, creds)
@@ -319,6 +325,8 @@ class Node:
         # password file yet.
         if (self.creds and self.creds.get("confirmed")
                 and getattr(exc, "kind", None) == "connack_refused"):
+            from securenode import provision
+
             provision.forget_credentials(self.cfg.provisioning.credentials)
             self.creds = None
             emit("provision_forgotten", reason="broker refused the stored credentials")
@@ -327,6 +335,9 @@ class Node:
         # The base station shows the device "confirmed" once its credentials worked.
         if not self.creds or self.creds.get("confirmed"):
             return
+        from securenode import provision
+        from securenode.https_client import HttpError
+
         try:
             provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).confirm(
                 self.creds)
@@ -356,8 +367,8 @@ def main(config_path="config.json"):
     last_crash = crash.recorded()
     emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
     try:
-        cfg = config.load(config_path)
-    except config.ConfigError as exc:
+        cfg = settings.load(config_path)  # validates, then unloads the validator
+    except settings.ConfigError as exc:
         error("config", str(exc))
         emit("halted", reason="config")
         return 1

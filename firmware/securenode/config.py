@@ -6,21 +6,11 @@ import os
 
 from micropython import const
 
+from securenode.settings import Config, ConfigError, Section  # noqa: F401 (ConfigError: API)
+
 _MAX_GOT_CHARS = const(40)
 _TIMEOUT_MAX_MS = const(600000)
 _OUTBOX_MAX_RECORD = const(512)  # a reading is ~100 bytes; outbox.Outbox(max_record=...)
-
-
-class ConfigError(Exception):
-    """config.json is unreadable or wrong.
-
-    str(e) names the file, the dotted field and what was found; e.field is the
-    dotted field name ("mqtt.port"), or None when the file as a whole is wrong.
-    """
-
-    def __init__(self, message, field=None):
-        super().__init__(message)
-        self.field = field
 
 
 # The schema as data: (section, required, fields); a field is (name, kind,
@@ -132,33 +122,6 @@ _TRANSPORTS = ("mqtts", "wss", "mqtt_wss", "jsonl")
 
 # ADC conversions take tens of microseconds; closer spacing than this cannot be met.
 _MIN_SAMPLE_PERIOD_US = const(100)
-
-
-class Section:
-    """One config.json section as attributes, e.g. cfg.mqtt.port."""
-
-    def __init__(self, name):
-        self._name = name
-        self._fields = []
-
-    def __repr__(self):
-        parts = []
-        for field in self._fields:
-            # Never print the WiFi key: repr(cfg) may end up in a log line.
-            if (self._name, field) in (("wifi", "key"), ("wss", "token")):
-                value = "<hidden>"
-            else:
-                value = repr(getattr(self, field))
-            parts.append("%s=%s" % (field, value))
-        return "%s(%s)" % (self._name, ", ".join(parts))
-
-
-class Config:
-    """The validated configuration: cfg.device_id, cfg.wifi.ssid, cfg.mqtt.port, ..."""
-
-    def __repr__(self):
-        return "Config(device_id=%r, wifi=%r, mqtt=%r, tls=%r)" % (
-            self.device_id, self.wifi, self.mqtt, self.tls)
 
 
 def load(path="config.json"):

@@ -18,7 +18,6 @@ over pinned TLS, one ack line back: tools/collector.py serves it).
 """
 
 from securenode import reading
-from securenode.mqtt_link import MqttLink
 
 
 def open_link(cfg, tls, on_command=None):
@@ -40,6 +39,8 @@ def open_link(cfg, tls, on_command=None):
                            to.connect, to.io, to.handshake, w.max_message_bytes)
         link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
         return link
+    from securenode.mqtt_link import MqttLink  # only MQTT boards load the MQTT client
+
     # user/password exist only once provisioning (app.py) has set them; certificate
     # boards have neither and log in with their certificate alone.
     link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io,

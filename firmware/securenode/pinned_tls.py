@@ -21,10 +21,11 @@ Example::
 import binascii
 import hashlib
 import ssl
+import sys
 
 from micropython import const
 
-from securenode import clock, net, x509_peek
+from securenode import clock, net
 
 _VERIFY_FAILED = const(-9984)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
 
@@ -170,6 +171,16 @@ class PinnedTls:
 
     def diagnose(self, host, port):
         """Look at the peer's certificate without trusting it, and say why it failed."""
+        # The DER reader only explains a failure: loaded here, dropped again after, so a
+        # board that recovers does not keep it resident.
+        from securenode import x509_peek
+
+        try:
+            return self._diagnose(host, port, x509_peek)
+        finally:
+            sys.modules.pop("securenode.x509_peek", None)
+
+    def _diagnose(self, host, port, x509_peek):
         peer = "%s:%d" % (host, port)
         try:
             sock = net.open_tcp(host, port, int(self._handshake_s * 1000))

@@ -6,6 +6,7 @@ ADC readings follow the board's mains waveform at the current ticks_us
 """
 import hashlib
 import threading
+import time as _real_time
 import types
 
 PWRON_RESET = 1
@@ -103,19 +104,28 @@ def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
             self.datetime(dt)
 
     class WDT:
-        """Resets the board unless fed within timeout ms (as the hardware watchdog)."""
+        """Resets the board unless fed within timeout ms (as the hardware watchdog).
+
+        Like the hardware, feed() is cheap (it moves a deadline) and a started watchdog
+        cannot be stopped; one watcher thread sleeps until the deadline and resets the
+        process (reset_hook re-executes it) if no feed moved it meanwhile.
+        """
 
         def __init__(self, id=0, timeout=5000):
             self._timeout_s = max(1, int(timeout)) / 1000.0
-            self._timer = None
             self.feed()
+            threading.Thread(target=self._watch, daemon=True).start()
 
         def feed(self):
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = threading.Timer(self._timeout_s, reset_hook, kwargs={"cause": WDT_RESET})
-            self._timer.daemon = True
-            self._timer.start()
+            self._deadline = _real_time.monotonic() + self._timeout_s
+
+        def _watch(self):
+            while True:
+                left = self._deadline - _real_time.monotonic()
+                if left <= 0:
+                    reset_hook(cause=WDT_RESET)
+                    return
+                _real_time.sleep(left)
 
     def unique_id():
         return hashlib.sha256(("uid:" + state.device_seed).encode()).digest()[:6]

@@ -1,0 +1,78 @@
+"""The validated configuration as the app keeps it, without the validator.
+
+config.py holds the schema and every check (the biggest module in RAM); it is needed once,
+at boot. ``load`` imports it, validates, then forgets it: what stays resident is the Config
+of Sections defined here, whose methods keep only this small module's globals alive (a
+function keeps its module's globals; a Config built by config.py's classes would keep the
+whole validator).
+
+Example::
+
+    from securenode import settings
+    cfg = settings.load("config.json")   # raises ConfigError naming the file and field
+    cfg.mqtt.port                        # -> 8883
+"""
+
+import gc
+import sys
+
+_HIDDEN = (("wifi", "key"), ("wss", "token"))
+
+
+class ConfigError(Exception):
+    """config.json is unreadable or wrong.
+
+    str(e) names the file, the dotted field and what was found; e.field is the
+    dotted field name ("mqtt.port"), or None when the file as a whole is wrong.
+    """
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
+
+
+class Section:
+    """One config.json section as attributes, e.g. cfg.mqtt.port."""
+
+    def __init__(self, name):
+        self._name = name
+        self._fields = []
+
+    def __repr__(self):
+        parts = []
+        for field in self._fields:
+            # Never print the WiFi key or a token: repr(cfg) may end up in a log line.
+            value = "<hidden>" if (self._name, field) in _HIDDEN else repr(getattr(self, field))
+            parts.append("%s=%s" % (field, value))
+        return "%s(%s)" % (self._name, ", ".join(parts))
+
+
+class Config:
+    """The validated configuration: cfg.device_id, cfg.wifi.ssid, cfg.mqtt.port, ..."""
+
+    def __repr__(self):
+        return "Config(device_id=%r, wifi=%r, mqtt=%r, tls=%r)" % (
+            self.device_id, self.wifi, self.mqtt, self.tls)
+
+
+def load(path="config.json"):
+    """Validate ``path`` with config.py, then unload the validator; return the Config."""
+    from securenode import config
+
+    try:
+        return config.load(path)
+    finally:
+        forget("securenode.config")
+
+
+def forget(name):
+    """Drop a module used once (sys.modules and its package's attribute), then collect."""
+    sys.modules.pop(name, None)
+    package, _, short = name.rpartition(".")
+    pkg = sys.modules.get(package)
+    if pkg is not None:
+        try:
+            delattr(pkg, short)
+        except (AttributeError, KeyError):
+            pass  # MicroPython does not always bind a submodule on its package
+    gc.collect()

@@ -16,6 +16,8 @@ Example::
     opcode, payload = reader.read(stream)     # payload: memoryview, valid until next read
 """
 
+import gc
+
 from micropython import const
 
 OP_CONT = const(0)
@@ -38,6 +40,7 @@ _MASKED = const(0x80)
 _MAX_CONTROL = const(125)
 _MAX_HEADER = const(14)
 _MAX_REASON = const(123)  # a close payload is a 2-byte code plus at most 123 bytes
+_SMALL_DATA = const(256)  # first data buffer: acks, commands, status
 
 
 class WsProtocolError(Exception):
@@ -117,11 +120,29 @@ def header_length(byte1):
     return size + 4 if byte1 & _MASKED else size
 
 
-def parse_header(buf, max_bytes, in_message=False):
+def announced_length(buf):
+    """The payload length a complete frame header announces, unchecked.
+
+    >>> announced_length(b"\x82\x7e\x01\x00")
+    256
+    """
+    n = buf[1] & 0x7F
+    if n == 126:
+        return (buf[2] << 8) | buf[3]
+    if n == 127:
+        length = 0
+        for k in range(2, 10):
+            length = (length << 8) | buf[k]
+        return length
+    return n
+
+
+def parse_header(buf, max_bytes, in_message=False, gathered=0):
     """Decode a server frame header from ``buf`` (at least ``header_length(buf[1])`` bytes).
 
     Returns (fin, opcode, masked, length, header_len), or raises WsProtocolError.
-    ``in_message``: a fragmented data message is being reassembled.
+    ``in_message``: a fragmented data message is being reassembled, ``gathered`` bytes of
+    it so far; ``max_bytes`` is the configured limit for a whole message.
 
     >>> parse_header(b"\\x81\\x05", 4096)
     (True, 1, False, 5, 2)
@@ -144,17 +165,9 @@ def parse_header(buf, max_bytes, in_message=False):
         raise WsProtocolError(CLOSE_PROTOCOL, "server frame is masked (RFC 6455 5.1)")
     if opcode not in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
         raise WsProtocolError(CLOSE_PROTOCOL, "unknown opcode 0x%x" % opcode)
-    n = b1 & 0x7F
-    if n == 126:
-        length = (buf[2] << 8) | buf[3]
-    elif n == 127:
-        if buf[2] & 0x80:
-            raise WsProtocolError(CLOSE_PROTOCOL, "64-bit length has its top bit set")
-        length = 0
-        for k in range(2, 10):
-            length = (length << 8) | buf[k]
-    else:
-        length = n
+    if (b1 & 0x7F) == 127 and buf[2] & 0x80:
+        raise WsProtocolError(CLOSE_PROTOCOL, "64-bit length has its top bit set")
+    length = announced_length(buf)
     if opcode >= OP_CLOSE:
         if not fin:
             raise WsProtocolError(CLOSE_PROTOCOL, "fragmented control frame (opcode 0x%x)"
@@ -167,10 +180,56 @@ def parse_header(buf, max_bytes, in_message=False):
             raise WsProtocolError(CLOSE_PROTOCOL, "continuation frame without a message")
     elif in_message:
         raise WsProtocolError(CLOSE_PROTOCOL, "new data frame inside a fragmented message")
-    if opcode < OP_CLOSE and length > max_bytes:
+    if opcode < OP_CLOSE and gathered + length > max_bytes:
+        # Quote the configured limit, not the room left: that is the number a person can
+        # find in config.json (wss.max_message_bytes).
+        if gathered:
+            raise WsProtocolError(CLOSE_TOO_BIG, "message of %d bytes so far plus a %d-byte "
+                                  "fragment exceeds the limit of %d bytes"
+                                  % (gathered, length, max_bytes))
         raise WsProtocolError(CLOSE_TOO_BIG, "frame announces %d bytes, limit %d"
                               % (length, max_bytes))
     return fin, opcode, masked, length, need
+
+
+def utf8_step(data, state=0):
+    """Check the next piece of a UTF-8 stream: return the state to pass with the next piece
+    (0: the piece ended on a character boundary), or -1 as soon as a byte is invalid.
+
+    Lets a fragmented text message be judged fragment by fragment (RFC 6455 8.1: fail
+    fast), a character may span fragments. No overlongs, surrogates or > U+10FFFF.
+
+    >>> state = utf8_step(b"\xf0\x9f")
+    >>> state > 0, utf8_step(b"\x98\x80", state), utf8_step(b"\xc3\x28")
+    (True, 0, -1)
+    """
+    # state: continuation bytes still due (bits 16+), the range the next one must lie in
+    # (lo: bits 8-15, hi: bits 0-7). An int, so the caller keeps no object per message.
+    need = state >> 16
+    lo = (state >> 8) & 0xFF
+    hi = state & 0xFF
+    for c in data:
+        if need:
+            if c < lo or c > hi:
+                return -1
+            need -= 1
+            lo = 0x80
+            hi = 0xBF
+        elif c < 0x80:
+            continue
+        elif 0xC2 <= c <= 0xDF:
+            need, lo, hi = 1, 0x80, 0xBF
+        elif 0xE0 <= c <= 0xEF:
+            need = 2
+            lo = 0xA0 if c == 0xE0 else 0x80
+            hi = 0x9F if c == 0xED else 0xBF
+        elif 0xF0 <= c <= 0xF4:
+            need = 3
+            lo = 0x90 if c == 0xF0 else 0x80
+            hi = 0x8F if c == 0xF4 else 0xBF
+        else:
+            return -1
+    return (need << 16) | (lo << 8) | hi if need else 0
 
 
 def utf8_valid(data):
@@ -178,39 +237,10 @@ def utf8_valid(data):
 
     Checked here, byte by byte, because ports differ in what ``str(b, "utf-8")`` accepts.
 
-    >>> utf8_valid(b"\\xce\\xba"), utf8_valid(b"\\xed\\xa0\\x80")
+    >>> utf8_valid(b"\xce\xba"), utf8_valid(b"\xed\xa0\x80")
     (True, False)
     """
-    i = 0
-    n = len(data)
-    while i < n:
-        c = data[i]
-        if c < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= c <= 0xDF:
-            more, lo, hi = 1, 0x80, 0xBF
-        elif 0xE0 <= c <= 0xEF:
-            more = 2
-            lo = 0xA0 if c == 0xE0 else 0x80
-            hi = 0x9F if c == 0xED else 0xBF
-        elif 0xF0 <= c <= 0xF4:
-            more = 3
-            lo = 0x90 if c == 0xF0 else 0x80
-            hi = 0x8F if c == 0xF4 else 0xBF
-        else:
-            return False
-        if i + more >= n:
-            return False  # truncated sequence
-        b = data[i + 1]
-        if b < lo or b > hi:
-            return False
-        for k in range(2, more + 1):
-            b = data[i + k]
-            if b < 0x80 or b > 0xBF:
-                return False
-        i += more + 1
-    return True
+    return utf8_step(data) == 0
 
 
 def close_payload(code, reason=""):
@@ -268,13 +298,14 @@ class MessageReader:
     """Reads whole messages from a stream: reassembles fragments, bounds every length.
 
     ``read(stream)`` returns (opcode, payload) for each complete data message (OP_TEXT,
-    OP_BINARY, UTF-8 checked) and for each control frame (OP_PING, OP_PONG, OP_CLOSE) as
-    it arrives, also between fragments. ``payload`` is a memoryview into a buffer reused
-    by the next read. The data buffer grows only up to ``max_message_bytes``, and only
-    after the announced length has been checked.
+    OP_BINARY, UTF-8 checked fragment by fragment) and for each control frame (OP_PING,
+    OP_PONG, OP_CLOSE) as it arrives, also between fragments. ``payload`` is a memoryview
+    into a buffer reused by the next read. The data buffer is allocated at most twice
+    per reader (small, then the configured maximum) and only after the announced length
+    has been checked; a heap too fragmented for it is a 1009, not a crash.
 
     >>> import io
-    >>> MessageReader(64).read(io.BytesIO(b"\\x82\\x02hi"))[0] == OP_BINARY
+    >>> MessageReader(64).read(io.BytesIO(b"\x82\x02hi"))[0] == OP_BINARY
     True
     """
 
@@ -285,19 +316,45 @@ class MessageReader:
         self._ctl = bytearray(_MAX_CONTROL)
         self._ctl_view = memoryview(self._ctl)
         self._data = bytearray(0)
+        self._data_view = memoryview(self._data)
+        self.reset()
+
+    def reset(self):
+        """Forget any half-read message (a new connection); the buffer is kept."""
         self._opcode = None   # opcode of the message being reassembled, or None
         self._size = 0        # bytes of it gathered so far
+        self._utf8 = 0        # utf8_step state of a text message being reassembled
         self._first = -1      # first header byte, when a poll already read it
+        self.unread = 0       # payload bytes of the current frame not read yet
 
     def push_first(self, byte):
         """The next frame's first byte was read already (a non-blocking poll)."""
         self._first = byte
 
-    def _grow(self, size):
-        if size > len(self._data):
-            fresh = bytearray(size)
-            fresh[:self._size] = self._data[:self._size]
-            self._data = fresh
+    def _ensure(self, size):
+        if size <= len(self._data):
+            return
+        # Acks and commands fit a small buffer; past that, take the configured maximum at
+        # once: a message then never needs a second copy (old and new side by side), and
+        # the buffer is reused by every later message on this connection.
+        want = self.max_message_bytes
+        if size <= _SMALL_DATA < want:
+            want = _SMALL_DATA
+        try:
+            fresh = bytearray(want)
+        except MemoryError:
+            # On a board the heap may be too fragmented for one block this size even when
+            # the limit allows it: refuse the message (1009), keep the board running.
+            gc.collect()
+            try:
+                fresh = bytearray(want)
+            except MemoryError:
+                raise WsProtocolError(CLOSE_TOO_BIG, "no %d-byte block free for a %d-byte "
+                                      "message (limit %d bytes)"
+                                      % (want, size, self.max_message_bytes))
+        fresh[:self._size] = self._data_view[:self._size]
+        self._data = fresh
+        self._data_view = memoryview(fresh)
 
     def read(self, stream):
         while True:
@@ -311,25 +368,41 @@ class MessageReader:
             need = header_length(self._hdr[1])
             if need > 2:
                 _read_exact(stream, hv[2:need])
-            room = self.max_message_bytes - self._size
-            fin, opcode, _, length, _ = parse_header(hv[:need], room, self._opcode is not None)
+            # Until the payload is in, a closing client must skip this many bytes to reach
+            # the next frame (wss_client's close handshake after a protocol error).
+            self.unread = announced_length(hv)
+            fin, opcode, _, length, _ = parse_header(hv[:need], self.max_message_bytes,
+                                                     self._opcode is not None, self._size)
             if opcode >= OP_CLOSE:
                 view = self._ctl_view[:length]
                 _read_exact(stream, view)
+                self.unread = 0
                 return opcode, view
             if self._opcode is None:
                 self._opcode = opcode
                 self._size = 0
-            self._grow(self._size + length)
-            _read_exact(stream, memoryview(self._data)[self._size:self._size + length])
+                self._utf8 = 0
+            start = self._size
+            self._ensure(start + length)
+            piece = self._data_view[start:start + length]
+            _read_exact(stream, piece)
+            self.unread = 0
             self._size += length
+            if self._opcode == OP_TEXT:
+                # Judged as each fragment arrives: bad UTF-8 in the first fragment that
+                # carries it closes the connection there, not after the whole message.
+                self._utf8 = utf8_step(piece, self._utf8)
+                if self._utf8 < 0:
+                    self.reset()
+                    raise WsProtocolError(CLOSE_BAD_DATA, "text message is not valid UTF-8 "
+                                          "(in bytes %d..%d)" % (start, start + length))
             if not fin:
                 continue
             opcode = self._opcode
             size = self._size
-            self._opcode = None
-            self._size = 0
-            view = memoryview(self._data)[:size]
-            if opcode == OP_TEXT and not utf8_valid(view):
-                raise WsProtocolError(CLOSE_BAD_DATA, "text message is not valid UTF-8")
-            return opcode, view
+            truncated = self._utf8 != 0
+            self.reset()
+            if truncated:
+                raise WsProtocolError(CLOSE_BAD_DATA, "text message ends inside a UTF-8 "
+                                      "character")
+            return opcode, self._data_view[:size]

@@ -91,6 +91,8 @@ class WssClient:
     # --- connection -------------------------------------------------------------------
     def connect(self):
         """TCP, pinned TLS (trying each root where the port needs it), then the upgrade."""
+        self._reader.reset()
+        self._reader.reset()
         roots = self._tls.root_sets
         for index, cadata in enumerate(roots):
             self._tls.cadata = cadata
@@ -317,16 +319,20 @@ class WssClient:
             self._frame(OP_CLOSE, ws_frame.close_payload(echo))
         except WssError:
             pass  # the peer may already be gone; it asked to close anyway
+        else:
+            self._finish_close(True)  # the server ends TCP first (RFC 6455 7.1.1)
         self._drop()
         raise WssError("ws_closed", self.peer, "server closed with %d %s"
                        % (code, self._quote(reason)), code)
 
     def _fail(self, code, detail):
-        # Tell the peer why (best effort), then drop: the stream can no longer be trusted.
+        # Tell the peer why, finish the close handshake, drop (RFC 6455 7.1.7).
         try:
             self._frame(OP_CLOSE, ws_frame.close_payload(code, detail[:40]))
         except WssError:
             pass
+        else:
+            self._finish_close(False)
         self._drop()
         raise WssError("ws_protocol", self.peer, detail, code)
 
@@ -337,13 +343,66 @@ class WssClient:
             return
         try:
             self._frame(OP_CLOSE, ws_frame.close_payload(code, reason))
-            for _ in range(16):  # data may still be in flight before the server's close
-                opcode, _ = self._reader.read(self._sock)
-                if opcode == OP_CLOSE:
-                    break
-        except (OSError, WsProtocolError, WssError):
-            pass  # closing either way
+        except WssError:
+            self._drop()
+            return
+        self._finish_close(False)
         self._drop()
+
+    def _finish_close(self, peer_closed):
+        # After our close frame: within one io deadline, discard what the server still
+        # sends until its close frame and the end of TCP. Closing a socket with unread bytes
+        # in its receive buffer makes the kernel send RST instead of FIN, and a peer that
+        # meets the RST may never read the close record we just queued (real TCP showed
+        # it; the simulator did not).
+        # Frames are skipped by their announced lengths (after a protocol error the reader
+        # knows how much of the bad frame is unread) with reads of exact sizes: on the
+        # MicroPython ports a read that ends at TLS close_notify returns the bytes before
+        # it, and the end of the stream is then never reported again.
+        started = time.ticks_ms()
+        limit_ms = int(self._io_s * 1000)
+        hdr = self._reader._hdr_view
+        scratch = memoryview(self._out)  # no frame is sent after a close: it is free
+        skip = self._reader.unread
+        self._reader.reset()
+        try:
+            while not peer_closed:
+                while skip > 0:
+                    k = min(skip, len(scratch))
+                    if not self._drain_exact(scratch[:k], started, limit_ms):
+                        return
+                    skip -= k
+                if not self._drain_exact(hdr[:2], started, limit_ms):
+                    return
+                need = ws_frame.header_length(hdr[1])
+                if need > 2 and not self._drain_exact(hdr[2:need], started, limit_ms):
+                    return
+                skip = ws_frame.announced_length(hdr)
+                peer_closed = (hdr[0] & 0x0F) == OP_CLOSE
+            while skip > 0:  # the server's close payload
+                k = min(skip, len(scratch))
+                if not self._drain_exact(scratch[:k], started, limit_ms):
+                    return
+                skip -= k
+            # Nothing follows a close frame but the end of the stream: wait for it.
+            while self._drain_exact(scratch, started, limit_ms):
+                pass
+        except (OSError, WsProtocolError):
+            pass  # timeout, reset, TLS alert: closing either way
+
+    def _drain_exact(self, view, started, limit_ms):
+        # Fill view within what is left of the close deadline; False at EOF or deadline.
+        left = limit_ms - time.ticks_diff(time.ticks_ms(), started)
+        if left <= 0:
+            return False
+        self._raw.settimeout(left / 1000)
+        got = 0
+        while got < len(view):
+            k = self._sock.readinto(view[got:])
+            if not k:
+                return False
+            got += k
+        return True
 
     def _require_open(self):
         if not self.open:

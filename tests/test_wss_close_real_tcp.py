@@ -1,0 +1,141 @@
+"""The WebSocket close handshake on real TCP, with the real MicroPython unix port as the
+client (its own socket and Mbed TLS) and the `websockets` library as the independent peer.
+
+After any close frame the board sends (a protocol error, 1009 for a message too big, a
+normal close) the peer must actually receive it: closing a TCP socket with unread data in
+its receive buffer makes Linux send RST, and the peer then loses the queued close record.
+Each case here leaves such data in flight; the peer reports the close code it received.
+"""
+
+import asyncio
+import json
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import serve
+
+ROOT = Path(__file__).resolve().parent.parent
+MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+PLAN = Path(__file__).resolve().parent / "wss_close_mp_plan.py"
+IO_MS = 1500
+
+# Server frames (hex) that break RFC 6455, and the close code the board must send.
+VIOLATIONS = {
+    "masked": ("818537fa213d7f9f4d5158", 1002),
+    "rsv1": ("c10548656c6c6f", 1002),
+    "rsv3": ("910548656c6c6f", 1002),
+    "opcode_3": ("8300", 1002),
+    "opcode_b": ("8b00", 1002),
+    "fragmented_ping": ("0900", 1002),
+    "ping_126": ("897e007e" + "00" * 126, 1002),
+    "lone_continuation": ("8000", 1002),
+    "text_inside_fragments": ("0101618101" + "62", 1002),
+    "len64_top_bit": ("827f8000000000000000", 1002),
+    "too_big_announced": ("827f4000000000000000", 1009),
+    "too_big_fragments": ("027e0800" + "00" * 2048 + "807e0801", 1009),
+    "bad_utf8": ("8102c328", 1007),
+    "surrogate": ("8103eda080", 1007),
+    "overlong": ("8102c0af", 1007),
+    "utf8_truncated": ("8103f09f98", 1007),
+    "close_one_byte": ("880103", 1002),
+    "close_code_1005": ("880203ed", 1002),
+    "close_bad_reason": ("880403e8c328", 1007),
+}
+# After the bad frame, more data the board never reads: it is still in the board's receive
+# buffer when the board closes (the case that made the kernel send RST).
+# 40 KB: more than one TLS record (16 KB), so Mbed TLS cannot have pulled it all in.
+TRAILER = (bytes.fromhex("817e0800") + b"x" * 2048) * 20
+
+
+class RawFramePeer:
+    """websockets as the server: completes the upgrade, then writes raw (hostile) bytes
+    under TLS and records the close code its own protocol stack received from the board."""
+
+    def __init__(self, certfile, keyfile, scripts):
+        self.ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ssl.load_cert_chain(str(certfile), str(keyfile))
+        self.scripts = scripts
+        self.received = {}  # case -> close code the peer received (None: no close frame)
+        self._ready = threading.Event()
+
+    async def _handler(self, connection):
+        name = connection.request.path.rsplit("/", 1)[-1]
+        first, later = self.scripts[name]
+        connection.transport.write(first + later)
+        # A busy peer: it reads again only after its next write. A board that closed at
+        # once with our frames unread has sent RST by then: that write fails, and the
+        # peer's stack drops the connection with the board's close record unread.
+        connection.transport.pause_reading()
+        await asyncio.sleep(0.3)
+        connection.transport.write(b"\x81\x02hi")
+        connection.transport.resume_reading()
+        await connection.wait_closed()
+        rcvd = connection.protocol.close_rcvd
+        self.received[name] = rcvd.code if rcvd is not None else None
+
+    async def _main(self):
+        self._stop = asyncio.Event()
+        async with serve(self._handler, "127.0.0.1", 0, ssl=self.ssl, compression=None,
+                         ping_interval=None, close_timeout=3) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_until_complete,
+                                        args=(self._main(),), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc):
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def run_plan(tmp_path, pki, port, cases):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"port": port, "ca": str(pki.ca.cert_der), "io_ms": IO_MS,
+                                "cases": cases}))
+    proc = subprocess.run([str(MICROPYTHON), str(PLAN), str(plan)], cwd=ROOT / "firmware",
+                          capture_output=True, text=True, timeout=120,
+                          env={"MICROPYPATH": ".frozen:" + str(ROOT / "firmware")})
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return {r["case"]: r for r in map(json.loads, proc.stdout.splitlines())}
+
+
+@pytest.fixture(scope="module")
+def close_run(pki, tmp_path_factory):
+    scripts = {name: (bytes.fromhex(frame), TRAILER) for name, (frame, _) in VIOLATIONS.items()}
+    # A normal close while the server is still sending: frames arrive that the board never
+    # reads before it closes.
+    scripts["normal_close"] = (b"", TRAILER * 4)
+    cases = [{"name": name} for name in VIOLATIONS] + [{"name": "normal_close", "close": 1000}]
+    with RawFramePeer(pki.server.chain_pem, pki.server.key_pem, scripts) as peer:
+        results = run_plan(tmp_path_factory.mktemp("wss-close"), pki, peer.port, cases)
+        for _ in range(50):
+            if len(peer.received) == len(cases):
+                break
+            threading.Event().wait(0.1)
+        yield results, dict(peer.received)
+
+
+@pytest.mark.parametrize("case", sorted(VIOLATIONS))
+def test_peer_receives_the_close_code_of_each_protocol_error(close_run, case):
+    results, received = close_run
+    code = VIOLATIONS[case][1]
+    result = results[case]
+    assert (result["kind"], result["code"]) == ("ws_protocol", code), result
+    assert received.get(case) == code, "peer saw %r, board sent %d" % (received.get(case), code)
+    # Bounded: the board waits for the peer's close at most one io deadline.
+    assert result["ms"] < IO_MS + 2000, result
+
+
+def test_normal_close_reaches_the_peer_with_unread_frames_pending(close_run):
+    results, received = close_run
+    assert results["normal_close"].get("closed") is True, results["normal_close"]
+    assert received.get("normal_close") == 1000

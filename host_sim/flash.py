@@ -15,7 +15,6 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_DIR = REPO_ROOT / "firmware"
-_UMQTT = Path("lib") / "umqtt" / "simple.py"
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.mpy")
 
 
@@ -32,9 +31,6 @@ def prepare_flash(flash_dir, config, files=None, firmware_dir=FIRMWARE_DIR):
     """
     flash = Path(flash_dir)
     firmware = Path(firmware_dir)
-    if not (firmware / _UMQTT).is_file():
-        raise FlashError("%s is missing: run `make` first (it vendors umqtt.simple)"
-                         % (firmware / _UMQTT))
     if not (firmware / "main.py").is_file():
         raise FlashError("%s is missing" % (firmware / "main.py"))
     flash.mkdir(parents=True, exist_ok=True)

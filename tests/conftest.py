@@ -130,8 +130,7 @@ def launch(tmp_path, pki, ntp):
     """Start a simulated board: launch(device_id, port=broker_port, **config overrides)."""
     started = []
 
-    def start(device_id, mqtt_port, config=None, files=None, rsa=False, umqtt_source=None,
-              **options):
+    def start(device_id, mqtt_port, config=None, files=None, rsa=False, **options):
         cfg = board_config(device_id, mqtt_port, readings=0, interval_ms=200)
         for dotted, value in (config or {}).items():
             section, _, field = dotted.rpartition(".")
@@ -145,8 +144,6 @@ def launch(tmp_path, pki, ntp):
         flash_files.update(files or {})
         flash = tmp_path / ("flash-%s-%d" % (device_id, len(started)))
         prepare_flash(flash, cfg, flash_files)
-        if umqtt_source is not None:
-            (flash / "lib" / "umqtt" / "simple.py").write_text(umqtt_source)
         options.setdefault("ntp", "127.0.0.1:%d" % ntp.address[1])
         options.setdefault("device_seed", device_id)
         proc = Board(device_id, board_command(flash, **options), verbose=False)

@@ -289,7 +289,7 @@ class _Capture:
 
 
 def _umqtt():
-    source = FIRMWARE / "lib" / "umqtt" / "simple.py"
+    source = REPO / "tests" / "vendor" / "umqtt" / "simple.py"
     if not source.exists():
         pytest.fail("%s is missing: run `make` (it vendors umqtt.simple for tests and bench)"
                     % source, pytrace=False)
@@ -435,3 +435,10 @@ def test_an_announced_length_over_the_bound_is_refused_before_any_body_byte(leng
         tracemalloc.stop()
     assert "over the bound of 1024" in str(info.value)
     assert peak < 4096, "the decoder allocated %d bytes" % peak
+
+
+def test_net_docstring_examples_run():
+    # net.py's example opens a socket (no connection): it runs on CPython as written.
+    net = _load("net_under_test", FIRMWARE / "securenode" / "net.py")
+    failures, tried = doctest.testmod(net, verbose=False)
+    assert tried >= 1 and failures == 0

@@ -1,4 +1,5 @@
-"""QoS 1 on top of umqtt.simple: DUP on resends, packet ids 65535 -> 1, a PUBACK deadline.
+"""QoS 1 through the firmware's MQTT link: DUP on resends, packet ids 65535 -> 1, a PUBACK
+deadline; umqtt.simple (the library the board used to run) alone for contrast.
 
 Byte-exact against a fake broker stream first (CPython, the firmware files as on flash), then
 more than the 16-bit packet-id space against the real Mosquitto through a simulated board.
@@ -34,10 +35,11 @@ else:
     sys.modules["ubinascii"] = binascii
     time.ticks_ms = lambda: int(time.monotonic() * 1000) & 0x3FFFFFFF
     time.ticks_diff = lambda a, b: ((a - b + 0x20000000) & 0x3FFFFFFF) - 0x20000000
+    time.ticks_add = lambda a, b: (a + b) & 0x3FFFFFFF
 sys.path.insert(0, "lib")
 from umqtt import simple as umqtt
 from securenode.link_error import LinkError
-from securenode.mqtt_link import MqttLink, _DeadlineStream
+from securenode.mqtt_link import MqttLink
 
 class FakeBroker:
     """Answers every PUBLISH it is sent with the PUBACK for its packet id (unless mute)."""
@@ -74,20 +76,28 @@ class FakeBroker:
     def settimeout(self, s): pass
     def close(self): pass
 
+class LinkStream:
+    # The stream shape mqtt_link uses: read(n, timeout_ms), write(data, timeout_ms).
+    def __init__(self, fake):
+        self.fake = fake
+    def read(self, n, timeout_ms):
+        return self.fake.read(n)
+    def write(self, data, timeout_ms):
+        return self.fake.write(data)
+    def close(self): pass
+
 def link_on(fake):
     link = MqttLink(b"b1", "broker", 8883, None, 60, 1000, 1000)
-    client = umqtt.MQTTClient(b"b1", "broker")
-    client.sock = _DeadlineStream(fake, fake, 1.0)
-    link._client = client
-    return link, client
+    link._stream = LinkStream(fake)  # as connect() leaves it, without TCP and TLS
+    return link
 
 out = {}
 fake = FakeBroker()
-link, client = link_on(fake)
+link = link_on(fake)
 link.publish(b"devices/b1/readings", b'{"seq":1}')
 link.publish(b"devices/b1/readings", b'{"seq":1}', dup=True)
 link.publish(b"devices/b1/status", b'{"status":"online"}', retain=True)
-client.pid = 65533
+link.ids.last = 65533
 for _ in range(4):
     link.publish(b"devices/b1/readings", b"x")
 out["packets"] = fake.packets
@@ -106,7 +116,7 @@ bare._parse()
 out["umqtt_alone"] = bare.packets
 
 mute = FakeBroker(mute=True)
-link, client = link_on(mute)
+link = link_on(mute)
 try:
     link.publish(b"devices/b1/readings", b"x")
     out["mute"] = "returned"
@@ -118,9 +128,9 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    files = firmware_files("mqtt_link", "link_error", "net", "pinned_tls", "clock", "build",
-                           "x509_peek")
-    files["lib/umqtt/simple.py"] = (FIRMWARE / "lib" / "umqtt" / "simple.py").read_text()
+    files = firmware_files("mqtt_link", "mqtt_codec", "link_error", "net", "events")
+    files["lib/umqtt/simple.py"] = (FIRMWARE.parent / "tests" / "vendor" / "umqtt"
+                                    / "simple.py").read_text()
     for name in ("usocket", "socket", "ssl"):
         files["wasm_only/%s.py" % name] = "# inert stand-in for the WebAssembly port\n"
     cpython = last_json_line(run_cpython(files, FAKE_BROKER, tmp_path_factory.mktemp("flash")))
@@ -175,18 +185,18 @@ tls = PinnedTls([_read(p) for p in t.ca], _read(t.cert), _read(t.key), t.server_
                 cfg.timeouts_ms.handshake, cfg.timeouts_ms.io)
 link = links.open_link(cfg, tls)
 link.connect()
-client = link._client
-client.pid = QOS1_START
+ids = link.ids
+ids.last = QOS1_START
 topic = b"devices/%s/readings" % cfg.device_id.encode()
 wraps, zero, started = 0, 0, time.ticks_ms()
-previous = client.pid
+previous = ids.last
 for i in range(QOS1_COUNT):
     link.publish(topic, b'{"n":%d}' % i)
-    if client.pid < previous:
+    if ids.last < previous:
         wraps += 1
-    zero += client.pid == 0
-    previous = client.pid
-emit("qos1_done", count=QOS1_COUNT, wraps=wraps, zero_ids=zero, last_pid=client.pid,
+    zero += ids.last == 0
+    previous = ids.last
+emit("qos1_done", count=QOS1_COUNT, wraps=wraps, zero_ids=zero, last_pid=ids.last,
      ms=time.ticks_diff(time.ticks_ms(), started))
 link.close()
 '''

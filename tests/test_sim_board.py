@@ -398,18 +398,17 @@ def test_firmware_sees_only_flash_and_stdlib_and_tracebacks_exit_1(tmp_path):
     assert lines[0]["leaked"] is False and lines[0]["path0"].endswith("flash")
 
 
-def test_prepare_flash_needs_vendored_umqtt(tmp_path):
+def test_prepare_flash_lays_out_firmware_without_umqtt(tmp_path):
+    # The board speaks MQTT with its own codec: no vendored library is needed on flash.
     firmware = tmp_path / "fw"
     (firmware / "securenode").mkdir(parents=True)
+    with pytest.raises(FlashError, match="main.py is missing"):
+        prepare_flash(tmp_path / "flash", {}, firmware_dir=firmware)
     (firmware / "main.py").write_text("print('hi')\n")
     (firmware / "securenode" / "__init__.py").write_text("VERSION = '0'\n")
-    with pytest.raises(FlashError, match="make"):
-        prepare_flash(tmp_path / "flash", {}, firmware_dir=firmware)
-    (firmware / "lib" / "umqtt").mkdir(parents=True)
-    (firmware / "lib" / "umqtt" / "simple.py").write_text("# vendored\n")
     flash = prepare_flash(tmp_path / "flash", {"device_id": "b1"},
                           {"ca.der": b"\x30\x00", "sub/x.bin": b"x"}, firmware_dir=firmware)
-    assert (flash / "lib" / "umqtt" / "simple.py").is_file()
+    assert not (flash / "lib" / "umqtt").exists()
     assert (flash / "securenode" / "__init__.py").is_file()
     assert json.loads((flash / "config.json").read_text()) == {"device_id": "b1"}
     assert (flash / "ca.der").read_bytes() == b"\x30\x00"

@@ -1,10 +1,14 @@
-"""Put micropython-lib's umqtt.simple (the PyPI sdist, pinned by hash) into firmware/lib.
+"""Put micropython-lib's umqtt.simple (the PyPI sdist, pinned by hash) into tests/vendor.
+
+The board no longer runs it (firmware/securenode/mqtt_codec.py + mqtt_link.py replaced it):
+it stays as the reference peer the codec's bytes are compared with (tests/test_mqtt_codec.py)
+and as the baseline of `make bench` (bytes and allocations per reading).
 
 pip refuses to install micropython-umqtt.simple (its sdist has no setup.py), but it still
 resolves the pinned release and names the file it found; we fetch that file, check its
 SHA-256 against the pin below and extract only umqtt/simple.py.
 
-    python tools/vendor_umqtt.py            # writes firmware/lib/umqtt/simple.py
+    python tools/vendor_umqtt.py            # writes tests/vendor/umqtt/simple.py
 """
 
 import hashlib
@@ -21,7 +25,7 @@ PACKAGE = "micropython-umqtt.simple"
 VERSION = "1.3.4"
 SDIST_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
 MEMBER = "micropython-umqtt.simple-%s/umqtt/simple.py" % VERSION
-DEST = Path(__file__).resolve().parent.parent / "firmware" / "lib" / "umqtt" / "simple.py"
+DEST = Path(__file__).resolve().parent.parent / "tests" / "vendor" / "umqtt" / "simple.py"
 
 
 def sdist_url():

@@ -131,11 +131,11 @@ class Node:
             self.go(states.CONNECT_FAILED)
             return
         self.link = link
-        self.attempt = 0
+        # Backoff is not reset here: a broker that accepts and then drops us would get a
+        # full TLS handshake every few hundred ms. Only an acknowledgement resets it.
         emit("tls_ok", peer=link.peer, verified=tls.verified,
              root_sha256=tls.pinned if tls.verified else None)
-        emit("mqtt_connected", peer=link.peer, client_id=m.client_id,
-             umqtt_api="1.3.4" if link.legacy_api else "current")
+        emit("mqtt_connected", peer=link.peer, client_id=m.client_id)
         self._confirm_provisioning()
         self.go(states.CONNECTED)
 
@@ -186,6 +186,7 @@ class Node:
         emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
              dup=dup)
         self.link.publish(self.topic, payload, dup=dup)
+        self.attempt = 0  # acknowledged: the connection proved healthy, backoff starts over
         self.outbox.ack(seq)
         self.acked += 1
         emit("acked", seq=seq, depth=self.outbox.depth)
@@ -201,6 +202,7 @@ class Node:
                        VERSION, box.boots, box.depth, box.dropped, box.torn,
                        json.dumps(self.reset_cause), json.dumps(last))).encode()
         if self.link.publish_status(payload):
+            self.attempt = 0  # acknowledged (publish_status returns after PUBACK)
             emit("status", payload=payload.decode())
             if last is not None:
                 crash.clear()

@@ -33,7 +33,6 @@ class JsonlLink:
         self.peer = "%s:%d" % (host, port)
         self.host = host
         self.port = port
-        self.legacy_api = False
         self._tls = tls
         self._connect_ms = connect_ms
         self._io_ms = io_ms
@@ -42,12 +41,19 @@ class JsonlLink:
         self._last_tx_ms = time.ticks_ms()
 
     def connect(self):
-        raw = net.open_tcp(self.host, self.port, self._connect_ms)
-        try:
-            self._sock = self._tls.wrap_socket(raw)
-        except Exception as exc:
-            raw.close()
-            raise self._tls.explain(exc, self.host, self.port)
+        """TCP, then pinned TLS; a port that takes one root at a time tries each in turn."""
+        roots = self._tls.root_sets
+        for index, cadata in enumerate(roots):
+            self._tls.cadata = cadata
+            raw = net.open_tcp(self.host, self.port, self._connect_ms)
+            try:
+                self._sock = self._tls.wrap_socket(raw)
+                return
+            except Exception as exc:
+                raw.close()
+                if index + 1 < len(roots) and self._tls.is_verify_failure(exc):
+                    continue
+                raise self._tls.explain(exc, self.host, self.port)
 
     def publish(self, topic, payload, dup=False):
         """Send one reading line; return once the server acknowledged its seq (a resend is

@@ -1,140 +1,78 @@
-"""MQTT over pinned TLS, with micropython-lib's umqtt.simple underneath.
+"""MQTT 3.1.1 over pinned TLS: the pure codec (mqtt_codec) on a socket, a deadline on every step.
 
-umqtt.simple speaks MQTT; this adapter makes it safe on a board:
-- TLS is always pinned and host-name checked, with either umqtt API: 1.3.4 (PyPI) takes
-  ``ssl=True, ssl_params={...}`` for ``ussl.wrap_socket``; the current micropython-lib
-  version takes ``ssl=<context>`` and calls ``wrap_socket(sock, server_hostname=...)``.
-- every blocking step has a deadline (umqtt sets none, and its ``setblocking(True)`` after
-  each read would clear one);
-- umqtt's ``assert``s and bare ``MQTTException(n)`` become named ``LinkError``s.
+Each step has its own deadline, and its error quotes it:
+
+- TCP connect, ``timeouts_ms.connect``: NetError("connect") (net.open_tcp);
+- TLS handshake, ``timeouts_ms.handshake``: TlsError("handshake_timeout") (pinned_tls);
+- CONNACK, ``timeouts_ms.io``: LinkError("connack_timeout");
+- PUBACK and PINGRESP, ``timeouts_ms.io``: LinkError("ack_timeout").
+
+Whatever the broker sends is read exactly as far as the decoder asks (never into the next
+packet), bounded by ``max_packet_bytes``; garbage, a wrong packet type, an over-long length
+or a PUBACK for an id never sent is LinkError("protocol"); a duplicate PUBACK is counted and
+ignored; an unsolicited PUBLISH is parsed, acknowledged if QoS 1, counted and dropped. Each
+packet leaves in one write (one TLS record). ``close()`` says DISCONNECT (unless the link
+broke) and reads until the broker ends the connection, so no RST overtakes it.
+
+The link keeps the app's interface (links.py) and adds a lower-level one for several
+PUBLISHes in flight: ``send_publish`` returns a packet id at once, ``wait_puback(id)`` and
+``poll()`` collect PUBACKs (``window`` ids may be in flight).
 
 Example::
 
-    link = MqttLink("board-1", "broker.local", 8883, tls, keepalive_s=60,
+    link = MqttLink(b"board-1", "broker.local", 8883, tls, keepalive_s=60,
                     connect_ms=5000, io_ms=5000)
     link.connect()                          # raises NetError, TlsError or LinkError
     link.publish(b"devices/board-1/readings", payload)   # returns once PUBACK arrived
 """
 
-import errno
-import socket
 import time
-
-from umqtt import simple as umqtt
-
-from securenode import net
-from securenode.link_error import LinkError
-from securenode.pinned_tls import TlsError
 
 from micropython import const
 
-# The fixed header's flag nibble is DUP(8) QoS(6) RETAIN(1). umqtt.simple's publish() ORs its
-# `retain` argument into that nibble unchecked (`pkt[0] |= qos << 1 | retain`, in 1.3.4 and
-# in the current micropython-lib): passing _DUP there is how a resend carries the DUP flag
-# without a copy of publish() here.
-_DUP = const(8)
-_PID_MAX = const(65535)
-_GATHER_BYTES = const(256)  # a reading's whole PUBLISH: header, topic, id, ~90 B JSON
+from securenode import mqtt_codec as mc
+from securenode import net
+from securenode.events import emit
+from securenode.link_error import LinkError
 
-_CONNACK_REFUSALS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
+_TX_BYTES = const(256)      # a reading's whole PUBLISH: header, topic, id, ~90 B JSON
+_MAX_PACKET = const(1024)   # largest packet body taken from the broker
+_GOODBYE_MS = const(500)    # how long close() waits for the broker to end the connection
+_QUOTE = const(48)
 
 
-_UNREACHABLE = tuple(getattr(errno, name) for name in ("ECONNREFUSED", "EHOSTUNREACH",
-                                                         "ENETUNREACH") if hasattr(errno, name))
+def _text(data):
+    # Peer bytes in an event: printable ASCII only, cut short.
+    return "".join(chr(b) if 32 <= b < 127 else "?" for b in bytes(data[:_QUOTE]))
 
 
-class _Sockets:
-    # umqtt.simple finds `socket` in its module globals and opens the connection itself,
-    # with no timeout: handing it this object puts our deadline on that socket.
-    def __init__(self, connect_ms):
-        self.connect_s = connect_ms / 1000
-        self.raw = None
+class TlsStream:
+    """The pinned TLS socket as the session's stream; timeouts go on the raw socket
+    (the ports' TLS sockets have no settimeout of their own)."""
 
-    def socket(self, *args):
-        self.raw = socket.socket(*args)
-        self.raw.settimeout(self.connect_s)
-        # umqtt writes a PUBLISH in four pieces (header, topic, packet id, payload): with
-        # Nagle on, the later pieces wait for the broker's delayed ACK (~40 ms per reading).
-        # Feature detection: not every port exposes TCP_NODELAY.
-        if hasattr(socket, "TCP_NODELAY") and hasattr(socket, "IPPROTO_TCP"):
-            try:
-                self.raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # the port's lwIP refused: readings still go, only slower
-        return self.raw
-
-    def getaddrinfo(self, host, port, *args):
-        return [(socket.AF_INET, socket.SOCK_STREAM, 0, "", net.resolve(host, port))]
-
-
-class _DeadlineStream:
-    # umqtt calls setblocking(True) after every read; on MicroPython that also clears the
-    # socket's timeout, so a silent broker would block the board forever. Re-arm it here.
-    # umqtt also writes one PUBLISH in five pieces; written as they come, each becomes its
-    # own TLS record. Gathered until umqtt next reads (for the PUBACK), a reading leaves in one.
-    def __init__(self, tls_sock, raw, io_s):
-        self._sock = tls_sock
+    def __init__(self, raw, tls):
         self._raw = raw
-        self._io_s = io_s
-        self._out = bytearray(_GATHER_BYTES)
-        self._out_view = memoryview(self._out)
-        self._out_len = 0
+        self._tls = tls
 
-    # Any byte from the peer proves the connection alive: last_rx_ms feeds the dead-link
-    # check, last_tx_ms decides when a PINGREQ is due.
-    last_rx_ms = 0
-    last_tx_ms = 0
+    def read(self, n, timeout_ms):
+        """Up to n bytes (b"" at EOF); with timeout_ms 0, None when nothing is there."""
+        self._raw.settimeout(timeout_ms / 1000)
+        return self._tls.read(n)
 
-    def read(self, n):
-        self.flush()
-        data = self._sock.read(n)
-        if data:
-            self.last_rx_ms = time.ticks_ms()
-        return data
-
-    def write(self, buf, n=None):
-        self.last_tx_ms = time.ticks_ms()
-        if isinstance(buf, str):
-            buf = buf.encode()
-        if n is None:
-            n = len(buf)
-        if self._out_len + n > _GATHER_BYTES:
-            self.flush()
-            if n > _GATHER_BYTES:
-                return self._sock.write(memoryview(buf)[:n])
-        self._out_view[self._out_len:self._out_len + n] = memoryview(buf)[:n]
-        self._out_len += n
-        return n
-
-    def flush(self):
-        if self._out_len:
-            pending = self._out_len
-            self._out_len = 0
-            self._sock.write(self._out_view[:pending])
-
-    def setblocking(self, flag):
-        if not flag:
-            self.flush()  # while still blocking, under the io deadline
-        self._sock.setblocking(flag)
-        if flag:
-            self._raw.settimeout(self._io_s)
+    def write(self, data, timeout_ms):
+        self._raw.settimeout(timeout_ms / 1000)
+        self._tls.write(data)
 
     def close(self):
         try:
-            self.flush()  # umqtt's DISCONNECT
+            self._tls.close()
         finally:
-            self._sock.close()
+            self._raw.close()
 
 
 class MqttLink:
     def __init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms,
-                 user=None, password=None):
+                 user=None, password=None, window=1, max_packet_bytes=_MAX_PACKET):
         self.client_id = client_id
         # Provisioned boards log in with a user name + password (from the base station)
         # instead of a client certificate; both travel only inside the pinned TLS.
@@ -147,79 +85,78 @@ class MqttLink:
         self._keepalive_s = keepalive_s
         self._connect_ms = connect_ms
         self._io_ms = io_ms
-        self._client = None
+        self.window = window
         self._will = None
-        self.legacy_api = None
+        self._tx = bytearray(_TX_BYTES)
+        self._decoder = mc.Decoder(max_packet_bytes)
+        self._stream = None
+        self._broken = False
+        self._ping_sent_ms = None
+        self.ids = mc.PacketIds(window)
+        self.unsolicited = 0
+        self.last_rx_ms = self.last_tx_ms = time.ticks_ms()
 
-    def _new_client(self):
-        client = umqtt.MQTTClient(self.client_id, self.host, self.port, user=self._user,
-                                  password=self._password, keepalive=self._keepalive_s,
-                                  ssl=self._tls)
-        if self._will is not None:
-            client.set_last_will(self._will[0], self._will[1], retain=True, qos=1)
-        # Feature detection: 1.3.4 keeps ssl_params and wraps with ussl itself.
-        self.legacy_api = hasattr(client, "ssl_params")
-        if self.legacy_api:
-            client.ssl = True
-            client.ssl_params = self._tls.legacy_params()
-        return client
-
+    # --- connection -----------------------------------------------------------------------
     def connect(self):
-        """Open TCP, TLS and the MQTT session; try each pinned root where a port needs to."""
-        sockets = _Sockets(self._connect_ms)
-        umqtt.socket = sockets
+        """Open TCP, pinned TLS (each pinned root where the port takes one at a time), then
+        the MQTT session (CONNECT, CONNACK)."""
+        self._stream = self._open_stream()
+        self._broken = False
+        self._ping_sent_ms = None
+        self._decoder.reset()
+        self.ids = mc.PacketIds(self.window)
+        try:
+            self._start_session()
+        except Exception:
+            self._drop()
+            raise
+
+    def _open_stream(self):
         roots = self._tls.root_sets
         for index, cadata in enumerate(roots):
             self._tls.cadata = cadata
-            self._tls.handshake_started = False
-            client = self._new_client()
+            raw = net.open_tcp(self.host, self.port, self._connect_ms)
             try:
-                client.connect(clean_session=True)
+                return TlsStream(raw, self._tls.wrap_socket(raw))
             except Exception as exc:
-                self._close(client)
+                raw.close()
                 if index + 1 < len(roots) and self._tls.is_verify_failure(exc):
                     continue
-                raise self._explain_connect(exc, client, sockets)
-            client.sock = _DeadlineStream(client.sock, sockets.raw, self._io_ms / 1000)
-            client.sock.last_rx_ms = client.sock.last_tx_ms = time.ticks_ms()
-            self._client = client
-            return
+                raise self._tls.explain(exc, self.host, self.port)
 
-    def _explain_connect(self, exc, client, sockets):
-        if isinstance(exc, (net.NetError, TlsError)):
-            return exc
-        if isinstance(exc, umqtt.MQTTException):
-            code = exc.args[0] if exc.args else -1
-            return LinkError("connack_refused", "CONNACK refused: %s (%s)"
-                             % (_CONNACK_REFUSALS.get(code, "unknown reason"), code))
-        if isinstance(exc, AssertionError):
-            return LinkError("protocol", "%s sent something other than CONNACK" % self.peer)
-        if isinstance(exc, IndexError):
-            return LinkError("closed", "%s closed the connection before CONNACK (is this "
-                             "device's certificate accepted there?)" % self.peer)
-        if client.sock is sockets.raw or client.sock is None:
-            # umqtt had not finished wrapping: TCP or the TLS handshake failed.
-            if net.is_timeout(exc) and self.legacy_api:
-                # 1.3.4 wraps inside connect(): TCP and TLS share the connect deadline.
-                return TlsError("handshake_timeout", self.peer,
-                                "no TCP connection and TLS handshake within %d ms"
-                                % self._connect_ms, self._tls.pinned)
-            if net.is_timeout(exc) and not self._tls.handshake_started:
-                return net.NetError("connect", self.peer,
-                                    "no answer within %d ms" % self._connect_ms)
-            if isinstance(exc, OSError) and exc.args and exc.args[0] in _UNREACHABLE:
-                return net.NetError("connect", self.peer, "refused or unreachable (%s)" % exc)
-            return self._tls.explain(exc, self.host, self.port)
-        if net.is_timeout(exc):
-            return LinkError("connack_timeout", "%s completed TLS but sent no CONNACK within "
-                             "%d ms" % (self.peer, self._io_ms))
-        return LinkError("connect_failed", "%s: %s" % (self.peer, exc))
+    def _start_session(self):
+        will_topic, will_payload = self._will if self._will else (None, b"")
+        n = mc.connect_length(self.client_id, will_topic, will_payload, self._user,
+                              self._password)
+        buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
+        mc.encode_connect(buf, self.client_id, self._keepalive_s, True, will_topic,
+                          will_payload, 1, True, self._user, self._password)
+        self._send(memoryview(buf)[:n], "CONNACK")
+        packet = self._read_packet(time.ticks_add(time.ticks_ms(), self._io_ms), "CONNACK")
+        if packet[0] != mc.CONNACK:
+            raise self._fail("protocol", "%s sent %s before CONNACK"
+                             % (self.peer, mc.packet_name(packet[0])))
+        code = packet[2]
+        if code:
+            raise self._fail("connack_refused", "CONNACK refused: %s (%d) by %s"
+                             % (mc.CONNACK_REFUSALS.get(code, "unknown reason"), code,
+                                self.peer))
 
     def will(self, topic, payload):
         """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
         connect(). The same topic then carries publish_status().
         Example: ``link.will(b"devices/b1/status", b'{"status":"offline"}')``"""
         self._will = (topic, payload)
+
+    # --- publishing -----------------------------------------------------------------------
+    def publish(self, topic, payload, dup=False, retain=False):
+        """Publish with QoS 1; return once the broker's PUBACK for it has arrived.
+
+        The wait is bounded by timeouts_ms.io: a missing PUBACK raises
+        LinkError("ack_timeout") and the caller resends the reading on a new connection
+        with ``dup=True``. Example: ``link.publish(b"devices/b1/readings", b'{"seq":1}')``
+        """
+        self.wait_puback(self.send_publish(topic, payload, dup, retain))
 
     def publish_status(self, payload):
         """Publish the board's status, retained, where the last will speaks; True if sent."""
@@ -228,76 +165,204 @@ class MqttLink:
         self.publish(self._will[0], payload, retain=True)
         return True
 
-    def publish(self, topic, payload, dup=False, retain=False):
-        """Publish with QoS 1; returns when the broker's PUBACK has arrived.
+    def send_publish(self, topic, payload, dup=False, retain=False):
+        """Send one QoS 1 PUBLISH (one write) and return its packet id without waiting.
 
-        The wait is bounded by the io timeout (umqtt waits for PUBACK with no deadline of its
-        own): a missing PUBACK raises LinkError("ack_timeout"), and the caller resends the
-        reading on a new connection with ``dup=True``. On the ports a read timeout sticks to
-        the TLS connection, so resending on the same one is not an option.
+        Example: ``pid = link.send_publish(topic, payload); link.wait_puback(pid)``
         """
-        client = self._client
-        # umqtt.simple counts pid up without a bound: 65536 goes out as 0 (1.3.4 packs it
-        # into 16 bits), and 0 is not a valid packet id (MQTT 3.1.1 2.3.1). Wrap to 1.
-        if client.pid >= _PID_MAX:
-            client.pid = 0
-        try:
-            client.publish(topic, payload, retain=(_DUP if dup else 0) | (1 if retain else 0),
-                           qos=1)
-        except Exception as exc:
-            raise self._explain_io(exc, "PUBACK")
+        packet_id = self.ids.next()
+        n = mc.publish_length(topic, len(payload), 1)
+        buf = self._tx if n <= len(self._tx) else bytearray(n)
+        mc.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
+        self._send(memoryview(buf)[:n], "PUBACK")
+        return packet_id
+
+    def wait_puback(self, packet_id):
+        """Handle what arrives until the PUBACK for packet_id did, within timeouts_ms.io."""
+        deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
+        while packet_id in self.ids.inflight:
+            self._handle(self._read_packet(deadline, "PUBACK"), "PUBACK")
+
+    # --- idle -----------------------------------------------------------------------------
+    def poll(self, waiting_for="a packet"):
+        """Handle every packet that has arrived, without waiting for one; return how many.
+
+        A packet that has begun to arrive is read to its end within timeouts_ms.io.
+        """
+        handled = 0
+        while True:
+            try:
+                data = self._stream.read(self._decoder.need(), 0)
+            except OSError as exc:
+                if net.is_timeout(exc):
+                    return handled  # EAGAIN: nothing there
+                raise self._io_error(exc, waiting_for)
+            if data is None:
+                return handled
+            if not data:
+                raise self._fail("link_lost", "%s closed the connection" % self.peer)
+            self._feed(data, waiting_for)
+            deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
+            self._handle(self._read_packet(deadline, waiting_for), waiting_for)
+            handled += 1
 
     def check(self, dead_after_ms):
-        """Handle what arrived (non-blocking) and raise LinkError("link_lost") when nothing
-        at all came from the broker for dead_after_ms (1.5 x keepalive: a half-open link).
+        """Handle what arrived (non-blocking); raise LinkError("ack_timeout") when a PINGREQ
+        went unanswered for timeouts_ms.io, LinkError("link_lost") when nothing at all came
+        from the broker for dead_after_ms (1.5 x keepalive: a half-open link).
 
         Example: ``link.check(90000)`` in the idle loop of a board with keepalive 60 s.
         """
-        try:
-            self._client.check_msg()
-        except Exception as exc:
-            raise self._explain_io(exc, "PINGRESP")
-        quiet_ms = time.ticks_diff(time.ticks_ms(), self._client.sock.last_rx_ms)
+        self.poll("PINGRESP" if self._ping_sent_ms is not None else "a packet")
+        now = time.ticks_ms()
+        if (self._ping_sent_ms is not None
+                and time.ticks_diff(now, self._ping_sent_ms) > self._io_ms):
+            raise self._fail("ack_timeout", "no PINGRESP from %s within %d ms (timeouts_ms.io)"
+                             % (self.peer, self._io_ms))
+        quiet_ms = time.ticks_diff(now, self.last_rx_ms)
         if dead_after_ms and quiet_ms > dead_after_ms:
-            raise LinkError("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
-                            "half-open connection" % (self.peer, quiet_ms))
+            raise self._fail("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
+                             "half-open connection" % (self.peer, quiet_ms))
 
     def idle_ms(self):
         """Milliseconds since we last sent anything (a PINGREQ is due at keepalive / 2)."""
-        return time.ticks_diff(time.ticks_ms(), self._client.sock.last_tx_ms)
+        return time.ticks_diff(time.ticks_ms(), self.last_tx_ms)
 
     def ping(self):
-        """Keep the session alive; umqtt.simple never sends PINGREQ on its own."""
+        """Send PINGREQ; its PINGRESP is awaited by check() within timeouts_ms.io."""
+        self._send(mc.PINGREQ_BYTES, "PINGRESP")
+        if self._ping_sent_ms is None:
+            self._ping_sent_ms = self.last_tx_ms
+        self.poll("PINGRESP")
+
+    @property
+    def duplicate_acks(self):
+        return self.ids.duplicates
+
+    # --- packets in and out ---------------------------------------------------------------
+    def _send(self, data, waiting_for):
         try:
-            self._client.ping()
-            self._client.check_msg()
-        except Exception as exc:
-            raise self._explain_io(exc, "PINGRESP")
+            self._stream.write(data, self._io_ms)
+        except OSError as exc:
+            raise self._io_error(exc, waiting_for)
+        self.last_tx_ms = time.ticks_ms()
 
-    def _explain_io(self, exc, waiting_for):
+    def _read_packet(self, deadline, waiting_for):
+        decoder = self._decoder
+        while True:
+            packet = decoder.take()
+            if packet is not None:
+                return packet
+            left = time.ticks_diff(deadline, time.ticks_ms())
+            if left <= 0:
+                raise self._timeout(waiting_for)
+            try:
+                data = self._stream.read(decoder.need(), left)
+            except OSError as exc:
+                raise self._io_error(exc, waiting_for)
+            if data is None:
+                continue
+            if not data:
+                raise self._closed(waiting_for)
+            self._feed(data, waiting_for)
+
+    def _feed(self, data, waiting_for):
+        self.last_rx_ms = time.ticks_ms()
+        try:
+            self._decoder.feed(data)
+        except mc.ProtocolError as exc:
+            raise self._fail("protocol", "%s while we waited for %s from %s"
+                             % (exc, waiting_for, self.peer))
+
+    def _handle(self, packet, waiting_for):
+        kind = packet[0]
+        if kind == mc.PUBACK:
+            try:
+                fresh = self.ids.acked(packet[1])
+            except mc.ProtocolError as exc:
+                raise self._fail("protocol", "%s: %s" % (self.peer, exc))
+            if not fresh:
+                emit("mqtt_duplicate_puback", peer=self.peer, packet_id=packet[1],
+                     count=self.ids.duplicates)
+        elif kind == mc.PINGRESP:
+            self._ping_sent_ms = None
+        elif kind == mc.PUBLISH:
+            # We subscribe to nothing, yet a broker may deliver (a stale session, a bridge):
+            # acknowledge QoS 1 so it is not redelivered forever, then drop it.
+            self.unsolicited += 1
+            if packet[2]:
+                self._send(memoryview(self._tx)[:mc.encode_puback(self._tx, packet[1])],
+                           waiting_for)
+            emit("mqtt_unsolicited", peer=self.peer, topic=_text(packet[5]), qos=packet[2],
+                 bytes=len(packet[6]), count=self.unsolicited)
+        else:
+            raise self._fail("protocol", "%s sent %s while we waited for %s"
+                             % (self.peer, mc.packet_name(kind), waiting_for))
+
+    # --- errors ---------------------------------------------------------------------------
+    def _fail(self, kind, detail):
+        self._broken = True  # no DISCONNECT on a broken session: the will should speak
+        return LinkError(kind, detail)
+
+    def _timeout(self, waiting_for):
+        if waiting_for == "CONNACK":
+            return self._fail("connack_timeout", "%s completed TLS but sent no CONNACK within "
+                              "%d ms (timeouts_ms.io)" % (self.peer, self._io_ms))
+        return self._fail("ack_timeout", "no %s from %s within %d ms (timeouts_ms.io)"
+                          % (waiting_for, self.peer, self._io_ms))
+
+    def _closed(self, waiting_for):
+        if waiting_for == "CONNACK":
+            return self._fail("closed", "%s closed the connection before CONNACK (is this "
+                              "device's certificate accepted there?)" % self.peer)
+        return self._fail("link_lost", "%s closed the connection while we waited for %s"
+                          % (self.peer, waiting_for))
+
+    def _io_error(self, exc, waiting_for):
         if net.is_timeout(exc):
-            return LinkError("ack_timeout", "no %s from %s within %d ms"
-                             % (waiting_for, self.peer, self._io_ms))
-        if isinstance(exc, AssertionError):
-            return LinkError("protocol", "%s sent a malformed packet while we waited for %s"
-                             % (self.peer, waiting_for))
-        if isinstance(exc, (IndexError, OSError)):
-            return LinkError("link_lost", "connection to %s lost while waiting for %s (%s)"
-                             % (self.peer, waiting_for, exc))
-        return LinkError("link_lost", "%s: %s" % (self.peer, exc))
+            return self._timeout(waiting_for)
+        if waiting_for == "CONNACK":
+            return self._fail("closed", "%s: connection failed before CONNACK (%s); is this "
+                              "device's certificate accepted there?" % (self.peer, exc))
+        return self._fail("link_lost", "connection to %s lost while waiting for %s (%s)"
+                          % (self.peer, waiting_for, exc))
 
+    # --- closing --------------------------------------------------------------------------
     def close(self):
-        if self._client is not None:
-            try:
-                self._client.disconnect()
-            except OSError:
-                pass  # the link is going away either way; the broker sees EOF
-            self._close(self._client)
-            self._client = None
+        """End the session: DISCONNECT (unless it broke), then wait up to 500 ms for the
+        broker to end the connection, so the kernel never answers unread bytes with a RST
+        that could overtake the DISCONNECT (the broker would then publish our will)."""
+        stream = self._stream
+        if stream is None:
+            return
+        try:
+            if not self._broken:
+                self._goodbye(stream)
+        finally:
+            self._drop()
 
-    def _close(self, client):
-        if client.sock is not None:
+    def _goodbye(self, stream):
+        try:
+            while stream.read(64, 0):
+                pass  # discard what arrived unasked; a closing session answers nothing
+            stream.write(mc.DISCONNECT_BYTES, self._io_ms)
+            until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
+            while True:
+                left = time.ticks_diff(until, time.ticks_ms())
+                if left <= 0 or not stream.read(64, left):
+                    return
+        except Exception as exc:
+            if not isinstance(exc, self._CLOSE_ERRORS):
+                raise
+            # Closing either way: a timeout or a reset here only ends the wait.
+
+    _CLOSE_ERRORS = (OSError,)
+
+    def _drop(self):
+        stream = self._stream
+        self._stream = None
+        if stream is not None:
             try:
-                client.sock.close()
+                stream.close()
             except OSError:
                 pass

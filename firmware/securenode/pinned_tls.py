@@ -97,7 +97,6 @@ class PinnedTls:
         self._io_s = io_ms / 1000
         self.root_sets = self._root_sets(ca_ders) if self.verified else [None]
         self.cadata = self.root_sets[0]
-        self.handshake_started = False  # tells a TCP connect timeout from a handshake one
 
     def _root_sets(self, ders):
         # Before MicroPython 1.29 cadata held one certificate: pin each root in turn there.
@@ -120,23 +119,11 @@ class PinnedTls:
         return ctx
 
     def wrap_socket(self, sock, server_hostname=None):
-        """SSLContext-shaped entry point (current umqtt.simple calls exactly this)."""
-        self.handshake_started = True
+        """The TLS handshake over a connected socket, within the handshake deadline."""
         sock.settimeout(self._handshake_s)
         tls = self.context().wrap_socket(sock, server_hostname=self.server_hostname)
         sock.settimeout(self._io_s)
         return tls
-
-    def legacy_params(self):
-        """The ``ssl_params`` umqtt.simple 1.3.4 hands to ``ussl.wrap_socket``."""
-        params = {"server_hostname": self.server_hostname}
-        if self.verified:
-            params["cert_reqs"] = ssl.CERT_REQUIRED
-            params["cadata"] = self.cadata
-        if self._cert:
-            params["cert"] = self._cert
-            params["key"] = self._key
-        return params
 
     def is_verify_failure(self, exc):
         if isinstance(exc, OSError):

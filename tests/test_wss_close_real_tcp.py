@@ -63,6 +63,12 @@ class RawFramePeer:
 
     async def _handler(self, connection):
         name = connection.request.path.rsplit("/", 1)[-1]
+        if callable(self.scripts[name]):
+            await self.scripts[name](connection)
+            await connection.wait_closed()
+            rcvd = connection.protocol.close_rcvd
+            self.received[name] = rcvd.code if rcvd is not None else None
+            return
         first, later = self.scripts[name]
         connection.transport.write(first + later)
         # A busy peer: it reads again only after its next write. A board that closed at
@@ -97,11 +103,12 @@ class RawFramePeer:
         self._thread.join(10)
 
 
-def run_plan(tmp_path, pki, port, cases):
+def run_plan(tmp_path, pki, port, cases, heap=None):
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"port": port, "ca": str(pki.ca.cert_der), "io_ms": IO_MS,
                                 "cases": cases}))
-    proc = subprocess.run([str(MICROPYTHON), str(PLAN), str(plan)], cwd=ROOT / "firmware",
+    heap_args = ["-X", "heapsize=%d" % heap] if heap else []
+    proc = subprocess.run([str(MICROPYTHON)] + heap_args + [str(PLAN), str(plan)], cwd=ROOT / "firmware",
                           capture_output=True, text=True, timeout=120,
                           env={"MICROPYPATH": ".frozen:" + str(ROOT / "firmware")})
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
@@ -139,3 +146,44 @@ def test_normal_close_reaches_the_peer_with_unread_frames_pending(close_run):
     results, received = close_run
     assert results["normal_close"].get("closed") is True, results["normal_close"]
     assert received.get("normal_close") == 1000
+
+
+# --- a large fragmented message within the limit, on a heap that cannot hold it -----------
+HEAP = 128 * 1024        # GC heap of the MicroPython process (imports keep ~35 KB of it)
+LIMIT = 400000           # wss.max_message_bytes: allowed by the configuration...
+FRAGMENT = 8192
+FRAGMENTS = 25           # ...but 200 KB in 8 KB fragments does not fit this heap
+
+
+async def _huge_fragmented(connection):
+    await connection.send([b"x" * FRAGMENT] * FRAGMENTS)
+
+
+async def _echo(connection):
+    async for message in connection:
+        await connection.send(message)
+
+
+@pytest.fixture(scope="module")
+def memory_run(pki, tmp_path_factory):
+    scripts = {"huge": _huge_fragmented, "after": _echo}
+    cases = [{"name": "huge", "max": LIMIT}, {"name": "after", "max": LIMIT, "echo": 3000}]
+    with RawFramePeer(pki.server.chain_pem, pki.server.key_pem, scripts) as peer:
+        results = run_plan(tmp_path_factory.mktemp("wss-mem"), pki, peer.port, cases,
+                           heap=HEAP)
+        for _ in range(50):
+            if len(peer.received) == len(cases):
+                break
+            threading.Event().wait(0.1)
+        yield results, dict(peer.received)
+
+
+def test_message_too_big_for_the_heap_is_a_1009_and_the_board_runs_on(memory_run):
+    results, received = memory_run
+    huge = results["huge"]
+    assert (huge["type"], huge["kind"], huge["code"]) == ("WssError", "ws_protocol", 1009), huge
+    assert "limit %d bytes" % LIMIT in huge["detail"]
+    assert received["huge"] == 1009
+    # The same process connects again and exchanges a message: nothing was left broken.
+    assert results["after"]["echoed"] == 3000, results["after"]
+    assert received["after"] == 1000

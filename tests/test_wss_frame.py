@@ -74,6 +74,11 @@ DECODE = {
     "overlong": ("8102c0af", 1007),
     "utf8_split_fragments_ok": ("0102f09f8002" + "9880", [[1, "f09f9880"]]),
     "utf8_truncated": ("8103f09f98", 1007),
+    # Judged per fragment: the stream ends right after the bad fragment, so a reader that
+    # waited for the whole message would report 1006 (ended mid-message) instead.
+    "bad_utf8_first_fragment": ("0102c328", 1007),
+    "bad_utf8_second_fragment": ("0102f09f" + "00029828", 1007),
+    "utf8_ok_fragment_then_eof": ("0102f09f", 1006),
     "eof_mid_header": ("82", 1006),
     "eof_mid_payload": ("820a616263", 1006),
 }
@@ -115,7 +120,8 @@ def payload(n):
     return bytes((i * 7 + 3) & 0xFF for i in range(n))
 
 cases = json.loads(CASES)
-out = {"encode": [], "sizes": {}, "decode": {}, "utf8": {}, "close": {}, "close_build": []}
+out = {"encode": [], "sizes": {}, "decode": {}, "texts": {}, "utf8": {}, "close": {},
+       "close_build": [], "steps": []}
 buf = bytearray(14 + 70000)
 for op, p, m, fin, _ in cases["encode"]:
     n = wf.encode_frame(buf, op, u(p), u(m), fin)
@@ -138,8 +144,13 @@ for name in cases["decode"]:
         out["decode"][name] = got
     except wf.WsProtocolError as e:
         out["decode"][name] = e.code
+        out["texts"][name] = str(e)
 for name in cases["utf8"]:
     out["utf8"][name] = wf.utf8_valid(u(cases["utf8"][name][0]))
+state = 0
+for piece in ("f0", "9f98", "80", "c3", "28"):
+    state = wf.utf8_step(u(piece), state)
+    out["steps"].append(state)
 for name in cases["close"]:
     try:
         out["close"][name] = list(wf.parse_close(u(cases["close"][name][0])))
@@ -188,6 +199,25 @@ def test_length_uses_7_16_or_64_bits(results, port):
 @pytest.mark.parametrize("case", sorted(DECODE))
 def test_server_frames_decode_or_fail_with_their_close_code(results, port, case):
     assert results[port]["decode"][case] == DECODE[case][1]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_too_big_errors_quote_the_configured_limit(results, port):
+    texts = results[port]["texts"]
+    assert "limit %d" % MAX in texts["too_big_announced"]
+    # 2048 bytes were gathered, a 2049-byte fragment follows: the limit quoted is 4096 (what
+    # config.json says), not the 2048 bytes of room that were left.
+    assert texts["too_big_fragments"] == ("close 1009: message of 2048 bytes so far plus a "
+                                          "2049-byte fragment exceeds the limit of 4096 bytes")
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_utf8_is_checked_piece_by_piece(results, port):
+    steps = results[port]["steps"]
+    # A 4-byte character across three pieces keeps a pending state, ends at 0; then a lead
+    # byte followed by a non-continuation byte is invalid at once.
+    assert steps[0] > 0 and steps[1] > 0 and steps[2] == 0 and steps[3] > 0
+    assert steps[4] == -1
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
@@ -335,3 +365,15 @@ def test_utf8_check_agrees_with_cpython_strict_decoder(data):
     except UnicodeDecodeError:
         valid = False
     assert wf.utf8_valid(data) == valid
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(data=st.binary(max_size=40), cuts=st.lists(st.integers(min_value=0, max_value=40),
+                                                   max_size=5))
+def test_utf8_checked_in_pieces_agrees_with_the_whole(data, cuts):
+    points = sorted({c for c in cuts if 0 < c < len(data)})
+    state = 0
+    for a, b in zip([0] + points, points + [len(data)]):
+        if state >= 0:
+            state = wf.utf8_step(data[a:b], state)
+    assert (state == 0) == wf.utf8_valid(data)

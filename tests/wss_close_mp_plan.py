@@ -32,6 +32,10 @@ def main():
                 time.sleep_ms(200)  # the server's frames are unread in our buffer now
                 ws.close(case["close"], "done")
                 out["closed"] = True
+            elif case.get("echo"):
+                ws.send(b"e" * case["echo"], ws_frame.OP_BINARY)
+                out["echoed"] = len(ws.recv()[1])
+                ws.close()
             else:
                 while True:
                     ws.recv()

@@ -335,23 +335,23 @@ class MessageReader:
         if size <= len(self._data):
             return
         # Acks and commands fit a small buffer; past that, take the configured maximum at
-        # once: a message then never needs a second copy (old and new side by side), and
-        # the buffer is reused by every later message on this connection.
+        # once: a message then needs no second copy (old and new side by side), and the
+        # buffer is reused by every later message on this connection. A heap that cannot
+        # spare the maximum in one block gets just what this message needs so far.
         want = self.max_message_bytes
         if size <= _SMALL_DATA < want:
             want = _SMALL_DATA
-        try:
-            fresh = bytearray(want)
-        except MemoryError:
-            # On a board the heap may be too fragmented for one block this size even when
-            # the limit allows it: refuse the message (1009), keep the board running.
-            gc.collect()
+        fresh = None
+        for attempt in (want, want, size):
             try:
-                fresh = bytearray(want)
+                fresh = bytearray(attempt)
+                break
             except MemoryError:
-                raise WsProtocolError(CLOSE_TOO_BIG, "no %d-byte block free for a %d-byte "
-                                      "message (limit %d bytes)"
-                                      % (want, size, self.max_message_bytes))
+                gc.collect()
+        if fresh is None:
+            # A board must survive this: refuse the message (1009), keep running.
+            raise WsProtocolError(CLOSE_TOO_BIG, "no memory for a message of %d bytes so "
+                                  "far (limit %d bytes)" % (size, self.max_message_bytes))
         fresh[:self._size] = self._data_view[:self._size]
         self._data = fresh
         self._data_view = memoryview(fresh)

@@ -130,6 +130,12 @@ class WssLink:
             message = json.loads(bytes(payload))
         except ValueError:
             message = None
+        except MemoryError:
+            # Within wss.max_message_bytes, but no room on this heap to parse it: refuse
+            # the message, keep the board running (the reading is sent again).
+            self._ws.close(1009, "no memory to parse")
+            raise LinkError("protocol", "%s sent a %d-byte message this board has no memory "
+                            "to parse" % (self.peer, len(payload)))
         if type(message) is not dict:
             self._ws.close(1007, "not a JSON object")
             raise LinkError("protocol", "%s sent a text message that is not a JSON object"

@@ -54,7 +54,9 @@ class Node:
         self.topic = reading.topic(cfg.device_id)
         self.interval_ms = cfg.sample.interval_ms  # a command from the peer may change it
         s = cfg.sample
-        self.sampler = sensor.Sampler(s.adc_pin, s.samples, s.window_ms, s.volts_per_count)
+        # The configured ranges decide the out-of-range status bits: pass them on.
+        self.sampler = sensor.Sampler(s.adc_pin, s.samples, s.window_ms, s.volts_per_count,
+                                      s.volts_min, s.volts_max, s.hz_min, s.hz_max)
 
     def go(self, event):
         previous = self.state

@@ -1,11 +1,13 @@
 """The command line: one function per subcommand, a table naming them, --help on each."""
 import argparse
 import sys
+from pathlib import Path
 
 from tools.boardtool import ports
 from tools.boardtool.errors import BoardToolError
 
 DEFAULT_DIR = "device"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cmd_flash(args):
@@ -16,7 +18,8 @@ def cmd_flash(args):
 
 def cmd_deploy(args):
     from tools.boardtool import deploy
-    deploy.deploy(ports.choose(args.port), args.dir, romfs=args.romfs, reset=args.reset)
+    deploy.deploy(ports.choose(args.port), args.dir, romfs=args.romfs, reset=args.reset,
+                  firmware_dir=args.firmware)
     return 0
 
 
@@ -38,7 +41,7 @@ def cmd_monitor(args):
     from tools.boardtool import monitor
     try:
         return monitor.monitor(ports.choose(args.port), as_json=args.json,
-                               timeout_s=args.timeout)
+                               timeout_s=args.timeout, restart=args.reset)
     except KeyboardInterrupt:
         return 130
 
@@ -85,6 +88,8 @@ def parser():
     p.add_argument("--dir", default=DEFAULT_DIR, help="device directory (default %(default)s)")
     p.add_argument("--romfs", action="store_true", help="modules into the ROMFS partition")
     p.add_argument("--reset", action="store_true", help="soft-reset afterwards: main.py runs")
+    p.add_argument("--firmware", default=str(REPO / "firmware"),
+                   help="firmware source tree (default: this checkout's firmware/)")
 
     p = command("config", "write DIR/config.json, checked by the firmware's own validator")
     p.add_argument("--dir", default=DEFAULT_DIR)
@@ -103,6 +108,8 @@ def parser():
     p = command("monitor", "show the board's events; exits 1 when it halts with a failure")
     p.add_argument("--json", action="store_true", help="print the events as JSON lines")
     p.add_argument("--timeout", type=float, help="stop after this many seconds (exit 0)")
+    p.add_argument("--reset", action="store_true",
+                   help="soft-reset the board first and watch main.py from its start")
 
     command("repl", "mpremote's REPL on the board (Ctrl-] or Ctrl-X leaves)")
 

@@ -11,8 +11,9 @@ from tools.boardtool.link import BoardLink
 REPO = Path(__file__).resolve().parents[2]
 MPREMOTE = REPO / ".venv" / "bin" / "mpremote"
 
-# mains.STATUS_CLIPPED | STATUS_NO_SIGNAL: a window with either says nothing about the scale.
-_UNUSABLE = 0x01 | 0x02
+# mains.STATUS_CLIPPED | STATUS_NO_SIGNAL: a window with either says nothing about the scale;
+# STATUS_DISTURBED (a gap in the window) skews the RMS: a calibration uses clean windows only.
+_UNUSABLE = 0x01 | 0x02 | 0x10
 
 # Runs on the board: the firmware's own sampler with the board's own config, N windows.
 _SAMPLE = """
@@ -20,8 +21,13 @@ from securenode import config, sensor
 _c = config.load('config.json').sample
 _s = sensor.Sampler(_c.adc_pin, _c.samples, _c.window_ms, _c.volts_per_count)
 _w = []
+_n = 0
 for _i in range(%d):
-    _w.append(_s.read())
+    _r = _s.read()
+    _w.append(_r)
+    _n += not _r[2] & %d
+    if _n >= %d:
+        break
 print(repr(_w))
 """
 
@@ -45,15 +51,17 @@ def calibrate(port, directory, volts, windows=5, say=print):
     path = Path(directory) / "config.json"
     data, cfg = firmware.load_config(path)
     with BoardLink(port) as board:
-        out = board.exec(_SAMPLE % windows, "sample the ADC")
+        # Windows with a gap are retaken, up to 8 per clean window wanted.
+        out = board.exec(_SAMPLE % (8 * windows, _UNUSABLE, windows), "sample the ADC")
     try:
         results = ast.literal_eval(out.decode().strip())  # a list of 3-tuples
         readings = [float(v) for v, hz, status in results if not status & _UNUSABLE]
     except Exception:  # noqa: BLE001 anything odd from the board is one message
         raise at(port, "sample the ADC", "unexpected answer %r" % out[:80])
     if not readings:
-        raise at(port, "sample the ADC", "no usable window (no signal or clipped): check the "
-                 "AC adapter, the bias and the ADC pin %d" % cfg.sample.adc_pin)
+        raise at(port, "sample the ADC", "no usable window (no signal, clipped or disturbed): "
+                 "check the AC adapter, the bias and the ADC pin %d, then try again"
+                 % cfg.sample.adc_pin)
     seen = sum(readings) / len(readings)
     old = cfg.sample.volts_per_count
     new = round(old * volts / seen, 9)

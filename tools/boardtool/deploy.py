@@ -52,16 +52,17 @@ def flash_root_files(directory, data):
     return files
 
 
-def plan(directory, port, mpy_word, build_dir):
+def plan(directory, port, mpy_word, build_dir, firmware_dir=firmware.FIRMWARE):
     """Everything the board should hold after the deploy, {flash path: bytes}."""
     data, cfg = firmware.load_config(Path(directory) / "config.json")
     firmware.check_device_cert(cfg)
-    files = firmware.build_mpy(port, mpy_word, build_dir)
+    files = firmware.build_mpy(port, mpy_word, build_dir, firmware_dir)
     files.update(flash_root_files(directory, data))
     return files
 
 
-def deploy(port, directory, romfs=False, reset=False, say=print):
+def deploy(port, directory, romfs=False, reset=False, firmware_dir=firmware.FIRMWARE,
+           say=print):
     """Bring the board at ``port`` up to date with ``directory``; return (copied, unchanged).
 
     >>> deploy("/dev/ttyUSB0", "device")
@@ -84,7 +85,7 @@ def deploy(port, directory, romfs=False, reset=False, say=print):
             raise at(port, "romfs", "this board has no ROMFS partition (MicroPython 1.25+ "
                      "with a ROMFS build, e.g. ESP8266_GENERIC-FLASH_2M_ROMFS)", EXIT_USAGE)
         with tempfile.TemporaryDirectory(prefix="securenode-mpy-") as build:
-            files = plan(directory, port, mpy_word, build)
+            files = plan(directory, port, mpy_word, build, firmware_dir)
             if romfs:
                 return _deploy_romfs(port, board, files, build, say)
             return _sync(port, board, files, say, reset)

@@ -32,18 +32,17 @@ _config_module = None
 
 
 def config_module():
-    """firmware/securenode/config.py, loaded once on CPython."""
+    """firmware/securenode/config.py (and what it imports), loaded once on CPython."""
     global _config_module
     if _config_module is None:
         if "micropython" not in sys.modules:
             shim = types.ModuleType("micropython")
             shim.const = lambda value: value
             sys.modules["micropython"] = shim
-        spec = importlib.util.spec_from_file_location(
-            "securenode_firmware_config", FIRMWARE / "securenode" / "config.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _config_module = module
+        # The firmware imports itself as the package "securenode", as on the board.
+        if str(FIRMWARE) not in sys.path:
+            sys.path.insert(0, str(FIRMWARE))
+        _config_module = importlib.import_module("securenode.config")
     return _config_module
 
 
@@ -114,7 +113,7 @@ def mpy_cross_version():
     return int(major), int(sub or 0)
 
 
-def build_mpy(port, mpy_word, out_dir):
+def build_mpy(port, mpy_word, out_dir, firmware_dir=FIRMWARE):
     """Compile every firmware module for the board; return {flash path: bytes}.
 
     main.py (and boot.py) stay source: a board runs only those names at boot.
@@ -128,8 +127,12 @@ def build_mpy(port, mpy_word, out_dir):
     march = ["-march=%s" % arch] if arch in _NATIVE_TARGETS else []
     files = {}
     out_dir = Path(out_dir)
-    for source in sorted(FIRMWARE.rglob("*.py")):
-        rel = source.relative_to(FIRMWARE).as_posix()
+    firmware_dir = Path(firmware_dir)
+    if not (firmware_dir / "main.py").is_file():
+        raise BoardToolError("%s: no main.py: not a firmware directory" % firmware_dir,
+                             EXIT_USAGE)
+    for source in sorted(firmware_dir.rglob("*.py")):
+        rel = source.relative_to(firmware_dir).as_posix()
         if "__pycache__" in rel:
             continue
         if rel in ("main.py", "boot.py"):

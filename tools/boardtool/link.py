@@ -27,7 +27,9 @@ class BoardLink:
         # mpremote prints what it got before raising: keep that out of our one-line errors.
         with contextlib.redirect_stdout(io.StringIO()):
             try:
-                self.transport = SerialTransport(self.port, baudrate=115200)
+                # A read timeout, or mpremote's reads on a pty (read(1) with no inWaiting
+                # check) would wait for ever on a device that went silent.
+                self.transport = SerialTransport(self.port, baudrate=115200, timeout=1)
             except TransportError as e:
                 raise at(self.port, "open port", str(e))
             try:

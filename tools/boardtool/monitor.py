@@ -36,7 +36,8 @@ def describe(event):
         except ValueError:
             r = {}
         text = "reading  seq %s  %s V  %s Hz  status %s%s" % (
-            event.get("seq"), r.get("voltage"), r.get("freq"), r.get("status"),
+            event.get("seq"), _fixed(r.get("voltage"), 1), _fixed(r.get("freq"), 2),
+            r.get("status"),
             "  (resend)" if event.get("dup") else "")
     elif kind == "halted":
         text = "HALTED   %s" % event.get("reason")
@@ -48,6 +49,13 @@ def describe(event):
         rest = ", ".join("%s=%s" % (k, v) for k, v in event.items() if k not in ("event", "t_ms"))
         text = "%-8s %s" % (kind, rest)
     return "%s  %s" % (stamp, text)
+
+
+def _fixed(value, places):
+    # As the board wrote it (reading.encode: 1 decimal for volts, 2 for hertz).
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "%.*f" % (places, value)
+    return str(value)
 
 
 def verdict(event):
@@ -72,10 +80,21 @@ def parse(line):
     return event if isinstance(event, dict) and "event" in event else None
 
 
-def monitor(port, as_json=False, timeout_s=None, out=print):
-    """Follow the console until the board halts (or timeout_s passes: exit 0 then)."""
+# Ctrl-C twice stops a running program, Ctrl-B leaves a raw REPL for the friendly one, and
+# Ctrl-D there soft-resets, after which the board runs main.py (pyexec.c, ports/esp32/main.c).
+_RESTART = b"\r\x03\x03\x02\x04"
+
+
+def monitor(port, as_json=False, timeout_s=None, restart=False, out=print):
+    """Follow the console until the board halts (or timeout_s passes: exit 0 then).
+
+    restart: soft-reset the board first, so the run is seen from its first event.
+    """
     link = ports.open_serial(port, timeout=0.2)
     link.reset_input_buffer()  # what the board said before we came is not this run
+    if restart:
+        link.write(_RESTART)
+        link.flush()
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     pending = b""
     try:

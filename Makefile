@@ -12,6 +12,10 @@ SIM_BOARDS ?= 3
 SIM_READINGS ?= 10
 # mqtts (default), wss (readings to tools/ingest.py) or mqtt_wss (MQTT over websockets)
 SIM_TRANSPORT ?= mqtts
+# micropython (default): the firmware on the real MicroPython unix port, what a board runs;
+# cpython: under CPython with stand-ins. SIM_BOARD is the GC heap profile (micropython only).
+RUNTIME ?= micropython
+SIM_BOARD ?= esp32-spiram
 
 .PHONY: all deps sim test bench certs system-packages chaos clean
 
@@ -57,7 +61,7 @@ certs: $(STAMP)
 
 sim: deps certs
 	$(PY) -m host_sim.fleet --boards $(SIM_BOARDS) --readings $(SIM_READINGS) \
-	  --transport $(SIM_TRANSPORT)
+	  --transport $(SIM_TRANSPORT) --runtime $(RUNTIME) --board $(SIM_BOARD)
 	$(PY) -m host_sim.provision_demo --readings 5
 
 test: deps

@@ -2,17 +2,20 @@
 
 Starts an SNTP server, Mosquitto (TLS, client certificates, per-device ACL) and a subscriber
 on 127.0.0.1, then N simulated ESP32 boards, each running the unmodified firmware in its own
-process with its own flash directory. Ends with a table per board: readings published,
+process with its own flash: under CPython with stand-ins (``--runtime cpython``) or under the
+real MicroPython unix port with a LittleFS2 flash image (``--runtime micropython``, with
+``--board`` choosing the GC heap profile). Ends with a table per board: readings published,
 acknowledged, received by the subscriber, and the range of the values. Exits 0 only if every
 reading arrived exactly as sent. Everything it started, it stops.
 
-    python -m host_sim.fleet --boards 3 --readings 10
+    python -m host_sim.fleet --boards 3 --readings 10 --runtime micropython
 """
 
 import argparse
 import contextlib
 import json
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,9 +215,17 @@ def transport_config(transport, device_id, broker, ingest, tokens):
     return {}
 
 
+def _runtime_label(args):
+    if getattr(args, "runtime", "cpython") != "micropython":
+        return "esp32, CPython with stand-ins"
+    from host_sim.mp.launcher import PROFILES
+    return "real MicroPython, board %s: %d-byte GC heap" % (args.board, PROFILES[args.board])
+
+
 def run(args):
     certs = Path(args.certs)
     transport = getattr(args, "transport", "mqtts")
+    runtime = getattr(args, "runtime", "cpython")
     tokens = {"board-%d" % (i + 1): secrets.token_urlsafe(32) for i in range(args.boards)}
     needed = ["ca.pem", "ca.der", "server.pem", "server.key", SUBSCRIBER + ".crt.pem"]
     needed += ["board-%d.crt.der" % (i + 1) for i in range(args.boards)]
@@ -248,11 +259,18 @@ def run(args):
                     "device.crt.der": certs / ("%s.crt.der" % device_id),
                     "device.key.der": certs / ("%s.key.der" % device_id),
                 })
+                options = {}
+                if runtime == "micropython":
+                    # A fresh flash image each run, as the CPython runtime's flash directory
+                    # is laid out afresh: no outbox left over from an earlier run.
+                    shutil.rmtree(str(flash) + ".state", ignore_errors=True)
+                    options = {"runtime": runtime, "board": args.board}
                 argv = board_command(flash, port="esp32", ntp="127.0.0.1:%d" % ntp.address[1],
                                      mains_v=volts, mains_hz=hz, noise_v=1.0,
-                                     device_seed=device_id)
+                                     device_seed=device_id, **options)
                 boards.append(BoardProcess(device_id, argv, args.verbose))
-                print("board   %s started (esp32, %.0f V %.0f Hz mains)" % (device_id, volts, hz))
+                print("board   %s started (%s, %.0f V %.0f Hz mains)"
+                      % (device_id, _runtime_label(args), volts, hz))
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline and not all(b.finished() for b in boards):
                 time.sleep(0.2)
@@ -283,6 +301,14 @@ def main(argv=None):
     parser.add_argument("--transport", choices=("mqtts", "wss", "mqtt_wss"), default="mqtts",
                         help="mqtts (default); wss: readings to tools/ingest.py over wss with "
                              "bearer tokens; mqtt_wss: MQTT over Mosquitto's websockets listener")
+    parser.add_argument("--runtime", choices=("cpython", "micropython"), default="cpython",
+                        help="cpython: the firmware under CPython with stand-ins (default); "
+                             "micropython: under the real MicroPython unix port (real socket, "
+                             "ssl on Mbed TLS, LittleFS2 flash)")
+    parser.add_argument("--board", choices=("esp32", "esp32-spiram", "esp8266"),
+                        default="esp32-spiram",
+                        help="GC heap profile for --runtime micropython (default esp32-spiram: "
+                             "the firmware does not fit an ESP32's 112K yet)")
     args = parser.parse_args(argv)
     try:
         return run(args)

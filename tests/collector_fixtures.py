@@ -55,12 +55,21 @@ class Postgres:
                         "--no-sync", "-E", "UTF8")
         if out.returncode:
             raise RuntimeError("initdb failed: %s" % out.stderr)
+        return self.resume()
+
+    def resume(self):
+        """Start the server on an existing data directory (after start() and pause())."""
         out = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-w",
                         "-o", "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off "
                         "-c synchronous_commit=off" % (self.port, self.dir), "start")
         if out.returncode:
             raise RuntimeError("pg_ctl start failed: %s %s" % (out.stdout, out.stderr))
         return self
+
+    def pause(self):
+        """Stop the server, cutting every client off, keeping its data. Fast, not immediate:
+        with synchronous_commit off an immediate stop may forget the latest commits."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self):
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -70,7 +79,7 @@ class Postgres:
 class CollectorProcess:
     """tools/collector.py serve, as its own process (so a test can kill and restart it)."""
 
-    def __init__(self, db, pki, broker_port=None, jsonl=False, client_id="collector"):
+    def __init__(self, db, pki, broker_port=None, jsonl=False, client_id="collector", extra=()):
         argv = [sys.executable, str(ROOT / "tools" / "collector.py"), "serve", "--db", str(db),
                 "--ca", str(pki.ca.cert_pem), "--cert", str(pki.subscriber.cert_pem),
                 "--key", str(pki.subscriber.key_pem), "--client-id", client_id]
@@ -79,7 +88,7 @@ class CollectorProcess:
         if jsonl:
             argv += ["--jsonl-port", "0", "--server-cert", str(pki.server.chain_pem),
                      "--server-key", str(pki.server.key_pem)]
-        self.argv = argv
+        self.argv = argv + list(extra)
         self.db = db
         self.proc = None
         self.jsonl_port = None
@@ -124,6 +133,16 @@ def device_report(db, device_id):
         if d["device_id"] == device_id:
             return d
     return None
+
+
+def proc_status(pid):
+    """(threads, RSS in KiB) of a live process, from /proc/<pid>/status."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            fields[name] = value.split()
+    return int(fields["Threads"][0]), int(fields["VmRSS"][0])
 
 
 def wait_until(predicate, timeout_s, what):

@@ -50,7 +50,7 @@ def store(request, tmp_path):
     (b"[1, 2]", "not a JSON object"),
     (reading(1, device="b2"), "does not match the sender"),
     (reading(0), "seq must be >= 1"),
-    (reading("7"), "seq must be a non-negative integer"),
+    (reading("7"), "seq must be an integer from 0 to 2\\*\\*63-1"),
     (reading(1, voltage=None), "voltage must be a finite number"),
     (b'{"id":"b1","seq":1,"timestamp":1,"status":0,"voltage":NaN,"freq":50}',
      "voltage must be a finite number"),
@@ -216,7 +216,8 @@ def test_status_is_online_with_counters_then_the_last_will_says_offline(tmp_path
                             10, "online status")
         status = json.loads(online)
         assert status["status"] == "online" and status["boot"] == 1
-        assert set(status) == {"status", "version", "boot", "depth", "dropped", "torn"}
+        # The firmware may add fields (reset_cause, crash); these are the ones kept here.
+        assert {"status", "version", "boot", "depth", "dropped", "torn"} <= set(status)
         os.killpg(board.proc.pid, signal.SIGKILL)   # an unclean loss: no DISCONNECT
         wait_until(lambda: (device_report(db, "board-status") or {}).get("last_status")
                    == '{"status":"offline"}', 10, "the last will")

@@ -150,7 +150,8 @@ def test_board_whose_certificate_names_another_device_is_refused_by_the_acl(
         time.sleep(0.05)
     assert subscriber.readings("board-honest"), "control reading did not arrive"
     assert subscriber.readings("board-victim") == []
-    assert "as board-victim (p2, c1, k60, u'board-thief')" in broker.log()
+    # The broker binds the client id to the certificate (use_username_as_clientid).
+    assert "as board-thief (p2, c1, k60, u'board-thief')" in broker.log()
 
 
 def test_second_pinned_root_is_tried_when_the_port_takes_one_root_at_a_time(launch, broker, pki):

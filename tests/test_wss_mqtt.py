@@ -85,4 +85,5 @@ def test_another_devices_topic_is_refused_by_the_acl_over_wss(launch, ws_broker,
     honest.wait_for("halted", timeout=30, reason="done")
     assert wait_readings(ws_subscriber, "board-mwhonest", 1), "control reading did not arrive"
     assert ws_subscriber.readings("board-mwvictim") == []
-    assert "as board-mwvictim (p2, c1, k60, u'board-mwthief')" in ws_broker.log()
+    # The broker binds the client id to the certificate (use_username_as_clientid).
+    assert "as board-mwthief (p2, c1, k60, u'board-mwthief')" in ws_broker.log()

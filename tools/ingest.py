@@ -14,10 +14,19 @@ same device and answers ``{"ack": <seq>}``. It can send commands, e.g.
 
 Tokens file: JSON ``{"board-1": "<token>", ...}`` or CSV lines ``board-1,<token>``.
 Tokens are never printed by ``serve``; ``token`` prints the one it issued, once.
+
+Bounds, whatever a peer does: the TLS and WebSocket handshakes each have ``open_timeout_s``;
+a message is at most ``max_size`` bytes and at most ``max_queue`` wait unread (websockets'
+own limits); ``max_connections`` authenticated connections at once, ``max_per_address``
+from one address, one per device (a board that reconnects replaces its old connection);
+memory keeps only the last ``keep`` readings, command acks and refusals (the log, one JSON
+object per line, is the full record). A message that is not a reading (deep JSON, ``seq``
+not a positive integer) closes the connection with one code and one log line.
 """
 
 import argparse
 import asyncio
+import collections
 import csv
 import hmac
 import json
@@ -34,6 +43,7 @@ from websockets.exceptions import ConnectionClosed
 
 PATH_PREFIX = "/ingest/"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_INT64_LIMIT = 2 ** 63
 
 
 class IngestError(Exception):
@@ -69,6 +79,47 @@ def load_tokens(path):
     return tokens
 
 
+class Recent(list):
+    """A list that keeps only its last ``keep`` items (trimmed in batches, so O(1) amortised).
+
+    >>> r = Recent(2); r.extend([1, 2, 3]); r
+    [2, 3]
+    """
+
+    def __init__(self, keep):
+        super().__init__()
+        self.keep = keep
+        self.total = 0          # how many were ever added
+
+    def append(self, item):
+        super().append(item)
+        self.total += 1
+        if len(self) > self.keep:
+            del self[:len(self) - self.keep]
+
+    def extend(self, items):
+        for item in items:
+            self.append(item)
+
+
+def _escaped(value, limit=80):
+    """A peer's value, cut to ``limit`` characters, for a log event. Every event goes through
+    json.dumps(ensure_ascii=True), so no newline or escape code reaches the log raw.
+
+    >>> _escaped(230.1), _escaped([1] * 50, 8)
+    (230.1, '[1, 1, 1...')
+    """
+    if value is None or type(value) in (bool, float) or (type(value) is int
+                                                         and abs(value) < 2 ** 63):
+        return value
+    if not isinstance(value, str):
+        try:
+            value = json.dumps(value)
+        except (ValueError, RecursionError):
+            value = "<%s>" % type(value).__name__
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 class IngestServer:
     """The endpoint, runnable in a background thread (tests, the simulator) or from the CLI.
 
@@ -76,25 +127,40 @@ class IngestServer:
 
         with IngestServer({"board-1": token}, "server-chain.pem", "server.key") as ingest:
             print(ingest.port)
-            ingest.readings["board-1"]          # readings as received, in order
+            ingest.readings["board-1"]          # the last `keep` readings, in order
             ingest.send_command("board-1", {"cmd": "set_interval", "interval_ms": 500})
     """
 
     def __init__(self, tokens, certfile, keyfile, host="127.0.0.1", port=0,
-                 on_connect_commands=(), max_size=65536, log=None):
+                 on_connect_commands=(), max_size=4096, log=None, keep=1000,
+                 max_connections=256, max_per_address=32, open_timeout_s=10.0, max_queue=4):
         self.tokens = dict(tokens)
         self.host = host
         self.port = port
         self.max_size = max_size
+        self.max_queue = max_queue
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.open_timeout_s = open_timeout_s
+        self.keep = keep
         self.on_connect_commands = list(on_connect_commands)
-        self.readings = {}      # device id -> [reading dict, ...]
-        self.refused = []       # (device id or path, reason): never the token
-        self.command_acks = {}  # device id -> [ack dict, ...]
+        self.readings = {}      # device id -> Recent([reading dict, ...]); devices hold tokens
+        self.refused = collections.deque(maxlen=keep)  # (device id or path, reason), no token
+        self.command_acks = {}  # device id -> Recent([ack dict, ...])
+        self.counts = collections.Counter()  # readings, refusals, closes: totals
         self.connections = 0
         self.log = log or (lambda line: None)
         self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self._ssl.load_cert_chain(str(certfile), str(keyfile))
+        try:
+            self._ssl.load_cert_chain(str(certfile), str(keyfile))
+        except (OSError, ssl.SSLError) as exc:
+            raise IngestError("cannot load the server certificate %s / key %s: %s"
+                              % (certfile, keyfile, getattr(exc, "strerror", None) or exc)) \
+                from None
         self._live = {}         # device id -> connection
+        self._per_address = collections.Counter()  # address -> live connections from it
+        self._live_address = {}  # device id -> address of its live connection
+        self._closing = set()   # background closes of replaced connections
         self._next_id = 1
         self._loop = None
         self._thread = None
@@ -102,12 +168,21 @@ class IngestServer:
         self._ready = threading.Event()
         self._error = None
 
+    def _event(self, kind, **fields):
+        """One JSON object per log line; every peer value passes through json.dumps."""
+        self.log(json.dumps(dict(event=kind, **fields), ensure_ascii=True))
+
+    def _refuse(self, who, reason):
+        self.refused.append((who, reason))
+        self.counts["refused"] += 1
+        self._event("refused", device=who, reason=reason)
+
     # --- handshake ---------------------------------------------------------------------
     def _authorise(self, connection, request):
         path = request.path
         device = path[len(PATH_PREFIX):] if path.startswith(PATH_PREFIX) else ""
         if not DEVICE_ID.match(device):
-            self.refused.append((path[:80], "unknown path"))
+            self._refuse(_escaped(path), "unknown path")
             return connection.respond(HTTPStatus.NOT_FOUND, "no such endpoint\n")
         auth = request.headers.get("Authorization", "")
         scheme, _, presented = auth.partition(" ")
@@ -118,9 +193,18 @@ class IngestServer:
             # The same answer whether the device is unknown or the token belongs to another.
             reason = "wrong token"
         else:
+            # A device's new connection replaces its old one: that one does not count.
+            address = connection.remote_address[0]
+            old = self._live.get(device)
+            if len(self._live) - (old is not None) >= self.max_connections:
+                self._refuse(device, "too many connections")
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+            same_address = old is not None and self._live_address.get(device) == address
+            if self._per_address[address] - same_address >= self.max_per_address:
+                self._refuse(device, "too many connections from %s" % address)
+                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
             return None
-        self.refused.append((device, reason))
-        self.log("refused %s: %s" % (device, reason))
+        self._refuse(device, reason)
         response = connection.respond(HTTPStatus.UNAUTHORIZED, "%s\n" % reason)
         response.headers["WWW-Authenticate"] = 'Bearer realm="securenode-ingest"'
         return response
@@ -129,44 +213,79 @@ class IngestServer:
     async def _handler(self, connection):
         device = connection.request.path[len(PATH_PREFIX):]
         self.connections += 1
+        old = self._live.get(device)
+        if old is not None:
+            # One connection per device: the newest (a board that reconnected) wins. The
+            # old one leaves the live set now and closes in the background.
+            self._forget(device)
+            closing = asyncio.ensure_future(old.close(1008, "replaced by a newer connection"))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         self._live[device] = connection
-        self.log("connected %s from %s:%d" % ((device,) + connection.remote_address[:2]))
+        self._live_address[device] = connection.remote_address[0]
+        self._per_address[self._live_address[device]] += 1
+        self._event("connected", device=device, peer="%s:%d" % connection.remote_address[:2])
         try:
             for command in self.on_connect_commands:
                 await self._send_command(connection, dict(command))
             async for message in connection:
-                await self._message(connection, device, message)
+                if not await self._message(connection, device, message):
+                    break
         except ConnectionClosed:
             pass
+        except Exception as exc:  # noqa: BLE001 - one line and a clean close, no traceback
+            self._event("failed", device=device, error=_escaped("%s: %s" % (
+                type(exc).__name__, exc), 200))
+            await connection.close(1011, "internal error")
         finally:
             if self._live.get(device) is connection:
-                del self._live[device]
-            self.log("closed %s (%s)" % (device, connection.close_code))
+                self._forget(device)
+            self._event("closed", device=device, code=connection.close_code)
+
+    def _forget(self, device):
+        del self._live[device]
+        address = self._live_address.pop(device)
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
+
+    async def _close(self, connection, device, code, reason):
+        self.counts["closed_%d" % code] += 1
+        self._event("closing", device=device, code=code, reason=reason)
+        await connection.close(code, reason)
+        return False
 
     async def _message(self, connection, device, message):
+        """Handle one message; False once the connection is being closed."""
         if isinstance(message, bytes):
-            await connection.close(1003, "text messages only")
-            return
+            return await self._close(connection, device, 1003, "text messages only")
         try:
             data = json.loads(message)
         except ValueError:
-            await connection.close(1007, "not JSON")
-            return
+            return await self._close(connection, device, 1007, "not JSON")
+        except RecursionError:
+            return await self._close(connection, device, 1007, "not JSON: nested too deeply")
         if not isinstance(data, dict):
-            await connection.close(1007, "not a JSON object")
-            return
+            return await self._close(connection, device, 1007, "not a JSON object")
         if "cmd_ack" in data:
-            self.command_acks.setdefault(device, []).append(data)
-            self.log("command %s acked by %s: %s" % (data.get("cmd_ack"), device, data))
-            return
-        if data.get("id") != device or not isinstance(data.get("seq"), int):
+            self.command_acks.setdefault(device, Recent(self.keep)).append(data)
+            self._event("command_ack", device=device, id=_escaped(data.get("cmd_ack")),
+                        ok=data.get("ok") is True)
+            return True
+        if data.get("id") != device:
             # The token authenticated this device: it may not post as another.
-            await connection.close(1008, "reading does not belong to this device")
-            return
-        self.readings.setdefault(device, []).append(data)
-        self.log("reading %s seq %d: %s V %s Hz" % (device, data["seq"], data.get("voltage"),
-                                                   data.get("freq")))
-        await connection.send(json.dumps({"ack": data["seq"]}))
+            return await self._close(connection, device, 1008,
+                                     "reading does not belong to this device")
+        seq = data.get("seq")
+        if type(seq) is not int or not 1 <= seq < _INT64_LIMIT:
+            return await self._close(connection, device, 1007,
+                                     "seq must be an integer from 1 to 2**63-1")
+        self.readings.setdefault(device, Recent(self.keep)).append(data)
+        self.counts["readings"] += 1
+        self._event("reading", device=device, seq=seq, voltage=_escaped(data.get("voltage")),
+                    freq=_escaped(data.get("freq")))
+        await connection.send(json.dumps({"ack": seq}))
+        return True
 
     async def _send_command(self, connection, command):
         command.setdefault("id", self._next_id)
@@ -189,6 +308,7 @@ class IngestServer:
         try:
             async with serve(self._handler, self.host, self.port, ssl=self._ssl,
                              process_request=self._authorise, max_size=self.max_size,
+                             max_queue=self.max_queue, open_timeout=self.open_timeout_s,
                              compression=None, ping_interval=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 self._ready.set()
@@ -236,10 +356,14 @@ def cmd_serve(args):
         if not Path(path).is_file():
             raise IngestError("%s not found (make certs, or tools/certs.py server)" % path)
     server = IngestServer(tokens, args.cert, args.key, args.host, args.port, commands,
-                          log=lambda line: print(line, flush=True))
+                          log=lambda line: print(line, flush=True), keep=args.keep,
+                          max_size=args.max_size, max_connections=args.max_connections,
+                          max_per_address=args.max_per_address,
+                          open_timeout_s=args.open_timeout_s)
     server.start()
-    print("ingest listening on wss://%s:%d%s<device_id> for %d device(s); Ctrl-C stops"
-          % (args.host, server.port, PATH_PREFIX, len(tokens)), flush=True)
+    print(json.dumps({"event": "listening", "url": "wss://%s:%d%s<device_id>" % (
+        args.host, server.port, PATH_PREFIX), "port": server.port, "devices": len(tokens)}),
+        flush=True)
     try:
         server._thread.join()
     except KeyboardInterrupt:
@@ -268,6 +392,18 @@ def cmd_token(args):
 COMMANDS = {"serve": cmd_serve, "token": cmd_token}
 
 
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 < value < 1e9:  # also refuses nan and inf
+            raise argparse.ArgumentTypeError("expected a positive number, got %r" % text)
+        return value
+    return parse
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python tools/ingest.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,6 +417,16 @@ def build_parser():
     p.add_argument("--port", type=int, default=8443, help="port (default 8443)")
     p.add_argument("--interval-ms", type=int, default=0,
                    help="send set_interval with this value to each board as it connects")
+    p.add_argument("--max-connections", type=_positive(int), default=256,
+                   help="authenticated connections at once (256); more get 503")
+    p.add_argument("--max-per-address", type=_positive(int), default=32,
+                   help="authenticated connections at once from one address (32)")
+    p.add_argument("--max-size", type=_positive(int), default=4096,
+                   help="largest message in bytes (4096); a larger one closes with 1009")
+    p.add_argument("--keep", type=_positive(int), default=1000,
+                   help="readings, acks and refusals kept in memory per device (1000)")
+    p.add_argument("--open-timeout-s", type=_positive(float), default=10.0,
+                   help="seconds for the TLS handshake, and again for the WebSocket one (10)")
     p = sub.add_parser("token", help="issue a token for a device",
                        description="Add a fresh random token for DEVICE_ID to the tokens file.")
     p.add_argument("device_id")

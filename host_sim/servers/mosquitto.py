@@ -2,7 +2,11 @@
 
 TLS listener that requires a client certificate and takes the certificate's CN as the user
 name, an ACL that confines each device to ``devices/<its id>/#``, and read access to every
-device's readings for the named subscribers. The broker's files live in a scratch directory
+device's readings for the named subscribers. On every listener the client id is replaced by
+that user name (``use_username_as_clientid``): a client can only ever open, resume or wipe
+the session of its own identity, so a board connecting as client id ``collector`` with a
+clean session cannot delete the collector's queued readings. The collector's session is
+therefore keyed by its certificate's CN, whatever client id it asks for. The broker's files live in a scratch directory
 readable by the ``mosquitto`` user, because Mosquitto started as root drops to that user.
 
 Example::
@@ -119,6 +123,7 @@ class Broker:
         ] + self._tls_listener_lines(self.port, [
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
             "set_tcp_nodelay true",
         ]) + self._password_listener_lines() + self._websockets_listener_lines())
 
@@ -142,6 +147,7 @@ class Broker:
             "socket_domain ipv4",
             "require_certificate true",
             "use_identity_as_username true",
+            "use_username_as_clientid true",
         ])
 
     def _password_listener_lines(self):
@@ -150,7 +156,8 @@ class Broker:
         # per_listener_settings is false, so password_file is global; Mosquitto skips the
         # password check where use_identity_as_username takes the name from the certificate.
         return ["password_file %s" % self.password_path] + self._tls_listener_lines(
-            self.password_port, ["require_certificate false", "set_tcp_nodelay true"])
+            self.password_port, ["require_certificate false", "use_username_as_clientid true",
+                                 "set_tcp_nodelay true"])
 
     def reload(self):
         """SIGHUP: Mosquitto re-reads its password file and ACL without dropping clients."""

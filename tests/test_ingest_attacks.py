@@ -1,0 +1,200 @@
+"""tools/ingest.py under attack, run as its own process (`ingest.py serve`) over real TLS:
+memory and threads stay bounded, floods are capped, a legitimate board is still served, and
+careless or hostile messages end in one clean close and one escaped log line."""
+
+import contextlib
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from collector_fixtures import ROOT, proc_status, wait_until
+
+DEVICES = ["legit"] + ["att-%d" % n for n in range(8)]
+TOKENS = {d: "token-%s-0123456789abcdef" % d for d in DEVICES}
+
+
+class IngestProcess:
+    """`python tools/ingest.py serve` with its stdout (the event log) read as it comes."""
+
+    def __init__(self, tmp_path, pki, *extra):
+        (tmp_path / "tokens.json").write_text(json.dumps(TOKENS))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tools" / "ingest.py"), "serve", "--tokens",
+             str(tmp_path / "tokens.json"), "--cert", str(pki.server.chain_pem), "--key",
+             str(pki.server.key_pem), "--port", "0"] + list(extra),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.lines = []
+        self.pki = pki
+        threading.Thread(target=self._read, daemon=True).start()
+        started = wait_until(lambda: [json.loads(x) for x in self.lines[:1]], 20,
+                             "ingest to listen")[0]
+        assert started["event"] == "listening", started
+        self.port = started["port"]
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def events(self, kind):
+        return [e for e in map(json.loads, self.lines) if e["event"] == kind]
+
+    def client(self, device, source="127.0.0.1", token=None):
+        context = ssl.create_default_context(cafile=str(self.pki.ca.cert_pem))
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                        source_address=(source, 0))
+        return connect("wss://localhost:%d/ingest/%s" % (self.port, device), ssl=context,
+                       sock=sock, server_hostname="localhost", open_timeout=10,
+                       additional_headers={"Authorization": "Bearer " + (token or TOKENS[device])})
+
+    def status(self):
+        return proc_status(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def ingest_process(tmp_path, pki):
+    started = []
+
+    def start(*extra):
+        started.append(IngestProcess(tmp_path, pki, *extra))
+        return started[-1]
+
+    yield start
+    for p in started:
+        err = p.stop()
+        assert "Traceback" not in err, err
+
+
+def reading(device, seq, **over):
+    r = {"id": device, "seq": seq, "timestamp": 1795600000, "status": 0, "voltage": 230.0,
+         "freq": 50.0}
+    r.update(over)
+    return json.dumps(r)
+
+
+def send(ws, device, seq, **over):
+    ws.send(reading(device, seq, **over))
+    return json.loads(ws.recv(timeout=10))
+
+
+def test_memory_stays_bounded_however_many_large_readings_arrive(ingest_process):
+    ingest = ingest_process("--keep", "50")
+    pad = "x" * 3800    # each reading just under the 4096-byte message limit
+    with ingest.client("legit") as ws:
+        for seq in range(1, 201):
+            assert send(ws, "legit", seq, pad=pad) == {"ack": seq}
+        threads0, rss0 = ingest.status()
+        for seq in range(201, 5201):   # 19 MB of readings if all were kept
+            assert send(ws, "legit", seq, pad=pad) == {"ack": seq}
+        threads, rss = ingest.status()
+        assert rss - rss0 < 8 * 1024, "RSS grew by %d KiB" % (rss - rss0)
+        assert threads == threads0
+        # One byte over the limit closes with 1009 (message too big), nothing kept.
+        ws.send(reading("legit", 5201, pad=pad + "y" * 300))
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+    assert info.value.rcvd.code == 1009
+    assert len(ingest.events("reading")) == 5200
+
+
+def test_a_connection_flood_is_capped_and_a_board_elsewhere_is_still_served(ingest_process):
+    ingest = ingest_process("--max-connections", "6", "--max-per-address", "4")
+    threads0, rss0 = ingest.status()
+    with contextlib.ExitStack() as stack:
+        held = [stack.enter_context(ingest.client("att-%d" % n)) for n in range(4)]
+        with pytest.raises(InvalidStatus) as info:
+            ingest.client("att-4")                         # a 5th from one address
+        assert info.value.response.status_code == 503
+        legit = stack.enter_context(ingest.client("legit", source="127.0.0.2"))
+        held.append(stack.enter_context(ingest.client("att-5", source="127.0.0.3")))
+        with pytest.raises(InvalidStatus) as info:
+            ingest.client("att-6", source="127.0.0.4")     # a 7th in all
+        assert info.value.response.status_code == 503
+        assert send(legit, "legit", 1) == {"ack": 1}
+        # One device, 200 connections in a row: each replaces the last, one stays open.
+        for _ in range(200):
+            held.append(stack.enter_context(ingest.client("att-0")))
+        assert sum(1 for ws in held if _is_open(ws)) == 5
+        assert send(legit, "legit", 2) == {"ack": 2}
+        threads, rss = ingest.status()
+        assert threads == threads0 and rss - rss0 < 20 * 1024, (threads0, threads, rss - rss0)
+
+
+def _is_open(ws):
+    try:
+        ws.ping().wait(2)
+        return True
+    except (ConnectionClosed, TimeoutError):
+        return False
+
+
+def test_silent_connections_are_dropped_at_the_handshake_deadline(ingest_process):
+    ingest = ingest_process("--open-timeout-s", "2")
+    threads0, _ = ingest.status()
+    silent = [socket.create_connection(("127.0.0.1", ingest.port), timeout=5)
+              for _ in range(200)]
+    with ingest.client("legit", source="127.0.0.2") as ws:
+        assert send(ws, "legit", 1) == {"ack": 1}
+    assert ingest.status()[0] == threads0
+    deadline = time.monotonic() + 6
+    for s in silent:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            assert s.recv(1) == b"", "a silent connection got data"
+        except socket.timeout:
+            pytest.fail("a silent connection outlived the 2 s handshake deadline")
+        except OSError:
+            pass
+        s.close()
+
+
+@pytest.mark.parametrize("message, code, reason", [
+    ("[" * 4000, 1007, "not JSON: nested too deeply"),
+    (reading("legit", True), 1007, "seq must be an integer from 1 to 2**63-1"),
+    (reading("legit", -7), 1007, "seq must be an integer from 1 to 2**63-1"),
+    (reading("legit", 2 ** 70), 1007, "seq must be an integer from 1 to 2**63-1"),
+])
+def test_a_bad_message_gets_one_clean_close_and_one_log_line(message, code, reason,
+                                                            ingest_process):
+    ingest = ingest_process()
+    with ingest.client("legit") as ws:
+        ws.send(message)
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=10)
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (code, reason)
+    closing = wait_until(lambda: ingest.events("closing"), 10, "the closing event")
+    assert closing == [{"event": "closing", "device": "legit", "code": code, "reason": reason}]
+    assert ingest.events("reading") == []
+    with ingest.client("legit") as ws:                 # and the endpoint goes on
+        assert send(ws, "legit", 1) == {"ack": 1}
+
+
+def test_reading_fields_cannot_forge_log_lines(ingest_process):
+    ingest = ingest_process()
+    forged = '230\n{"event": "reading", "device": "att-1", "seq": 9}\x1b[31m'
+    with ingest.client("legit") as ws:
+        assert send(ws, "legit", 1, voltage=forged, freq={"\n": "\x1b"}) == {"ack": 1}
+    wait_until(lambda: ingest.events("reading"), 10, "the reading event")
+    text = "\n".join(ingest.lines)
+    assert "\x1b" not in text
+    events = [json.loads(line) for line in ingest.lines]    # every line is one JSON object
+    readings = [e for e in events if e["event"] == "reading"]
+    assert [(e["device"], e["seq"]) for e in readings] == [("legit", 1)]
+    assert readings[0]["voltage"] == forged[:80] + "..." if len(forged) > 80 else forged

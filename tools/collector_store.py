@@ -1,0 +1,308 @@
+"""The collector's store and its one gate: validate a message, store it once, or keep it as a
+reject with the reason.
+
+A message from the wire never stops storage. Whatever is wrong with it, a malformed number,
+4 KB of nested arrays, a counter too large for a 64-bit column, or a failure nobody foresaw,
+ends up in ``rejects`` with the reason, and the caller acknowledges it as handled. Only a
+failure of the store itself (the database is gone) reaches the caller as ``StoreError``:
+then nothing is acknowledged and the message comes back after a restart.
+
+    store = Store("readings.db")
+    handle_message(store, "mqtt", "devices/b1/readings", b'{"id":"b1","seq":1,...}')
+"""
+
+import json
+import math
+import threading
+import time
+
+MAX_PAYLOAD_BYTES = 4096
+_INT64_LIMIT = 2 ** 63
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS readings (
+        device_id TEXT NOT NULL, seq BIGINT NOT NULL, created_at BIGINT NOT NULL,
+        saved_at DOUBLE PRECISION NOT NULL, voltage DOUBLE PRECISION NOT NULL,
+        frequency DOUBLE PRECISION NOT NULL, status INTEGER NOT NULL,
+        UNIQUE (device_id, seq))""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id TEXT PRIMARY KEY, duplicates BIGINT NOT NULL DEFAULT 0,
+        dropped BIGINT NOT NULL DEFAULT 0, torn BIGINT NOT NULL DEFAULT 0,
+        last_seen DOUBLE PRECISION, last_status TEXT)""",
+    """CREATE TABLE IF NOT EXISTS rejects (
+        received_at DOUBLE PRECISION NOT NULL, source TEXT NOT NULL, device_id TEXT,
+        payload TEXT NOT NULL, reason TEXT NOT NULL)""",
+]
+
+
+class CollectorError(Exception):
+    """A problem the user can act on (bad --db, unreachable broker): printed, exit 2."""
+
+
+class StoreError(Exception):
+    """The database failed (not the message): nothing may be acknowledged."""
+
+
+class Rejected(Exception):
+    """A payload that is not a valid reading; str(e) is the reason stored with it."""
+
+
+def _load_object(payload):
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected("payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD_BYTES))
+    try:
+        r = json.loads(payload)
+    except ValueError as exc:
+        raise Rejected("not JSON: %s" % exc) from None
+    except RecursionError:
+        # json's C parser recurses once per nesting level: 4 KB of "[" is deep enough.
+        raise Rejected("not JSON: nested too deeply") from None
+    if not isinstance(r, dict):
+        raise Rejected("not a JSON object")
+    return r
+
+
+def _counter(r, name):
+    """A non-negative integer that fits the database's 64-bit columns, else Rejected."""
+    v = r.get(name)
+    if type(v) is not int or not 0 <= v < _INT64_LIMIT:
+        raise Rejected("%s must be an integer from 0 to 2**63-1, got %.40r" % (name, v))
+    return v
+
+
+def validate(device_id, payload):
+    """The reading in payload as a dict, or Rejected(reason).
+
+    >>> validate("b1", b'{"id":"b1","seq":1,"timestamp":5,"status":0,"voltage":230.0,"freq":50.0}')["seq"]
+    1
+    """
+    r = _load_object(payload)
+    if r.get("id") != device_id:
+        raise Rejected("id %.80r does not match the sender %r" % (r.get("id"), device_id))
+    for name in ("seq", "timestamp", "status"):
+        _counter(r, name)
+    if r["seq"] < 1:
+        raise Rejected("seq must be >= 1")
+    for name in ("voltage", "freq"):
+        v = r.get(name)
+        if type(v) not in (int, float):
+            raise Rejected("%s must be a finite number, got %.40r" % (name, v))
+        try:
+            r[name] = float(v)  # a 400-digit integer raises OverflowError here
+        except OverflowError:
+            raise Rejected("%s must be a finite number, got an integer of %d digits"
+                           % (name, len(str(abs(v))))) from None
+        if not math.isfinite(r[name]):
+            raise Rejected("%s must be a finite number, got %r" % (name, v))
+    return r
+
+
+def validate_status(payload):
+    """A status as a dict; dropped/torn, if present, must fit the 64-bit counters.
+
+    >>> validate_status(b'{"status":"online","dropped":4}')["dropped"]
+    4
+    """
+    s = _load_object(payload)
+    for name in ("dropped", "torn"):
+        if name in s:
+            _counter(s, name)
+    return s
+
+
+def is_device_id(text):
+    return 1 <= len(text) <= 64 and set(text) <= _ID_CHARS
+
+
+def _printable(payload):
+    # PostgreSQL text cannot hold NUL; keep every other byte readable and reversible.
+    return payload[:MAX_PAYLOAD_BYTES].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+
+
+class Store:
+    """readings / devices / rejects in SQLite (WAL) or PostgreSQL; thread-safe by one lock."""
+
+    def __init__(self, url, create=True):
+        self.url = url
+        self.lock = threading.Lock()
+        if url.startswith(("postgresql://", "postgres://")):
+            import psycopg
+            try:
+                self.db = psycopg.connect(url, autocommit=False, connect_timeout=10)
+            except psycopg.Error as exc:
+                raise CollectorError("cannot connect to PostgreSQL: %s"
+                                     % str(exc).strip().splitlines()[0]) from None
+            self.kind = "postgresql"
+            self.mark = "%s"
+            self._db_errors = (psycopg.Error,)
+            self._data_errors = (psycopg.DataError, psycopg.IntegrityError)
+        else:
+            import os
+            import sqlite3
+            path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+            if not create and not os.path.isfile(path):
+                raise CollectorError("--db %s: no such database file" % path)
+            try:
+                self.db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise CollectorError("--db %s: %s" % (path, exc)) from None
+            self.kind = "sqlite"
+            self.mark = "?"
+            self._db_errors = (sqlite3.Error,)
+            # sqlite3 raises the builtin OverflowError for an integer beyond 64 bits.
+            self._data_errors = (OverflowError, sqlite3.DataError, sqlite3.IntegrityError)
+        try:
+            self._write(lambda cur: [cur.execute(statement) for statement in SCHEMA])
+        except StoreError as exc:
+            raise CollectorError("--db %s: %s" % (url, exc)) from None
+
+    def _sql(self, text):
+        return text.replace("?", self.mark)
+
+    def _write(self, work):
+        """Run work(cursor) in one transaction.
+
+        A value the database cannot hold is the message's fault: Rejected. Any other
+        database failure is the store's: StoreError, and nothing may be acknowledged.
+        """
+        with self.lock:
+            try:
+                result = work(self.db.cursor())
+                self.db.commit()
+                return result
+            except self._data_errors + self._db_errors as exc:
+                try:
+                    self.db.rollback()
+                except self._db_errors:
+                    pass
+                text = "%s: %s" % (type(exc).__name__, (str(exc).strip().splitlines() or [""])[0])
+                if isinstance(exc, self._data_errors):
+                    raise Rejected("the database refused it: %s" % text) from None
+                raise StoreError(text) from None
+
+    def _device(self, cur, device_id):
+        cur.execute(self._sql("INSERT INTO devices (device_id) VALUES (?) "
+                              "ON CONFLICT (device_id) DO NOTHING"), (device_id,))
+
+    def add_reading(self, device_id, r):
+        """Store a validated r; True if new, False if (device_id, seq) was already there."""
+        def work(cur):
+            now = time.time()
+            cur.execute(self._sql(
+                "INSERT INTO readings (device_id, seq, created_at, saved_at, voltage, frequency,"
+                " status) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING"),
+                (device_id, r["seq"], r["timestamp"], now, r["voltage"], r["freq"], r["status"]))
+            new = cur.rowcount == 1
+            self._device(cur, device_id)
+            cur.execute(self._sql("UPDATE devices SET last_seen = ?, duplicates = duplicates + ?"
+                                  " WHERE device_id = ?"), (now, 0 if new else 1, device_id))
+            return new
+        return self._write(work)
+
+    def add_status(self, device_id, payload, status):
+        """Keep the board's latest status; dropped/torn are totals since its outbox began."""
+        dropped, torn = status.get("dropped", 0), status.get("torn", 0)
+
+        def work(cur):
+            self._device(cur, device_id)
+            cur.execute(self._sql(
+                "UPDATE devices SET last_status = ?, last_seen = ?, "
+                "dropped = CASE WHEN ? > dropped THEN ? ELSE dropped END, "
+                "torn = CASE WHEN ? > torn THEN ? ELSE torn END WHERE device_id = ?"),
+                (_printable(payload)[:1000], time.time(), dropped, dropped, torn, torn,
+                 device_id))
+        self._write(work)
+
+    def add_reject(self, source, device_id, payload, reason):
+        self._write(lambda cur: cur.execute(self._sql(
+            "INSERT INTO rejects (received_at, source, device_id, payload, reason)"
+            " VALUES (?, ?, ?, ?, ?)"),
+            (time.time(), source, device_id, _printable(payload), reason[:500])))
+
+    def report(self):
+        """Per device: stored, duplicates, gaps [(first, last)], dropped, torn, last_seen."""
+        def work(cur):
+            cur.execute("SELECT device_id, duplicates, dropped, torn, last_seen, last_status "
+                        "FROM devices ORDER BY device_id")
+            out = []
+            for device_id, duplicates, dropped, torn, last_seen, last_status in cur.fetchall():
+                cur.execute(self._sql("SELECT seq FROM readings WHERE device_id = ? "
+                                      "ORDER BY seq"), (device_id,))
+                seqs = [row[0] for row in cur.fetchall()]
+                out.append({"device_id": device_id, "stored": len(seqs),
+                            "first_seq": seqs[0] if seqs else None,
+                            "last_seq": seqs[-1] if seqs else None,
+                            "duplicates": duplicates, "gaps": gaps(seqs), "dropped": dropped,
+                            "torn": torn, "last_seen": last_seen, "last_status": last_status})
+            cur.execute("SELECT COUNT(*) FROM rejects")
+            return {"devices": out, "rejects": cur.fetchone()[0]}
+        return self._write(work)
+
+    def rejects(self):
+        """[(source, device_id, payload, reason)] in arrival order."""
+        def work(cur):
+            cur.execute("SELECT source, device_id, payload, reason FROM rejects "
+                        "ORDER BY received_at")
+            return [tuple(row) for row in cur.fetchall()]
+        return self._write(work)
+
+    def seqs(self, device_id):
+        def work(cur):
+            cur.execute(self._sql("SELECT seq FROM readings WHERE device_id = ? ORDER BY seq"),
+                        (device_id,))
+            return [r[0] for r in cur.fetchall()]
+        return self._write(work)
+
+    def close(self):
+        with self.lock:
+            self.db.close()
+
+
+def gaps(seqs):
+    """Missing ranges in a sorted seq list, from 1.
+
+    >>> gaps([1, 2, 5, 6, 9])
+    [[3, 4], [7, 8]]
+    """
+    out = []
+    expect = 1
+    for s in seqs:
+        if s > expect:
+            out.append([expect, s - 1])
+        expect = s + 1
+    return out
+
+
+def handle_message(store, source, topic, payload):
+    """Route one message: "stored", "duplicate", "status" or "rejected".
+
+    Every failure caused by the message is kept in ``rejects`` with its reason, so the
+    caller may acknowledge it; only StoreError (the database itself) propagates.
+
+    >>> handle_message(store, "mqtt", "devices/b1/readings", b"[[[")
+    'rejected'
+    """
+    device_id = None
+    try:
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "devices" or not is_device_id(parts[1]):
+            raise Rejected("unexpected topic %.100r" % topic)
+        device_id, kind = parts[1], parts[2]
+        if kind == "status":
+            store.add_status(device_id, payload, validate_status(payload))
+            return "status"
+        if kind != "readings":
+            raise Rejected("unexpected topic %.100r" % topic)
+        return "stored" if store.add_reading(device_id, validate(device_id, payload)) \
+            else "duplicate"
+    except Rejected as exc:
+        reason = str(exc)
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a message must never stop storage
+        reason = "unexpected %s: %.200s" % (type(exc).__name__, exc)
+    store.add_reject(source, device_id, payload, reason)
+    return "rejected"

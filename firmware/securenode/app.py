@@ -11,6 +11,7 @@ Example (what firmware/main.py does at boot)::
     app.main()
 """
 
+import gc
 import json
 import os
 import sys
@@ -118,6 +119,9 @@ class Node:
         try:
             tls = self._tls()
             link = links.open_link(self.cfg, tls, self.apply_command)
+            # The handshake allocates the SSLContext (~3 KB in one piece) and the session's
+            # buffers: collect first, so the garbage of the last attempt is not in the way.
+            gc.collect()
             link.connect()
         except TlsError as exc:
             error(exc.kind, str(exc))
@@ -232,6 +236,9 @@ class Node:
 
     def _sample_if_due(self):
         """Take a reading into the outbox when one is due, in any state; True if it did."""
+        # Every waiting loop (online, backoff, idle between provisioning polls) comes
+        # through here: each pass is bounded, so it feeds the watchdog.
+        watchdog.feed()
         late = time.ticks_diff(time.ticks_ms(), self.due)
         if late < 0:
             return False
@@ -293,6 +300,7 @@ class Node:
         from securenode import provision
 
         creds = provision.load_credentials(self.cfg.provisioning.credentials)
+        _unload_provisioning()
         if creds is None:
             return True
         self._use_credentials(creds)
@@ -311,6 +319,8 @@ class Node:
                   str(exc))
             self.go(states.PROVISION_FAILED)
             return
+        finally:
+            _unload_provisioning()
         self._use_credentials(creds)
         emit("provisioned", broker="%s:%d" % (creds["host"], creds["port"]), user=creds["user"])
         self.go(states.PROVISIONED)
@@ -332,6 +342,7 @@ class Node:
             from securenode import provision
 
             provision.forget_credentials(self.cfg.provisioning.credentials)
+            _unload_provisioning()
             self.creds = None
             emit("provision_forgotten", reason="broker refused the stored credentials")
 
@@ -348,12 +359,15 @@ class Node:
         except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
             error("provision_confirm", str(exc))  # retried after the next connect
             return
+        finally:
+            _unload_provisioning()
         self.creds["confirmed"] = True
         try:
             provision.save_credentials(self.cfg.provisioning.credentials, self.creds)
         except OSError as exc:
             # Confirmed all the same (in RAM); after a reboot the board simply confirms again.
             error("provision_store", "cannot record the confirmation on flash (%s)" % exc)
+        _unload_provisioning()
         emit("provision_confirmed", peer="%s:%d" % (self.creds["base"][0], self.creds["base"][1]))
 
     _steps = {
@@ -364,6 +378,14 @@ class Node:
         states.BACKOFF: backoff,
         states.PROVISIONING: provision,
     }
+
+
+def _unload_provisioning():
+    # The provisioning client is used at most a few times in a board's life: load it for
+    # that, then give its ~25 KB back to the readings.
+    for name in ("securenode.provision", "securenode.https_client",
+                 "securenode.provision_codec"):
+        settings.forget(name)
 
 
 def main(config_path="config.json"):

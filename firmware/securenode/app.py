@@ -243,9 +243,26 @@ class Node:
         if late < 0:
             return False
         # Missed slots (a long blocking step) are not made up: one reading now, then on cadence.
-        self.due = time.ticks_add(self.due, self.interval_ms * (1 + late // self.interval_ms))
+        missed = late // self.interval_ms
+        self.due = time.ticks_add(self.due, self.interval_ms * (1 + missed))
+        if missed:
+            emit("slots_missed", slots=missed, late_ms=late)
         self._sample()
         return True
+
+    def idle(self, ms):
+        """Wait ``ms`` while taking each reading as it falls due (a step that waits for
+        someone else, e.g. provisioning between polls); returns after ``ms``.
+
+        >>> node.idle(1000)   # about 5 readings stored at a 200 ms interval
+        """
+        until = time.ticks_add(time.ticks_ms(), ms)
+        while True:
+            self._sample_if_due()
+            left = time.ticks_diff(until, time.ticks_ms())
+            if left <= 0:
+                return
+            time.sleep_ms(min(50, left, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
 
     def _sample(self):
         voltage, freq, status = self.sampler.read()
@@ -311,7 +328,9 @@ class Node:
         from securenode.https_client import HttpError
 
         try:
-            creds = provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).obtain()
+            # self.idle: readings stay on cadence while the board waits for approval.
+            creds = provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca],
+                                          self.idle).obtain()
             provision.save_credentials(self.cfg.provisioning.credentials, creds)
         except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
             # OSError: the link broke mid-exchange (reset, read timeout); ask again later.

@@ -28,6 +28,7 @@ from securenode.provision_codec import (MAX_BEACON_BYTES, ProvisionError, beacon
                                         comparison_code, parse_outcome)
 
 _NONCE_BYTES = const(16)
+_LISTEN_SLICE_MS = const(100)
 
 
 def load_credentials(path):
@@ -62,8 +63,13 @@ def forget_credentials(path):
 
 
 class Provisioner:
-    def __init__(self, cfg, ca_ders):
+    """``idle(ms)``: how to wait between polls (the app takes readings meanwhile); by
+    default a plain sleep. Each blocking step (one poll: TCP, TLS, one exchange) is bounded
+    by the configured timeouts, so at most one reading slot falls in it."""
+
+    def __init__(self, cfg, ca_ders, idle=None):
         self.cfg = cfg
+        self._idle = idle or time.sleep_ms
         self.p = cfg.provisioning
         self.ca_ders = ca_ders
         self.host = self.p.host
@@ -103,7 +109,7 @@ class Provisioner:
         wait_ms = self.p.wait_s * 1000
         delay = self.p.poll_min_ms
         while True:
-            time.sleep_ms(delay)
+            self._idle(delay)
             try:
                 status, body = self._call("/v1/auth/request/%d" % request_id,
                                           {"device_id": self.cfg.device_id, "nonce": nonce_hex})
@@ -150,11 +156,13 @@ class Provisioner:
                     raise ProvisionError("provision_discovery", "udp:%d" % self.p.beacon_port,
                                          "no beacon for the pinned CA within %d ms"
                                          % self.p.beacon_wait_ms)
-                listener.settimeout(left / 1000)
+                # Listen in slices, so that readings due meanwhile are taken between them.
+                listener.settimeout(min(left, _LISTEN_SLICE_MS) / 1000)
                 try:
                     data, addr = listener.recvfrom(MAX_BEACON_BYTES + 1)
                 except OSError as exc:
                     if net.is_timeout(exc):
+                        self._idle(0)
                         continue
                     raise
                 port = beacon_port(data, pinned)

@@ -6,6 +6,9 @@ and returns it; every board started is stopped at the end of the test.
 """
 import json
 import os
+import select
+import threading
+import tty
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +50,28 @@ def run_board_tool(*args, timeout=60, cwd=REPO, input_text=None):
     return subprocess.run([sys.executable, str(BOARD_PY)] + [str(a) for a in args],
                           capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
                           input=input_text)
+
+
+@pytest.fixture
+def garbage_port():
+    """A pty whose far end answers every write with noise, as a GPS or a crashed board would."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+
+    def babble():
+        while not stop.is_set():
+            ready, _, _ = select.select([master], [], [], 0.05)
+            if ready:
+                try:
+                    os.read(master, 1024)
+                    os.write(master, b"\xff$GPGGA,garbage\x00\r\n")
+                except OSError:
+                    return
+    thread = threading.Thread(target=babble, daemon=True)
+    thread.start()
+    yield os.ttyname(slave)
+    stop.set()
+    thread.join(2)
+    os.close(master)
+    os.close(slave)

@@ -4,12 +4,11 @@ import json
 import os
 import re
 import select
-import threading
 import time
 
 import pytest
 
-from board_fixtures import REPO, run_board_tool, vboard  # noqa: F401 (fixture)
+from board_fixtures import REPO, garbage_port, run_board_tool, vboard  # noqa: F401 (fixtures)
 
 DEVICE = "node-1"
 
@@ -248,32 +247,6 @@ def test_missing_port_is_one_line_naming_it(device_dir):
 def test_no_port_given_and_none_detected(device_dir):
     r = run_board_tool("deploy", "--dir", device_dir)
     _one_line_error(r, "no board found", "--port")
-
-
-@pytest.fixture
-def garbage_port():
-    """A pty whose far end answers every write with noise, as a GPS or a crashed board would."""
-    master, slave = os.openpty()
-    import tty
-    tty.setraw(slave)
-    stop = threading.Event()
-
-    def babble():
-        while not stop.is_set():
-            ready, _, _ = select.select([master], [], [], 0.05)
-            if ready:
-                try:
-                    os.read(master, 1024)
-                    os.write(master, b"\xff$GPGGA,garbage\x00\r\n")
-                except OSError:
-                    return
-    thread = threading.Thread(target=babble, daemon=True)
-    thread.start()
-    yield os.ttyname(slave)
-    stop.set()
-    thread.join(2)
-    os.close(master)
-    os.close(slave)
 
 
 def test_a_port_that_answers_garbage_is_refused(garbage_port, device_dir):

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def cmd_flash(args):
     from tools.boardtool import flash
-    flash.flash(args.image, ports.choose(args.port), args.chip)
+    flash.flash(args.image, ports.choose(args.port), args.chip, no_stub=args.no_stub,
+                no_reset=args.no_reset)
     return 0
 
 
@@ -83,6 +84,11 @@ def parser():
     p.add_argument("image", help="the .bin from micropython.org/download (1.23 or later)")
     p.add_argument("--chip", default="auto",
                    choices=("auto", "esp32", "esp32s3", "esp32c3", "esp8266"))
+    p.add_argument("--no-stub", action="store_true",
+                   help="talk to the ROM loader only (no whole-chip erase; no verify on ESP8266)")
+    p.add_argument("--no-reset", action="store_true",
+                   help="leave DTR/RTS alone: put the board in download mode by hand (hold "
+                        "BOOT, tap EN); also for pseudo-terminals")
 
     p = command("deploy", "copy the firmware (.mpy), config.json and DER files; only changes")
     p.add_argument("--dir", default=DEFAULT_DIR, help="device directory (default %(default)s)")

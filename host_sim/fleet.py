@@ -113,9 +113,11 @@ class BoardProcess:
             try:
                 event = json.loads(line)
             except ValueError:
+                event = None
+            if not isinstance(event, dict):
                 event = {"event": "console", "text": line}
             self.events.append(event)
-            if self.verbose or event["event"] in ("error", "state", "tls_ok", "halted"):
+            if self.verbose or event.get("event") in ("error", "state", "tls_ok", "halted"):
                 print("  %-8s %s" % (self.device_id, _brief(event)), flush=True)
 
     def of(self, kind):

@@ -76,6 +76,20 @@ def test_duplicates_are_absorbed_and_counted_and_gaps_reported(store):
     assert store.seqs("b1") == [1, 2, 3, 6, 9]
 
 
+def test_an_unforeseen_failure_is_kept_as_a_reject_and_storage_goes_on(store, monkeypatch):
+    from tools import collector_store
+
+    real = collector_store.validate
+    monkeypatch.setattr(collector_store, "validate",
+                        lambda device, payload: {}["no such field"])  # a bug nobody foresaw
+    assert collector.handle_message(store, "mqtt", "devices/b1/readings", reading(1)) \
+        == "rejected"
+    monkeypatch.setattr(collector_store, "validate", real)
+    assert collector.handle_message(store, "mqtt", "devices/b1/readings", reading(2)) \
+        == "stored"
+    assert store.rejects()[0][3] == "unexpected KeyError: 'no such field'"
+
+
 def test_a_stale_status_never_lowers_the_dropped_count(store):
     collector.handle_message(store, "mqtt", "devices/b1/status", b'{"dropped":7}')
     collector.handle_message(store, "mqtt", "devices/b1/status", b'{"status":"offline"}')

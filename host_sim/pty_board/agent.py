@@ -5,9 +5,10 @@
 # as pyexec.c does on a board. A job on stdin is "<kind> <length>\n" + <length> bytes:
 #   x  raw REPL code (file input), s  one friendly-REPL entry ("single" input: echoes
 #   expression values), f  the name of a file to run if it exists (boot.py, main.py).
-# After a job, on stdout: MARK "1", the traceback if one was raised, MARK "2" (the server turns
-# them into the two \x04 of the raw REPL). MARK carries a per-boot nonce so ordinary
-# output cannot end a job by accident.
+# On stdout, around a job's own output: MARK "0" when it starts, MARK "1" when it ended, the
+# traceback if it raised, MARK "2" (the server turns 1 and 2 into the raw REPL's two \x04).
+# MARK is a per-boot nonce, so ordinary output cannot end a job by accident, and each mark
+# carries the job's number in 8 hex digits, so a mark repeated after a Ctrl-C is recognised.
 #
 # argv: agent.py FLASH_DIR NONCE [MODULE_DIR ...]
 import sys
@@ -18,23 +19,21 @@ _flash = sys.argv[1]
 _mark = b"\x00\x1e" + sys.argv[2].encode()
 _extra = sys.argv[3:]
 
-# The stand-ins' settings (host_sim/mp/port/_simboard.py) are read from a host path named in
-# the environment: import them while the host's filesystem is still at "/".
+# The stand-ins (machine, network, ntptime: C modules on a board) are imported now, while
+# the host's filesystem is still at "/", as a board has its built-ins before any code runs;
+# they read their settings (host_sim/mp/port/_simboard.py) from a host path.
 sys.path[:] = _extra
-try:
-    import _simboard  # noqa: F401
-except ImportError:
-    pass
+for _d in _extra:
+    for _name in sorted(os.listdir(_d)):
+        if _name.endswith(".py"):
+            __import__(_name[:-3])
 
-# The flash directory becomes "/", as a board's filesystem is (VfsPosix rooted there); the
-# machine/network/ntptime stand-ins are mounted under a directory a listing of "/" never shows.
+# The flash directory becomes "/", as a board's filesystem is (VfsPosix rooted there), and
+# sys.path is a board's: cwd, frozen modules, /lib. Nothing of the host shows.
 vfs.umount("/")
 vfs.mount(vfs.VfsPosix(_flash), "/")
-for _n in range(len(_extra)):
-    vfs.mount(vfs.VfsPosix(_extra[_n]), "/.sim%d" % _n)
 os.chdir("/")
-# A board's path: cwd, frozen modules, /lib; then the stand-ins (after, so flash wins).
-sys.path[:] = ["", ".frozen", "/lib"] + ["/.sim%d" % i for i in range(len(_extra))]
+sys.path[:] = ["", ".frozen", "/lib"]
 
 _in = sys.stdin.buffer
 _out = sys.stdout.buffer
@@ -81,23 +80,40 @@ def _run(kind, payload):
 
 
 def _serve():
+    seq = 0
     while True:
         try:
             kind, payload = _read_job()
         except KeyboardInterrupt:
-            # An interrupt that lands between jobs has nothing to stop.
+            # A Ctrl-C that came as the last job ended: nothing to stop (no byte was read).
             continue
+        seq += 1
+        tag = b"%08x" % seq
         failure = None
         try:
+            _out.write(_mark + b"0" + tag)  # started: from here a Ctrl-C lands in the job
             _run(kind, payload)
         except SystemExit:
             raise
         except BaseException as e:  # KeyboardInterrupt too: the board prints it and goes on
             failure = e
-        _out.write(_mark + b"1")
-        if failure is not None:
-            sys.print_exception(failure, sys.stdout)
-        _out.write(_mark + b"2")
+        # A late Ctrl-C may land anywhere below: retry the step it broke. A mark written twice
+        # carries the same job number, and the server takes each mark once.
+        step = 0
+        while step < 3:
+            try:
+                if step == 0:
+                    _out.write(_mark + b"1" + tag)
+                    step = 1
+                if step == 1:
+                    if failure is not None:
+                        sys.print_exception(failure, sys.stdout)
+                    step = 2
+                if step == 2:
+                    _out.write(_mark + b"2" + tag)
+                    step = 3
+            except KeyboardInterrupt:
+                pass
 
 
 _serve()

@@ -99,6 +99,8 @@ class VirtualBoard:
         self._child_out = bytearray()
         self._job = None             # (kind, then) while the interpreter is busy
         self._marks = 0
+        self._started = False
+        self._interrupt_on_start = False
         self._jobs = []              # queued (kind, payload, then)
         self._stop = threading.Event()
         self._thread = None
@@ -185,6 +187,9 @@ class VirtualBoard:
         kind, payload, then = self._jobs.pop(0)
         self._job = (kind, then)
         self._marks = 0
+        self._job_number = -1
+        self._started = False
+        self._interrupt_on_start = False
         try:
             self._child.stdin.write(b"%s %d\n" % (kind, len(payload)) + payload)
             self._child.stdin.flush()
@@ -241,11 +246,16 @@ class VirtualBoard:
                 return
 
     def _interrupt(self):
-        if self._child is not None and self._job is not None and self._marks == 0:
-            try:
-                os.kill(self._child.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        # Only once the agent said the job started: earlier, SIGINT would kill it mid-start.
+        if self._child is None or self._job is None or self._marks > 0:
+            return
+        if not self._started:
+            self._interrupt_on_start = True
+            return
+        try:
+            os.kill(self._child.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
 
     def _raw_byte(self, c):
         line = self._line
@@ -402,35 +412,45 @@ class VirtualBoard:
         # Cook \n to \r\n as a board's stdout does; turn job marks into the REPL's framing.
         buf = self._child_out
         buf += data
+        whole = len(self._mark) + 1 + 8      # mark, which (0/1/2), job number
         while buf:
             at = buf.find(self._mark)
             if at < 0:
                 # Keep a tail that could be the start of a mark split across reads.
                 keep = 0
-                for k in range(min(len(self._mark) + 1, len(buf)), 0, -1):
+                for k in range(min(len(self._mark), len(buf)), 0, -1):
                     if self._mark.startswith(bytes(buf[-k:])):
                         keep = k
                         break
                 self._send_cooked(bytes(buf[:len(buf) - keep]))
                 del buf[:len(buf) - keep]
                 return
-            if len(buf) < at + len(self._mark) + 1:
-                self._send_cooked(bytes(buf[:at]))
-                del buf[:at]
-                return
             self._send_cooked(bytes(buf[:at]))
-            which = buf[at + len(self._mark)]
-            del buf[:at + len(self._mark) + 1]
-            self._on_mark(which)
+            del buf[:at]
+            if len(buf) < whole:
+                return
+            which = buf[len(self._mark)]
+            number = int(bytes(buf[len(self._mark) + 1:whole]), 16)
+            del buf[:whole]
+            self._on_mark(which, number)
 
     def _send_cooked(self, data):
         if data:
             self._send(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
 
-    def _on_mark(self, which):
+    def _on_mark(self, which, number):
         if self._job is None:
             return
-        self._marks += 1
+        if which == ord("0"):
+            self._job_number = number
+            self._started = True
+            if self._interrupt_on_start:
+                self._interrupt_on_start = False
+                self._interrupt()
+            return
+        if number != self._job_number or which - ord("0") <= self._marks:
+            return  # repeated after a late Ctrl-C: already taken
+        self._marks = which - ord("0")
         if self._job[0] == b"x" and self._mode in (RAW, RAW_PASTE):
             self._send(b"\x04")
         if which == ord("2"):

@@ -60,6 +60,9 @@ class Node:
                                       s.volts_min, s.volts_max, s.hz_min, s.hz_max)
 
     def go(self, event):
+        # A state change is rare and the next step loads modules or opens a connection:
+        # collect now, while little is live, so what it allocates lands in an unfragmented heap.
+        gc.collect()
         previous = self.state
         self.state = states.next_state(previous, event)
         emit("state", state=states.state_name(self.state), previous=states.state_name(previous))

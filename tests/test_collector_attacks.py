@@ -348,6 +348,26 @@ def test_jsonl_poison_is_nacked_kept_and_the_connection_goes_on(line, reason, tm
         col.stop()
 
 
+def test_a_dead_database_behind_the_jsonl_listener_ends_the_collector_unacked(tmp_path, pki):
+    pg = Postgres().start()
+    col = CollectorProcess(pg.url, pki, jsonl=True).start()
+    try:
+        assert _send_reading(pki, col.jsonl_port, "jsonl-pg", 1)[0] == {"ack": 1}
+        pg.pause()
+        with _tls_client(pki, col.jsonl_port, "jsonl-pg") as tls:
+            f = tls.makefile("rwb")
+            f.write(reading("jsonl-pg", 2) + b"\n")
+            f.flush()
+            assert f.readline() == b"", "a reading the database never took was answered"
+        code = col.proc.wait(30)
+        err = col.proc.stderr.read().strip()
+        assert code == 1 and len(err.splitlines()) == 1, err
+        assert err.startswith("collector: JSON-lines listener: storage failed: "), err
+    finally:
+        col.stop()
+        pg.stop()
+
+
 # --- careless command lines: one line, no traceback ---------------------------------------
 
 def _collector_cli(*argv):

@@ -17,7 +17,7 @@ SIM_TRANSPORT ?= mqtts
 RUNTIME ?= micropython
 SIM_BOARD ?= esp32-spiram
 
-.PHONY: all deps sim test bench certs system-packages chaos clean
+.PHONY: all deps sim test bench certs system-packages chaos clean flash deploy monitor repl
 
 all: deps
 
@@ -77,6 +77,27 @@ bench: deps
 # tests/bench/results/.
 chaos: deps
 	SECURENODE_CHAOS_FULL=1 $(PY) -m pytest -n 1 -s tests/test_outbox_chaos.py tests/test_mqtt_qos1.py
+
+# A board on USB (tools/board.py; README "On a real board"). PORT=/dev/ttyUSB0 picks the port,
+# otherwise the one board with a known USB serial bridge is used; DEVICE is the directory that
+# `tools/board.py enroll` and `config` filled (config.json, DER files: git ignores it).
+BOARD := $(PY) tools/board.py
+BOARD_PORT = $(if $(PORT),--port $(PORT))
+DEVICE ?= device
+
+flash: $(STAMP)
+	@[ -n "$(IMAGE)" ] || { echo "usage: make flash IMAGE=ESP32_GENERIC-<date>-v1.25.0.bin [PORT=...]"; exit 2; }
+	$(BOARD) flash $(IMAGE) $(BOARD_PORT)
+
+deploy: $(STAMP)
+	$(BOARD) deploy $(BOARD_PORT) --dir $(DEVICE)
+
+# Soft-resets the board first, so its run is seen from the boot event on.
+monitor: $(STAMP)
+	$(BOARD) monitor $(BOARD_PORT) --reset
+
+repl: $(STAMP)
+	$(BOARD) repl $(BOARD_PORT)
 
 clean:
 	rm -rf .sim .pytest_cache

@@ -34,7 +34,7 @@ def cmd_config(args):
 def cmd_enroll(args):
     from tools.boardtool import setup
     kwargs = {"certs_dir": args.certs} if args.certs else {}
-    setup.enroll(args.device_id, args.dir, **kwargs)
+    setup.enroll(args.device_id, args.dir, rsa=args.rsa, **kwargs)
     return 0
 
 
@@ -110,6 +110,7 @@ def parser():
     p.add_argument("device_id")
     p.add_argument("--dir", default=DEFAULT_DIR)
     p.add_argument("--certs", help="CA directory (default: the repo's certs/)")
+    p.add_argument("--rsa", action="store_true", help="RSA 2048 key (default ECDSA P-256)")
 
     p = command("monitor", "show the board's events; exits 1 when it halts with a failure")
     p.add_argument("--json", action="store_true", help="print the events as JSON lines")

@@ -18,8 +18,10 @@ DEVICE_KEY = "device.key.der"
 ROOT = "ca.der"
 
 
-def enroll(device_id, directory, certs_dir=certs.DEFAULT_DIR, say=print):
+def enroll(device_id, directory, certs_dir=certs.DEFAULT_DIR, rsa=False, say=print):
     """Make the device's key and certificate with tools/certs.py; copy them and the root.
+
+    rsa: RSA 2048 instead of ECDSA P-256, for a TLS stack without EC (older ESP8266 builds).
 
     >>> enroll("node-1", "device")      # device/device.crt.der, device.key.der, ca.der
     """
@@ -29,7 +31,7 @@ def enroll(device_id, directory, certs_dir=certs.DEFAULT_DIR, say=print):
         raise BoardToolError("%s: no CA yet (run `make certs` or `tools/certs.py init-ca`)"
                              % (certs_dir / "ca.der"), EXIT_USAGE)
     try:
-        issued = certs.make_device(certs_dir, device_id)
+        issued = certs.make_device(certs_dir, device_id, rsa=rsa)
     except certs.CertError as e:
         raise BoardToolError(str(e), EXIT_USAGE)
     directory.mkdir(parents=True, exist_ok=True)

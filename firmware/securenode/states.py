@@ -44,34 +44,33 @@ EVENT_NAMES = ("start", "wifi_up", "wifi_failed", "time_synced", "time_failed", 
                "connect_failed", "link_lost", "backoff_done", "fatal", "stop",
                "need_provision", "provisioned", "provision_failed")
 
-_NO = const(-1)
-
-# _TABLE[state][event] -> next state, _NO where the event is illegal there.
+# _TABLE[state * _EVENTS + event] is the next state's digit, "." where the event is illegal
+# there: one bytes constant (indexing it allocates nothing) instead of a tuple of tuples,
+# which cost ~4 KB of heap on the board.
 # Columns: START WIFI_UP WIFI_FAILED TIME_SYNCED TIME_FAILED CONNECTED
 #          CONNECT_FAILED LINK_LOST BACKOFF_DONE FATAL STOP
 #          NEED_PROVISION PROVISIONED PROVISION_FAILED
+_EVENTS = const(14)
+_NO = const(46)  # ord(".")
 _TABLE = (
     # OFFLINE
-    (JOINING, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, HALTED, HALTED, _NO, _NO, _NO),
+    b"1........66..."
     # JOINING
-    (_NO, SYNCING, BACKOFF, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED, _NO, _NO, _NO),
+    b".25....5.66..."
     # SYNCING: without NTP, still try: an RTC kept across resets may be right, and if it
     # is not, TLS fails with "clock unset" and the next round syncs again.
-    (_NO, _NO, _NO, CONNECTING, CONNECTING, _NO, _NO, BACKOFF, _NO, HALTED, HALTED,
-     _NO, _NO, _NO),
+    b"...33..5.66..."
     # CONNECTING
-    (_NO, _NO, _NO, _NO, _NO, ONLINE, BACKOFF, BACKOFF, _NO, HALTED, HALTED,
-     PROVISIONING, _NO, _NO),
+    b".....455.667.."
     # ONLINE
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED, _NO, _NO, _NO),
+    b".......5.66..."
     # BACKOFF
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, JOINING, HALTED, HALTED, _NO, _NO, _NO),
+    b"........166..."
     # HALTED: final; nothing leaves it.
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO, _NO),
+    b".............."
     # PROVISIONING: credentials go back to CONNECTING; a refusal or silence backs off and
     # the board asks again from JOINING.
-    (_NO, _NO, _NO, _NO, _NO, _NO, _NO, BACKOFF, _NO, HALTED, HALTED,
-     _NO, CONNECTING, BACKOFF),
+    b".......5.66.35"
 )
 
 # 2**31 ms is ~25 days: beyond any sane max_ms, and keeps the doubling bounded.
@@ -99,10 +98,10 @@ def next_state(state, event):
     Traceback (most recent call last):
     StateError: illegal transition: online on time_synced
     """
-    if 0 <= state < len(_TABLE) and 0 <= event < len(EVENT_NAMES):
-        nxt = _TABLE[state][event]
+    if 0 <= state < len(STATE_NAMES) and 0 <= event < _EVENTS:
+        nxt = _TABLE[state * _EVENTS + event]
         if nxt != _NO:
-            return nxt
+            return nxt - 48  # ord("0")
     raise StateError(state, event)
 
 

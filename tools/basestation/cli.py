@@ -21,8 +21,9 @@ import time
 
 from .broker import MosquittoPasswords, revoke
 from .page import utc
-from .server import (HANDSHAKE_TIMEOUT_S, MAX_CONNECTIONS, MAX_PER_SOURCE, REQUEST_DEADLINE_S,
-                     BaseStation, Limits)
+from .frontend import (HANDSHAKE_TIMEOUT_S, MAX_CONNECTIONS, MAX_PER_SOURCE, REQUEST_DEADLINE_S,
+                       WORKERS, Limits)
+from .server import BaseStation
 from .store import EXIT_OK, EXIT_USAGE, RELEASE_WINDOW_S, BaseStationError, Store
 
 DESCRIPTION = "SecureNode base station: a person approves a board, the board gets its MQTT " \
@@ -49,7 +50,7 @@ def cmd_serve(args, store):
     passwords.reserved_ids()   # an unreadable ACL is a mistake to report now, not at approval
     beacon = (args.beacon_addr, args.beacon_port) if args.beacon_port else None
     limits = Limits(max_connections=args.max_connections, max_per_source=args.max_per_source,
-                    handshake_timeout_s=args.handshake_timeout,
+                    workers=args.workers, handshake_timeout_s=args.handshake_timeout,
                     request_deadline_s=args.request_deadline)
     try:
         station = BaseStation(args.state, args.cert, args.key, args.ca,
@@ -204,7 +205,9 @@ def build_parser():
     s.add_argument("--beacon-addr", default="255.255.255.255")
     s.add_argument("--beacon-interval", type=_seconds, default=5.0, help="seconds")
     s.add_argument("--max-connections", type=_count, default=MAX_CONNECTIONS,
-                   help="connections served at once (worker threads; default %(default)s)")
+                   help="connections open at once (default %(default)s)")
+    s.add_argument("--workers", type=_count, default=WORKERS,
+                   help="threads that answer complete requests (default %(default)s)")
     s.add_argument("--max-per-source", type=_count, default=MAX_PER_SOURCE,
                    help="connections at once from one address (default %(default)s)")
     s.add_argument("--handshake-timeout", type=_seconds, default=HANDSHAKE_TIMEOUT_S,

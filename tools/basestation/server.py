@@ -1,15 +1,11 @@
 """The base station's HTTPS service (device API + operator page) and its UDP beacon.
 
-Anyone on the LAN can reach it, so everything a client can make it spend is bounded:
+Connections are the front end's job (frontend.py: caps, handshake timeout, whole-request
+deadline, no thread for a client until its request is complete). Here: the routes, and the
+bound on password guessing:
 
-- connections: a fixed pool of worker threads (``max_connections``), at most
-  ``max_per_source`` at once from one address; a connection over either cap is closed at
-  once, before its TLS handshake, and costs no thread;
-- time: the TLS handshake must finish within ``handshake_timeout_s`` and the whole request
-  (handshake, head, body, answer) within ``request_deadline_s``; a watchdog shuts down a
-  socket that overstays, so a body sent one byte every 8 s ends at the deadline;
-- operator logins: at most ``LOGIN_CONCURRENCY`` scrypt checks at once (16 MiB each), one
-  attempt in flight per address, and after each wrong password that address waits
+- at most ``LOGIN_CONCURRENCY`` scrypt checks at once (16 MiB each), on threads of their
+  own, one attempt in flight per address, and after each wrong password that address waits
   1, 2, 4 ... 60 s before its next guess is even checked.
 
     with BaseStation(state_dir, chain_pem, key_pem, ca_der, mqtt=("127.0.0.1", 8884,
@@ -17,10 +13,10 @@ Anyone on the LAN can reach it, so everything a client can make it spend is boun
         bs.port      # HTTPS on 127.0.0.1
 """
 
-import collections
 import concurrent.futures
 import hmac
 import http.server
+import io
 import json
 import logging
 import re
@@ -32,16 +28,13 @@ import urllib.parse
 from pathlib import Path
 
 from . import page
+from .frontend import Frontend, Limits
 from .store import (RELEASE_WINDOW_S, SESSION_TTL_S, BaseStationError, Store, comparison_code,
                     sha256_hex)
 
 MAX_BODY_BYTES = 4096
 BEACON_SERVICE = "securenode-base"
 SESSION_COOKIE = "bs_session"
-MAX_CONNECTIONS = 64         # worker threads, and connections served at once
-MAX_PER_SOURCE = 8           # a browser opens up to 6 to one host
-HANDSHAKE_TIMEOUT_S = 5.0
-REQUEST_DEADLINE_S = 10.0
 LOGIN_CONCURRENCY = 2        # scrypt n=2**14, r=8 takes 16 MiB per check
 LOGIN_DELAY_S = 1.0          # after a wrong password; doubles per further failure
 LOGIN_MAX_DELAY_S = 60.0
@@ -54,20 +47,6 @@ _LENGTH_RE = re.compile(r"[0-9]{1,9}\Z")
 _POLL_PATH_RE = re.compile(r"/v1/auth/request/([0-9]{1,12})\Z")
 
 log = logging.getLogger("basestation")
-
-
-class Limits:
-    """What one client may cost the service; defaults above, overridable per instance."""
-
-    def __init__(self, max_connections=MAX_CONNECTIONS, max_per_source=MAX_PER_SOURCE,
-                 handshake_timeout_s=HANDSHAKE_TIMEOUT_S, request_deadline_s=REQUEST_DEADLINE_S,
-                 login_concurrency=LOGIN_CONCURRENCY, login_delay_s=LOGIN_DELAY_S):
-        self.max_connections = max_connections
-        self.max_per_source = max_per_source
-        self.handshake_timeout_s = handshake_timeout_s
-        self.request_deadline_s = request_deadline_s
-        self.login_concurrency = login_concurrency
-        self.login_delay_s = login_delay_s
 
 
 def _first_cert_der(chain_pem):
@@ -152,163 +131,6 @@ class LoginGuard:
             del self._sources[ip]
 
 
-class _Conn:
-    __slots__ = ("fd", "ip", "handshake_by", "deadline", "tls", "expired")
-
-    def __init__(self, sock, ip, limits, now):
-        self.fd = sock.fileno()
-        self.ip = ip
-        self.handshake_by = now + limits.handshake_timeout_s
-        self.deadline = now + limits.request_deadline_s
-        self.tls = False
-        self.expired = None
-
-
-class _Server(http.server.HTTPServer):
-    """HTTPServer with a bounded worker pool instead of a thread per connection."""
-
-    request_queue_size = 128     # the accept loop drains it fast: over-cap sockets just close
-
-    def __init__(self, address, handler, station, limits):
-        self.station = station
-        self.limits = limits
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=limits.max_connections, thread_name_prefix="basestation-conn")
-        self._lock = threading.Lock()
-        self._conns = {}
-        self._per_source = collections.Counter()
-        self._refused = 0
-        self._stop = threading.Event()
-        super().__init__(address, handler)
-        self._watchdog = threading.Thread(target=self._watch, name="basestation-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
-
-    def process_request(self, request, client_address):
-        ip = client_address[0]
-        conn = None
-        with self._lock:
-            if (len(self._conns) < self.limits.max_connections
-                    and self._per_source[ip] < self.limits.max_per_source):
-                conn = _Conn(request, ip, self.limits, time.monotonic())
-                self._conns[conn.fd] = conn
-                self._per_source[ip] += 1
-            else:
-                self._refused += 1
-        if conn is None:
-            request.close()
-            return
-        try:
-            self._pool.submit(self._serve, request, client_address, conn)
-        except RuntimeError:         # the pool is shut down: we are stopping
-            self._forget(conn)
-            request.close()
-
-    def _serve(self, request, client_address, conn):
-        ip = client_address[0]
-        tls = None
-        try:
-            request.settimeout(self.limits.handshake_timeout_s)
-            try:
-                tls = self.station.ctx.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError) as exc:
-                if isinstance(exc, TimeoutError) and not conn.expired:
-                    conn.expired = "no TLS handshake within %g s" % (
-                        self.limits.handshake_timeout_s)
-                log.info("TLS handshake with %s failed: %s", ip, conn.expired or _reason(exc))
-                return
-            conn.tls = True
-            tls.settimeout(self.limits.request_deadline_s)
-            self.RequestHandlerClass(tls, client_address, self)
-        except (ssl.SSLError, OSError) as exc:
-            # A client that goes away mid-request is normal on a LAN: one line, no traceback.
-            log.info("connection from %s ended mid-request: %s", ip,
-                     conn.expired or _reason(exc))
-        except Exception as exc:     # a bug, not the client's doing: say so once
-            log.error("request from %s failed: %s: %s", ip, type(exc).__name__, exc)
-            log.debug("request from %s failed", ip, exc_info=True)
-        finally:
-            self._forget(conn)
-            try:
-                (tls or request).close()
-            except OSError:
-                pass
-
-    def _forget(self, conn):
-        # Under the lock, so the watchdog never shuts down an fd after it was closed.
-        with self._lock:
-            if self._conns.pop(conn.fd, None) is conn:
-                self._per_source[conn.ip] -= 1
-                if not self._per_source[conn.ip]:
-                    del self._per_source[conn.ip]
-
-    def _watch(self):
-        refused, next_report = 0, 0.0
-        while not self._stop.wait(0.2):
-            now = time.monotonic()
-            with self._lock:
-                for conn in self._conns.values():
-                    if conn.expired:
-                        continue
-                    if not conn.tls and now > conn.handshake_by:
-                        conn.expired = "no TLS handshake within %g s" % (
-                            self.limits.handshake_timeout_s)
-                    elif now > conn.deadline:
-                        conn.expired = "request not done within %g s" % (
-                            self.limits.request_deadline_s)
-                    else:
-                        continue
-                    _shutdown_fd(conn.fd)
-                refused += self._refused
-                self._refused = 0
-                busy = len(self._conns)
-            if refused and now >= next_report:
-                # One line per 5 s at most, however hard the flood.
-                log.warning("refused %d connections over the caps (%d at once, %d per "
-                            "address); %d open", refused, self.limits.max_connections,
-                            self.limits.max_per_source, busy)
-                refused, next_report = 0, now + 5
-
-    def counts(self):
-        """(connections open, addresses with one open): for tests and the bench."""
-        with self._lock:
-            return len(self._conns), len(self._per_source)
-
-    def server_close(self):
-        self._stop.set()
-        super().server_close()
-        with self._lock:
-            for conn in self._conns.values():
-                _shutdown_fd(conn.fd)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._watchdog.join(timeout=5)
-
-
-def _shutdown_fd(fd):
-    # shutdown() acts on the connection, which a dup shares; the dup is then closed. The
-    # worker still owns (and closes) the original fd, whose reads now return at once.
-    try:
-        dup = socket.socket(fileno=socket.dup(fd))
-    except OSError:
-        return
-    try:
-        dup.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        dup.close()
-
-
-def _reason(exc):
-    if isinstance(exc, ssl.SSLEOFError):
-        return "the client closed the connection without a TLS close_notify"
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or exc.__class__.__name__
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return exc.strerror or exc.__class__.__name__
-
-
 class BaseStation:
     """The HTTPS service (device API + operator page) and the UDP beacon."""
 
@@ -327,7 +149,8 @@ class BaseStation:
         self.login_guard = LoginGuard(self.limits.login_concurrency, self.limits.login_delay_s)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(str(chain_pem), str(key_pem))
-        self.server = _Server((bind, port), _Handler, self, self.limits)
+        self.server = Frontend((bind, port), self.ctx, self.limits,
+                               lambda request, addr: _Handler(request, addr, self))
         self.port = self.server.server_address[1]
         self._threads = []
         self._stop = threading.Event()
@@ -434,6 +257,23 @@ class BaseStation:
         return (200, {"status": "confirmed"}) if ok else (404, {"status": "unknown"})
 
 
+class _SendAll:
+    """The handler's wfile: each write goes out whole (sendall), within the socket timeout."""
+
+    def __init__(self, sock):
+        self.sock, self.closed = sock, False
+
+    def write(self, data):
+        self.sock.sendall(data)
+        return len(data)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "securenode-basestation"
     sys_version = ""
@@ -444,7 +284,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     @property
     def station(self):
-        return self.server.station
+        return self.server
+
+    def setup(self):
+        # The front end has read the whole request already; only the answer goes out.
+        self.connection = self.request.sock
+        self.rfile = io.BytesIO(self.request.data)
+        self.wfile = _SendAll(self.connection)
 
     # --- plumbing ---------------------------------------------------------------------
     def _body(self):

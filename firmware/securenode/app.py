@@ -420,6 +420,14 @@ def main(config_path="config.json"):
         error("config", str(exc))
         emit("halted", reason="config")
         return 1
+    try:
+        node = Node(cfg, cause, last_crash)
+    except sensor.SensorError as exc:
+        # A sample setting this board cannot honour (e.g. an ADC pin it lacks): a config
+        # error, said once, not a crash to reset from (and before the watchdog starts).
+        error("config", str(exc))
+        emit("halted", reason="config")
+        return 1
     timeout_ms = watchdog.start(watchdog.timeout_for(cfg))
     emit("watchdog", timeout_ms=timeout_ms)
-    return Node(cfg, cause, last_crash).run()
+    return node.run()

@@ -18,7 +18,26 @@ _MAX_LATE_US = const(1000)
 
 
 class SensorError(Exception):
-    """The sampler cannot be set up as asked (bad sample count or window)."""
+    """The sampler cannot be set up as asked (bad sample count, window or ADC pin)."""
+
+
+def _open_adc(machine, adc_pin):
+    # Feature test: an ADC class with attenuation constants is the ESP32's, which takes a
+    # Pin (ports/esp32/machine_adc.c) and reads only ~0-1.1 V at its default 0 dB: 11 dB
+    # spans the pin's full range. The ESP8266's has no constants and takes an integer
+    # channel, ADC(0) for the TOUT pin; a Pin there is a TypeError (ports/esp8266/
+    # machine_adc.c, mp_obj_get_int).
+    atten = getattr(machine.ADC, "ATTN_11DB", None)
+    try:
+        if atten is None:
+            return machine.ADC(adc_pin)
+        adc = machine.ADC(machine.Pin(adc_pin))
+    except ValueError as exc:
+        raise SensorError("sample.adc_pin %d: this board has no ADC there (%s)%s"
+                          % (adc_pin, exc, "" if atten is not None else
+                             "; an ESP8266 reads channel 0 (the TOUT pin)"))
+    adc.atten(atten)
+    return adc
 
 
 class Sampler:
@@ -37,12 +56,7 @@ class Sampler:
         # touches hardware (and pure tests can import it without a board).
         import machine
 
-        adc = machine.ADC(machine.Pin(adc_pin))
-        # ESP32's default 0 dB attenuation reads only ~0-1.1 V; 11 dB spans the
-        # pin's full range. ESP8266 has no attenuation control (feature test).
-        atten = getattr(machine.ADC, "ATTN_11DB", None)
-        if atten is not None and hasattr(adc, "atten"):
-            adc.atten(atten)
+        adc = _open_adc(machine, adc_pin)
         self._read_u16 = adc.read_u16
         self._values = array("H", bytes(2 * samples))
         self._t_us = array("I", bytes(4 * samples))

@@ -47,7 +47,16 @@ def is_up():
 
 
 def join(ssid, key, timeout_ms):
-    """Associate with ``ssid`` and wait for an address; return the board's IP."""
+    """Associate with ``ssid`` and wait for an address; return the board's IP.
+
+    A port that names the failure (ESP8266: wrong password, no AP) is believed at once.
+    An ESP32 retries in the background and answers STAT_CONNECTING for a wrong key (and
+    before MicroPython 1.22 for a missing AP too), so at the deadline a scan tells the two
+    apart: the AP not seen means no_ap; seen but no address means most likely wrong_key.
+
+    >>> join("homenet", key, 10000)
+    '192.168.1.40'
+    """
     wlan = station()
     wlan.active(True)
     if wlan.isconnected():
@@ -63,6 +72,22 @@ def join(ssid, key, timeout_ms):
                             % (ssid, status))
         if time.ticks_diff(time.ticks_ms(), started) > timeout_ms:
             wlan.disconnect()
-            raise WifiError("timeout", "no address from %r within %d ms" % (ssid, timeout_ms))
+            raise _why_no_address(wlan, ssid, timeout_ms, status)
         time.sleep_ms(_POLL_MS)
     return wlan.ifconfig()[0]
+
+
+def _why_no_address(wlan, ssid, timeout_ms, status):
+    # Only after disconnect(): an ESP32 refuses to scan while it is still connecting
+    # (ESP_ERR_WIFI_STATE, "Wifi Internal State Error").
+    try:
+        seen = [ap[0] for ap in wlan.scan()]
+    except OSError as exc:
+        return WifiError("timeout", "no address from %r within %d ms (status %d); a scan to "
+                         "tell why failed (%s)" % (ssid, timeout_ms, status, exc))
+    if ssid.encode() not in seen:
+        return WifiError("no_ap", "access point %r not seen by a scan after %d ms without an "
+                         "address (switched off, out of range, or hidden)" % (ssid, timeout_ms))
+    return WifiError("wrong_key", "access point %r is in range (a scan sees it) but gave no "
+                     "address within %d ms: most likely a wrong key (or no DHCP answer); this "
+                     "port reports only 'connecting' (status %d)" % (ssid, timeout_ms, status))

@@ -14,6 +14,8 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
+# ESP8266 ADC(1): system_get_vdd33() in 1/1024 V; a 3.3 V supply reads about this.
+_VDD33 = 3379
 
 
 def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
@@ -56,25 +58,54 @@ def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
         def irq(self, *args, **kwargs):
             return None
 
-    class ADC:
-        ATTN_0DB = 0
-        ATTN_2_5DB = 1
-        ATTN_6DB = 2
-        ATTN_11DB = 3
-        WIDTH_9BIT = 0
-        WIDTH_10BIT = 1
-        WIDTH_11BIT = 2
-        WIDTH_12BIT = 3
+    # Pins with an ADC channel on an ESP32 (ports/esp32/machine_adc.c, madc_obj[] for
+    # CONFIG_IDF_TARGET_ESP32: ADC1 on GPIO 32-39, ADC2 on 0, 2, 4, 12-15, 25-27).
+    esp32_adc_pins = (36, 37, 38, 39, 32, 33, 34, 35, 4, 0, 2, 15, 13, 12, 14, 27, 25, 26)
 
-        def __init__(self, pin, atten=None):
-            self.pin = pin.id if isinstance(pin, Pin) else pin
-            if not esp32 and self.pin != 0:
-                raise ValueError("invalid pin")      # esp8266 has only ADC(0)
+    class ADC:
+        if esp32:
+            # Only the ESP32's ADC has these; ports/esp8266/machine_adc.c defines
+            # MICROPY_PY_MACHINE_ADC_CLASS_CONSTANTS empty ("no constants for this port").
+            ATTN_0DB = 0
+            ATTN_2_5DB = 1
+            ATTN_6DB = 2
+            ATTN_11DB = 3
+            WIDTH_9BIT = 0
+            WIDTH_10BIT = 1
+            WIDTH_11BIT = 2
+            WIDTH_12BIT = 3
+
+        def __init__(self, pin, *args, **kwargs):
+            if esp32:
+                # machine_pin_get_id(): a Pin, or an int taken as a GPIO number; then
+                # "invalid pin" unless that GPIO has an ADC channel.
+                gpio = pin.id if isinstance(pin, Pin) else pin
+                if type(gpio) is not int or gpio not in esp32_adc_pins:
+                    raise ValueError("invalid pin")
+                self.pin = gpio
+                self.vdd = False
+                return
+            # ESP8266: exactly one positional argument, converted by mp_obj_get_int (int or
+            # bool only: a Pin has no int conversion, so TypeError); channel 0 is the TOUT
+            # pin, 1 the supply voltage, others "ADC(%d) doesn't exist".
+            if args or kwargs:
+                raise TypeError("function takes 1 positional arguments but %d were given"
+                                % (1 + len(args) + len(kwargs)))
+            if type(pin) not in (int, bool):
+                raise TypeError("can't convert %s to int" % type(pin).__name__)
+            if pin not in (0, 1):
+                raise ValueError("ADC(%d) doesn't exist" % pin)
+            self.pin = int(pin)
+            self.vdd = pin == 1
 
         def read_u16(self):
+            if self.vdd:
+                return _VDD33 * 65535 // 1024   # as mp_machine_adc_read_u16 scales it
             return state.adc_u16()
 
         def read(self):
+            if self.vdd:
+                return _VDD33
             return state.adc_u16() >> (4 if esp32 else 6)
 
         if esp32:

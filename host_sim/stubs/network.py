@@ -22,11 +22,29 @@ _STATUS = {
 _BOARD_IP = "127.0.0.1"   # the board "is" the loopback host: it can reach only 127.x
 
 
+# ESP-IDF disconnect reasons (esp_wifi_types.h) the ESP32 stand-in produces.
+_REASON_ASSOC_LEAVE = 8         # after wlan.disconnect()
+_REASON_4WAY_HANDSHAKE_TIMEOUT = 15   # what a wrong WPA2 key usually gives (not AUTH_FAIL)
+_REASON_BEACON_TIMEOUT = 200    # the AP went away while associated
+_REASON_NO_AP_FOUND = 201
+
+
 class _Station:
-    """The STA interface's association state machine (one per board)."""
+    """The STA interface's association state machine (one per board).
+
+    ESP32 (ports/esp32/network_wlan.c, MicroPython 1.22 and later): the driver retries
+    forever by default (``reconnects`` unset), and status() reports STAT_NO_AP_FOUND (201)
+    after a failed attempt found no AP, but a wrong WPA2 key (disconnect reason 15, 4-way
+    handshake timeout; only 202/205 map to STAT_WRONG_PASSWORD) and a lost AP (200) show as
+    STAT_CONNECTING while the retries go on. Before 1.22 even a missing AP read
+    STAT_CONNECTING; the firmware must cope with both (securenode/wifi.py scans).
+    ESP8266 (ports/esp8266/network_wlan.c): status() is the SDK's station status, which
+    names STATION_WRONG_PASSWORD / NO_AP_FOUND / CONNECT_FAIL directly.
+    """
 
     def __init__(self, state):
         self.state = state
+        self.esp32 = state.port == "esp32"
         self.st = _STATUS[state.port]
         self.active = False
         self.ssid = None
@@ -34,6 +52,11 @@ class _Station:
         self.status = self.st["STAT_IDLE"]
         self._due_ns = 0          # when the pending connect attempt resolves
         self._lost = self.st.get("STAT_BEACON_TIMEOUT", self.st.get("STAT_CONNECT_FAIL"))
+        # ESP32 only: what network_wlan.c keeps (wifi_sta_connected, _connect_requested,
+        # _disconn_reason); status() is derived from them as the port does.
+        self.connected = False
+        self.requested = False
+        self.reason = 0
 
     def _latency_ns(self):
         return int(self.state.rng.uniform(0.1, 0.3) * 1e9)
@@ -42,10 +65,15 @@ class _Station:
         self.ssid, self.key = ssid, key
         self.status = self.st["STAT_CONNECTING"]
         self._due_ns = _time.monotonic_ns() + self._latency_ns()
+        self.connected = False
+        self.requested = True
 
     def disconnect(self):
         self.ssid = None
         self.status = self.st["STAT_IDLE"]
+        self.requested = False
+        self.connected = False
+        self.reason = _REASON_ASSOC_LEAVE
 
     def _verdict(self):
         air = self.state.air()
@@ -58,6 +86,8 @@ class _Station:
 
     def poll(self):
         """Advance the state machine against the current air; returns status()."""
+        if self.esp32:
+            return self._poll_esp32()
         if not self.active or self.ssid is None:
             return self.status
         got_ip = self.st["STAT_GOT_IP"]
@@ -69,11 +99,43 @@ class _Station:
             if self._verdict() != got_ip:
                 self.status = self._lost
         elif self.status == self._lost:
-            # The ports keep retrying a lost AP in the background.
+            # The SDK keeps retrying a lost AP in the background.
             if self._verdict() == got_ip:
                 self.status = self.st["STAT_CONNECTING"]
                 self._due_ns = now + self._latency_ns()
         return self.status
+
+    def _poll_esp32(self):
+        if self.active and self.requested:
+            now = _time.monotonic_ns()
+            verdict = self._verdict()
+            if self.connected:
+                if verdict != self.st["STAT_GOT_IP"]:
+                    # WIFI_EVENT_STA_DISCONNECTED: the handler retries (reconnects unset).
+                    self.connected = False
+                    self.reason = _REASON_BEACON_TIMEOUT
+                    self._due_ns = now + self._latency_ns()
+            elif now >= self._due_ns:
+                # One connect attempt resolved; on failure the next one starts at once.
+                if verdict == self.st["STAT_GOT_IP"]:
+                    self.connected = True
+                    self.reason = 0
+                else:
+                    self.reason = (_REASON_NO_AP_FOUND if verdict == self.st["STAT_NO_AP_FOUND"]
+                                   else _REASON_4WAY_HANDSHAKE_TIMEOUT)
+                    self._due_ns = now + self._latency_ns()
+        # network_wlan_status(), in the port's order.
+        if self.connected:
+            return self.st["STAT_GOT_IP"]
+        if self.reason == _REASON_NO_AP_FOUND:
+            return self.st["STAT_NO_AP_FOUND"]
+        if self.reason == _REASON_ASSOC_LEAVE:
+            return self.st["STAT_IDLE"]
+        if self.requested:
+            return self.st["STAT_CONNECTING"]
+        if self.reason == 0:
+            return self.st["STAT_IDLE"]
+        return self.reason
 
     def has_ip(self):
         return self.poll() == self.st["STAT_GOT_IP"]
@@ -150,7 +212,12 @@ def make_module(state):
             raise ValueError("unknown config param")
 
         def scan(self):
-            aps = state.air().get("aps", {})
+            if station.esp32 and station.requested and not station.connected:
+                # esp_wifi_scan_start() refuses while the station is connecting
+                # (ESP_ERR_WIFI_STATE), raised by ports/esp32/network_common.c as this.
+                raise OSError("Wifi Internal State Error")
+            air = state.air()
+            aps = air.get("aps", {}) if air.get("link", "up") != "down" else {}
             return [(name.encode(), b"\x00" * 6, 1, -55, 3, False)
                     for name, ap in aps.items() if ap.get("up", True)]
 

@@ -377,3 +377,9 @@ def test_utf8_checked_in_pieces_agrees_with_the_whole(data, cuts):
         if state >= 0:
             state = wf.utf8_step(data[a:b], state)
     assert (state == 0) == wf.utf8_valid(data)
+
+
+def test_docstring_examples_run():
+    import doctest
+    failures, tried = doctest.testmod(wf, verbose=False)
+    assert tried >= 15 and failures == 0

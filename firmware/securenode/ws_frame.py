@@ -123,7 +123,7 @@ def header_length(byte1):
 def announced_length(buf):
     """The payload length a complete frame header announces, unchecked.
 
-    >>> announced_length(b"\x82\x7e\x01\x00")
+    >>> announced_length(b"\\x82\\x7e\\x01\\x00")
     256
     """
     n = buf[1] & 0x7F
@@ -199,8 +199,8 @@ def utf8_step(data, state=0):
     Lets a fragmented text message be judged fragment by fragment (RFC 6455 8.1: fail
     fast), a character may span fragments. No overlongs, surrogates or > U+10FFFF.
 
-    >>> state = utf8_step(b"\xf0\x9f")
-    >>> state > 0, utf8_step(b"\x98\x80", state), utf8_step(b"\xc3\x28")
+    >>> state = utf8_step(b"\\xf0\\x9f")
+    >>> state > 0, utf8_step(b"\\x98\\x80", state), utf8_step(b"\\xc3\\x28")
     (True, 0, -1)
     """
     # state: continuation bytes still due (bits 16+), the range the next one must lie in
@@ -237,7 +237,7 @@ def utf8_valid(data):
 
     Checked here, byte by byte, because ports differ in what ``str(b, "utf-8")`` accepts.
 
-    >>> utf8_valid(b"\xce\xba"), utf8_valid(b"\xed\xa0\x80")
+    >>> utf8_valid(b"\\xce\\xba"), utf8_valid(b"\\xed\\xa0\\x80")
     (True, False)
     """
     return utf8_step(data) == 0
@@ -305,7 +305,7 @@ class MessageReader:
     has been checked; a heap too fragmented for it is a 1009, not a crash.
 
     >>> import io
-    >>> MessageReader(64).read(io.BytesIO(b"\x82\x02hi"))[0] == OP_BINARY
+    >>> MessageReader(64).read(io.BytesIO(b"\\x82\\x02hi"))[0] == OP_BINARY
     True
     """
 

@@ -4,6 +4,9 @@
 from securenode import crash
 
 try:
+    from securenode import settings
+
+    settings.preload()  # the validator comes and goes before the app's modules load
     from securenode import app
 
     app.main()

@@ -55,8 +55,33 @@ class Config:
             self.device_id, self.wifi, self.mqtt, self.tls)
 
 
+_early = None  # (path, Config or ConfigError) from preload(), handed out once by load()
+
+
+def preload(path="config.json"):
+    """Validate now, before the app's modules are loaded (main.py calls this first).
+
+    The validator's import is the biggest transient of a boot; on a heap that holds only
+    the interpreter it fits where it would not beside the app. Nothing is reported here:
+    load() returns the Config, or raises the ConfigError, when the app asks, so the boot
+    event still comes first.
+    """
+    global _early
+    try:
+        _early = (path, load(path))
+    except ConfigError as exc:
+        _early = (path, exc)
+
+
 def load(path="config.json"):
     """Validate ``path`` with config.py, then unload the validator; return the Config."""
+    global _early
+    if _early is not None and _early[0] == path:
+        result = _early[1]
+        _early = None
+        if isinstance(result, ConfigError):
+            raise result
+        return result
     from securenode import config
 
     try:

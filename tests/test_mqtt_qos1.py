@@ -77,13 +77,13 @@ class FakeBroker:
     def close(self): pass
 
 class LinkStream:
-    # The stream shape mqtt_link uses: read(n, timeout_ms), write(data, timeout_ms).
+    # The stream shape mqtt_link uses: read(n, timeout_ms), write(buf, n, timeout_ms).
     def __init__(self, fake):
         self.fake = fake
     def read(self, n, timeout_ms):
         return self.fake.read(n)
-    def write(self, data, timeout_ms):
-        return self.fake.write(data)
+    def write(self, buf, n, timeout_ms):
+        return self.fake.write(buf, n)
     def close(self): pass
 
 def link_on(fake):

@@ -59,9 +59,10 @@ class TlsStream:
         self._raw.settimeout(timeout_ms / 1000)
         return self._tls.read(n)
 
-    def write(self, data, timeout_ms):
+    def write(self, buf, n, timeout_ms):
+        """Write buf[:n] in one call: one TLS record (no slice is allocated)."""
         self._raw.settimeout(timeout_ms / 1000)
-        self._tls.write(data)
+        self._tls.write(buf, n)
 
     def close(self):
         try:
@@ -131,7 +132,7 @@ class MqttLink:
         buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
         mc.encode_connect(buf, self.client_id, self._keepalive_s, True, will_topic,
                           will_payload, 1, True, self._user, self._password)
-        self._send(memoryview(buf)[:n], "CONNACK")
+        self._send(buf, n, "CONNACK")
         packet = self._read_packet(time.ticks_add(time.ticks_ms(), self._io_ms), "CONNACK")
         if packet[0] != mc.CONNACK:
             raise self._fail("protocol", "%s sent %s before CONNACK"
@@ -174,7 +175,7 @@ class MqttLink:
         n = mc.publish_length(topic, len(payload), 1)
         buf = self._tx if n <= len(self._tx) else bytearray(n)
         mc.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
-        self._send(memoryview(buf)[:n], "PUBACK")
+        self._send(buf, n, "PUBACK")
         return packet_id
 
     def wait_puback(self, packet_id):
@@ -230,7 +231,7 @@ class MqttLink:
 
     def ping(self):
         """Send PINGREQ; its PINGRESP is awaited by check() within timeouts_ms.io."""
-        self._send(mc.PINGREQ_BYTES, "PINGRESP")
+        self._send(mc.PINGREQ_BYTES, 2, "PINGRESP")
         if self._ping_sent_ms is None:
             self._ping_sent_ms = self.last_tx_ms
         self.poll("PINGRESP")
@@ -240,9 +241,9 @@ class MqttLink:
         return self.ids.duplicates
 
     # --- packets in and out ---------------------------------------------------------------
-    def _send(self, data, waiting_for):
+    def _send(self, buf, n, waiting_for):
         try:
-            self._stream.write(data, self._io_ms)
+            self._stream.write(buf, n, self._io_ms)
         except OSError as exc:
             raise self._io_error(exc, waiting_for)
         self.last_tx_ms = time.ticks_ms()
@@ -291,8 +292,7 @@ class MqttLink:
             # acknowledge QoS 1 so it is not redelivered forever, then drop it.
             self.unsolicited += 1
             if packet[2]:
-                self._send(memoryview(self._tx)[:mc.encode_puback(self._tx, packet[1])],
-                           waiting_for)
+                self._send(self._tx, mc.encode_puback(self._tx, packet[1]), waiting_for)
             emit("mqtt_unsolicited", peer=self.peer, topic=_text(packet[5]), qos=packet[2],
                  bytes=len(packet[6]), count=self.unsolicited)
         else:
@@ -345,7 +345,7 @@ class MqttLink:
         try:
             while stream.read(64, 0):
                 pass  # discard what arrived unasked; a closing session answers nothing
-            stream.write(mc.DISCONNECT_BYTES, self._io_ms)
+            stream.write(mc.DISCONNECT_BYTES, 2, self._io_ms)
             until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
             while True:
                 left = time.ticks_diff(until, time.ticks_ms())

@@ -54,8 +54,9 @@ class WsStream:
         self._pos += k
         return data
 
-    def write(self, data, timeout_ms):
-        self.client.send(data, ws_frame.OP_BINARY)
+    def write(self, buf, n, timeout_ms):
+        """buf[:n] as one binary message (one MQTT packet per message)."""
+        self.client.send(memoryview(buf)[:n], ws_frame.OP_BINARY)
 
     def close(self):
         self.client.close()
@@ -85,9 +86,9 @@ class MqttWssLink(MqttLink):
         emit("wss_connected", peer=self.peer, path=self.path, subprotocol=ws.subprotocol)
         return WsStream(ws)
 
-    def _send(self, data, waiting_for):
+    def _send(self, buf, n, waiting_for):
         try:
-            MqttLink._send(self, data, waiting_for)
+            MqttLink._send(self, buf, n, waiting_for)
         except WssError as exc:
             raise self._wss_error(exc, waiting_for)
 

@@ -146,11 +146,16 @@ def test_monitor_exits_0_when_the_board_halts_done(vboard):
 
 def _drive_repl(port, sends, timeout_s=20):
     """Run `board repl` on a pty of its own (mpremote wants a terminal); return (rc, output)."""
+    return _drive(["repl", "--port", port], sends, timeout_s)
+
+
+def _drive(args, sends, timeout_s=20):
+    """Run tools/board.py ARGS on a terminal of its own, answering (expected, reply) pairs."""
     import subprocess
     import sys
     from board_fixtures import BOARD_PY
     master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, str(BOARD_PY), "repl", "--port", port],
+    proc = subprocess.Popen([sys.executable, str(BOARD_PY)] + [str(a) for a in args],
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
     out = b""
@@ -302,3 +307,35 @@ def test_port_detection_takes_only_known_usb_bridges(monkeypatch):
         ports.choose(None, [cp210x, ch340])
     with pytest.raises(BoardToolError, match="/dev/ttyUSB0: no such serial device"):
         ports.choose(None, [cp210x])   # found, then checked: this machine has no such device
+
+
+def test_config_asks_what_the_flags_did_not_say_and_hides_the_wifi_key(tmp_path, pki):
+    d = tmp_path / "dev"
+    assert run_board_tool("enroll", "n7", "--dir", d, "--certs", pki.dir).returncode == 0
+    rc, out = _drive(["config", "--dir", d], [
+        (b"device id: ", b"n7\r"), (b"WiFi network (SSID): ", b"homenet\r"),
+        (b"WiFi key: ", b"s3cret-key\r"), (b"broker host: ", b"broker.lan\r")])
+    assert rc == 0, out
+    assert b"s3cret-key" not in out            # getpass: the key is not echoed
+    cfg = json.loads((d / "config.json").read_text())
+    assert (cfg["device_id"], cfg["wifi"], cfg["mqtt"]) == (
+        "n7", {"ssid": "homenet", "key": "s3cret-key"}, {"host": "broker.lan"})
+    assert (d / "config.json").stat().st_mode & 0o077 == 0   # it holds the WiFi key
+
+
+def test_monitor_says_so_when_the_board_goes_away(vboard):
+    import subprocess
+    import sys
+    from board_fixtures import BOARD_PY
+    board = _script_board(vboard, [_ev("boot", 1)] + [_ev("state", 2, state="a", previous="b")])
+    proc = subprocess.Popen([sys.executable, str(BOARD_PY), "monitor", "--port", board.port,
+                             "--timeout", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(1.5)
+    board.stop()                                 # the USB cable is pulled
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, out + err
+    assert err.strip().splitlines() == [
+        "board monitor: %s: the serial port went away (board unplugged?) (step: monitor)"
+        % board.port]
+

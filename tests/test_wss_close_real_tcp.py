@@ -35,6 +35,7 @@ VIOLATIONS = {
     "text_inside_fragments": ("0101618101" + "62", 1002),
     "len64_top_bit": ("827f8000000000000000", 1002),
     "too_big_announced": ("827f4000000000000000", 1009),
+    "too_big_sent": ("827e1388" + "00" * 5000, 1009),   # a real 5000-byte frame, limit 4096
     "too_big_fragments": ("027e0800" + "00" * 2048 + "807e0801", 1009),
     "bad_utf8": ("8102c328", 1007),
     "surrogate": ("8103eda080", 1007),
@@ -112,7 +113,13 @@ def run_plan(tmp_path, pki, port, cases, heap=None):
                           capture_output=True, text=True, timeout=120,
                           env={"MICROPYPATH": ".frozen:" + str(ROOT / "firmware")})
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    return {r["case"]: r for r in map(json.loads, proc.stdout.splitlines())}
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return {r["case"]: r for r in lines if "case" in r}  # the link's own events aside
+
+
+async def _server_closes(connection):
+    await connection.send("before the close")
+    await connection.close(1001, "going away")
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,9 @@ def close_run(pki, tmp_path_factory):
     # A normal close while the server is still sending: frames arrive that the board never
     # reads before it closes.
     scripts["normal_close"] = (b"", TRAILER * 4)
-    cases = [{"name": name} for name in VIOLATIONS] + [{"name": "normal_close", "close": 1000}]
+    scripts["server_close"] = _server_closes
+    cases = [{"name": name} for name in VIOLATIONS] + [{"name": "normal_close", "close": 1000},
+                                                       {"name": "server_close"}]
     with RawFramePeer(pki.server.chain_pem, pki.server.key_pem, scripts) as peer:
         results = run_plan(tmp_path_factory.mktemp("wss-close"), pki, peer.port, cases)
         for _ in range(50):
@@ -142,6 +151,14 @@ def test_peer_receives_the_close_code_of_each_protocol_error(close_run, case):
     assert result["ms"] < IO_MS + 2000, result
 
 
+def test_server_close_is_echoed_and_named(close_run):
+    results, received = close_run
+    result = results["server_close"]
+    assert (result["kind"], result["code"]) == ("ws_closed", 1001), result
+    assert received.get("server_close") == 1001  # the peer got our echo of its close
+    assert result["ms"] < IO_MS, result           # it ended TCP at once: no waiting it out
+
+
 def test_normal_close_reaches_the_peer_with_unread_frames_pending(close_run):
     results, received = close_run
     assert results["normal_close"].get("closed") is True, results["normal_close"]
@@ -153,10 +170,16 @@ HEAP = 128 * 1024        # GC heap of the MicroPython process (imports keep ~35 
 LIMIT = 400000           # wss.max_message_bytes: allowed by the configuration...
 FRAGMENT = 8192
 FRAGMENTS = 25           # ...but 200 KB in 8 KB fragments does not fit this heap
+HUGE_ITEMS = 8000        # a 16 KB message fits; parsed, its 8000-item list does not
 
 
 async def _huge_fragmented(connection):
     await connection.send([b"x" * FRAGMENT] * FRAGMENTS)
+
+
+async def _huge_ack(connection):
+    await connection.recv()                          # the reading
+    await connection.send('{"ack": 1, "pad": [%s]}' % ",".join(["0"] * HUGE_ITEMS))
 
 
 async def _echo(connection):
@@ -166,8 +189,10 @@ async def _echo(connection):
 
 @pytest.fixture(scope="module")
 def memory_run(pki, tmp_path_factory):
-    scripts = {"huge": _huge_fragmented, "after": _echo}
-    cases = [{"name": "huge", "max": LIMIT}, {"name": "after", "max": LIMIT, "echo": 3000}]
+    scripts = {"huge": _huge_fragmented, "after": _echo, "link_huge": _huge_ack}
+    # The link case first, on a heap not yet fragmented by the other.
+    cases = [{"name": "link_huge", "max": LIMIT, "link": True}, {"name": "huge", "max": LIMIT},
+             {"name": "after", "max": LIMIT, "echo": 3000}]
     with RawFramePeer(pki.server.chain_pem, pki.server.key_pem, scripts) as peer:
         results = run_plan(tmp_path_factory.mktemp("wss-mem"), pki, peer.port, cases,
                            heap=HEAP)
@@ -187,3 +212,11 @@ def test_message_too_big_for_the_heap_is_a_1009_and_the_board_runs_on(memory_run
     # The same process connects again and exchanges a message: nothing was left broken.
     assert results["after"]["echoed"] == 3000, results["after"]
     assert received["after"] == 1000
+
+
+def test_ingest_message_too_big_to_parse_is_a_named_protocol_error(memory_run):
+    results, received = memory_run
+    result = results["link_huge"]
+    assert (result["type"], result["kind"]) == ("LinkError", "protocol"), result
+    assert "no memory to parse" in result["detail"]
+    assert received["link_huge"] == 1009

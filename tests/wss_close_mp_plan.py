@@ -1,6 +1,7 @@
 # Run by tests/test_wss_close_real_tcp.py on the real MicroPython unix port (real socket,
 # ssl on Mbed TLS): drives securenode.wss_client through the cases in argv[1] (JSON) and
 # prints one JSON line per case. MicroPython idioms only: no f-strings, no pathlib.
+import gc
 import json
 import sys
 import time
@@ -20,12 +21,22 @@ def main():
         plan = json.loads(f.read())
     tls = PinnedTls([_read(plan["ca"])], None, None, "localhost", 3000, plan["io_ms"])
     for case in plan["cases"]:
+        gc.collect()  # as the app does before each connection
         name = case["name"]
         ws = WssClient("127.0.0.1", plan["port"], "/case/" + name, tls, 2000, plan["io_ms"],
                        3000, case.get("max", 4096))
         started = time.ticks_ms()
         out = {"case": name}
         try:
+            if case.get("link"):
+                # The ingest link on top: one reading, answered by what the peer sends.
+                from securenode.wss_link import WssLink
+                link = WssLink("board-1", "127.0.0.1", plan["port"], "/case/" + name, "tok",
+                               tls, 2000, plan["io_ms"], 3000, case.get("max", 4096))
+                link.connect()
+                link.publish(b"devices/board-1/readings", b'{"seq":1}')
+                out["acked"] = True
+                raise StopIteration
             ws.connect()
             if case.get("close"):
                 ws.send(b"hello")
@@ -39,6 +50,8 @@ def main():
             else:
                 while True:
                     ws.recv()
+        except StopIteration:
+            pass
         except Exception as exc:
             out["type"] = type(exc).__name__
             out["kind"] = getattr(exc, "kind", None)

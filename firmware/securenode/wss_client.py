@@ -42,7 +42,8 @@ class WssError(Exception):
     sent or received (None when there was none). The text quotes what came back."""
 
     def __init__(self, kind, peer, detail, close_code=None):
-        super().__init__("%s: %s (peer %s)" % (kind, detail, peer))
+        self.detail = "%s (peer %s)" % (detail, peer)
+        super().__init__("%s: %s" % (kind, self.detail))
         self.kind = kind
         self.peer = peer
         self.close_code = close_code

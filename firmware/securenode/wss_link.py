@@ -31,7 +31,7 @@ def link_error(exc, waiting_for=None):
     """The LinkError the app handles, for a WssError (timeouts named as ack timeouts)."""
     if exc.kind == "ws_timeout" and waiting_for:
         return LinkError("ack_timeout", "no %s from %s: %s" % (waiting_for, exc.peer, exc))
-    err = LinkError(exc.kind, str(exc))
+    err = LinkError(exc.kind, exc.detail)  # LinkError names the kind itself
     err.close_code = exc.close_code
     return err
 

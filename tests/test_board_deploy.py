@@ -94,6 +94,18 @@ def test_deploy_then_soft_reset_delivers_readings_and_redeploy_copies_only_chang
     assert "removed stale securenode/app.py" in r.stdout
     assert json.loads((flash / "config.json").read_text())["sample"]["interval_ms"] == 400
 
+    # deploy --reset: the board soft-resets into main.py, which runs with the new config and
+    # delivers three more readings (the outbox on flash goes on from seq 4).
+    resets = board.soft_resets
+    r = run_board_tool("deploy", "--port", board.port, "--dir", device_dir, "--reset", *fw)
+    assert r.returncode == 0, r.stderr
+    assert "0 copied" in r.stdout and "soft reset: main.py is starting" in r.stdout
+    deadline = time.monotonic() + 30
+    while len(subscriber.readings(DEVICE)) < 6 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert board.soft_resets == resets + 1
+    assert [m["seq"] for m in subscriber.readings(DEVICE)][:6] == [1, 2, 3, 4, 5, 6]
+
 
 def _script_board(vboard, lines):
     board = vboard()

@@ -36,6 +36,10 @@ def test_raw_repl_frames_output_and_errors_and_keeps_globals(vboard):
     out = _read_until(link, b"\x04>")
     assert out.startswith(b"OK43\r\n\x04Traceback")
     assert out.endswith(b"ZeroDivisionError: divide by zero\r\n\x04>")
+    # A board's traceback: the code's own frames only.
+    assert out == (b"OK43\r\n\x04Traceback (most recent call last):\r\n"
+                   b'  File "<stdin>", line 2, in <module>\r\n'
+                   b"ZeroDivisionError: divide by zero\r\n\x04>")
     link.write(b"\x02")                    # Ctrl-B: friendly REPL with its banner
     assert _read_until(link, b">>> ").startswith(b"\r\nMicroPython v1.29")
     link.close()

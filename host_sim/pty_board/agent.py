@@ -11,13 +11,15 @@
 # carries the job's number in 8 hex digits, so a mark repeated after a Ctrl-C is recognised.
 #
 # argv: agent.py FLASH_DIR NONCE [MODULE_DIR ...]
-import sys
+import io
 import os
+import sys
 import vfs
 
 _flash = sys.argv[1]
 _mark = b"\x00\x1e" + sys.argv[2].encode()
 _extra = sys.argv[3:]
+_AGENT = sys.argv[0]
 
 # The stand-ins (machine, network, ntptime: C modules on a board) are imported now, while
 # the host's filesystem is still at "/", as a board has its built-ins before any code runs;
@@ -79,6 +81,15 @@ def _run(kind, payload):
         exec(compile(payload.decode(), "<stdin>", "exec"), _main)
 
 
+def _print_exception(e):
+    # As a board prints it: the frames of the code that ran, none of this agent's.
+    buf = io.StringIO()
+    sys.print_exception(e, buf)
+    own = '  File "%s"' % _AGENT
+    _out.write("\n".join(l for l in buf.getvalue().split("\n") if not l.startswith(own))
+               .encode())
+
+
 def _serve():
     seq = 0
     while True:
@@ -107,7 +118,7 @@ def _serve():
                     step = 1
                 if step == 1:
                     if failure is not None:
-                        sys.print_exception(failure, sys.stdout)
+                        _print_exception(failure)
                     step = 2
                 if step == 2:
                     _out.write(_mark + b"2" + tag)

@@ -37,7 +37,6 @@ import select
 import signal
 import subprocess
 import threading
-import time
 import tty
 from pathlib import Path
 
@@ -520,11 +519,3 @@ def _needs_more(line):
             depth -= 1
     return depth > 0
 
-
-def wait_for_port(path, timeout_s=5.0):
-    """Wait until a pty path exists (for callers that start a board in another process)."""
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise BoardError("%s did not appear within %.0f s" % (path, timeout_s))
-        time.sleep(0.02)

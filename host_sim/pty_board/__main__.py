@@ -3,6 +3,7 @@
 Prints the pty path to connect to, e.g. `tools/board.py --port /dev/pts/7 repl`.
 """
 import argparse
+import signal
 import time
 
 from host_sim.pty_board.server import BoardError, VirtualBoard
@@ -18,6 +19,8 @@ def main():
         board = VirtualBoard(args.flash, platform=args.platform, module_dirs=module_dirs())
     except BoardError as e:
         raise SystemExit("virtual board: %s" % e)
+    # SIGTERM ends the board as Ctrl-C does: interpreter stopped, pty closed.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     with board:
         print(board.port, flush=True)
         try:

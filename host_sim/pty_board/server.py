@@ -139,7 +139,7 @@ class VirtualBoard:
                 str(self.flash), self._nonce] + self.module_dirs
         self._child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, env=self.env, bufsize=0,
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=_die_with_parent)
         os.set_blocking(self._child.stdout.fileno(), False)
         self._child_out = bytearray()
 
@@ -504,6 +504,15 @@ class VirtualBoard:
             self._send(b"\r\nvirtual board: the interpreter exits at every boot; halted\r\n")
             return
         self._boot()
+
+
+def _die_with_parent():
+    # A board whose host process is killed must not live on busy-looping in main.py.
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _needs_more(line):

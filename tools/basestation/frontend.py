@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import logging
 import re
+import resource
 import selectors
 import socket
 import ssl
@@ -97,6 +98,7 @@ class Frontend:
 
     def __init__(self, address, ssl_ctx, limits, serve):
         self.ctx, self.limits, self.serve = ssl_ctx, limits, serve
+        _room_for(limits)
         self.socket = socket.create_server(address, backlog=128)
         self.socket.setblocking(False)
         self.server_address = self.socket.getsockname()
@@ -313,6 +315,24 @@ class Frontend:
             self._per_source[ip] -= 1
             if not self._per_source[ip]:
                 del self._per_source[ip]
+
+
+def _room_for(limits):
+    """Raise the soft open-files limit to fit the cap, or lower the cap to fit the limit:
+    a 1,024 soft limit (a common default) would otherwise fail accept() with EMFILE."""
+    want = limits.max_connections + 128          # + SQLite, the log, the broker tools
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+            soft = new_soft
+        except (ValueError, OSError):
+            pass
+        if soft < want:
+            limits.max_connections = max(1, soft - 128)
+            log.warning("open files limited to %d: at most %d connections at once", soft,
+                        limits.max_connections)
 
 
 def reason(exc):

@@ -183,7 +183,7 @@ def test_an_unsolicited_publish_is_acknowledged_counted_and_dropped(launch, pki)
         assert [e["seq"] for e in board.of("acked")] == [1, 2]
 
 
-def test_a_missing_pingresp_is_an_ack_timeout_after_the_io_deadline(launch, pki):
+def test_a_missing_pingresp_is_a_lost_link_after_the_io_deadline(launch, pki):
     # keepalive 2 s: PINGREQ after 1 s of silence, its PINGRESP due 600 ms later, well
     # before the dead-link check (1.5 x keepalive) would speak.
     io_ms = 600
@@ -191,8 +191,8 @@ def test_a_missing_pingresp_is_an_ack_timeout_after_the_io_deadline(launch, pki)
         board = launch("hb-noping", broker.port, config=dict(FAST, **{
             "mqtt.keepalive_s": 2, "sample.interval_ms": 60000, "timeouts_ms.io": io_ms}))
         error, ms = elapsed_ms(board, ("state", {"state": "online"}), "error",
-                               kind="ack_timeout")
-        assert "no PINGRESP" in error["detail"]
+                               kind="link_lost")
+        assert "no PINGRESP" in error["detail"] and "half-open" in error["detail"]
         assert "within %d ms (timeouts_ms.io)" % io_ms in error["detail"]
         assert 1000 + io_ms <= ms <= 1000 + io_ms + SLACK_MS, ms
         assert any(p[1] == 12 for p in broker.connections[0].packets)

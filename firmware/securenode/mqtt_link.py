@@ -5,7 +5,8 @@ Each step has its own deadline, and its error quotes it:
 - TCP connect, ``timeouts_ms.connect``: NetError("connect") (net.open_tcp);
 - TLS handshake, ``timeouts_ms.handshake``: TlsError("handshake_timeout") (pinned_tls);
 - CONNACK, ``timeouts_ms.io``: LinkError("connack_timeout");
-- PUBACK and PINGRESP, ``timeouts_ms.io``: LinkError("ack_timeout").
+- PUBACK, ``timeouts_ms.io``: LinkError("ack_timeout");
+- PINGRESP, ``timeouts_ms.io``: LinkError("link_lost") (checked by ``check()``).
 
 Whatever the broker sends is read exactly as far as the decoder asks (never into the next
 packet), bounded by ``max_packet_bytes``; garbage, a wrong packet type, an over-long length
@@ -208,9 +209,9 @@ class MqttLink:
             handled += 1
 
     def check(self, dead_after_ms):
-        """Handle what arrived (non-blocking); raise LinkError("ack_timeout") when a PINGREQ
-        went unanswered for timeouts_ms.io, LinkError("link_lost") when nothing at all came
-        from the broker for dead_after_ms (1.5 x keepalive: a half-open link).
+        """Handle what arrived (non-blocking); raise LinkError("link_lost") when a PINGREQ
+        went unanswered for timeouts_ms.io, or nothing at all came from the broker for
+        dead_after_ms (1.5 x keepalive): a half-open link either way.
 
         Example: ``link.check(90000)`` in the idle loop of a board with keepalive 60 s.
         """
@@ -218,8 +219,9 @@ class MqttLink:
         now = time.ticks_ms()
         if (self._ping_sent_ms is not None
                 and time.ticks_diff(now, self._ping_sent_ms) > self._io_ms):
-            raise self._fail("ack_timeout", "no PINGRESP from %s within %d ms (timeouts_ms.io)"
-                             % (self.peer, self._io_ms))
+            # Unanswered keepalive: the broker or the path to it is gone (half-open).
+            raise self._fail("link_lost", "no PINGRESP from %s within %d ms (timeouts_ms.io): "
+                             "half-open connection" % (self.peer, self._io_ms))
         quiet_ms = time.ticks_diff(now, self.last_rx_ms)
         if dead_after_ms and quiet_ms > dead_after_ms:
             raise self._fail("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "

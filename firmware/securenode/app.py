@@ -175,7 +175,7 @@ class Node:
                     self._publish_status()
                 now = time.ticks_ms()
                 if keepalive_ms and link.idle_ms() > keepalive_ms // 2:
-                    link.ping()  # umqtt.simple never sends PINGREQ by itself
+                    link.ping()  # no link sends PINGREQ by itself
                 if time.ticks_diff(now, last_check) >= 100:
                     last_check = now
                     link.check(keepalive_ms * 3 // 2)

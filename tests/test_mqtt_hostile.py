@@ -231,3 +231,17 @@ def test_jsonl_tries_each_pinned_root_where_the_port_takes_one_at_a_time(tmp_pat
         assert [e["seq"] for e in board.of("acked")] == [1]
     finally:
         col.stop()
+
+
+def test_a_clean_stop_says_disconnect_to_mosquitto_so_the_will_stays_unsaid(launch, broker):
+    board = launch("hb-bye", broker.port, config={"run.max_readings": 2})
+    board.wait_for("halted", timeout=60, reason="done")
+    import time
+    deadline = time.monotonic() + 5
+    while "Client hb-bye " not in broker.log().split("as hb-bye")[-1] \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tail = broker.log().split("as hb-bye")[-1]
+    # Mosquitto 2 logs "disconnected." after DISCONNECT, "closed its connection." without it
+    # (and then publishes the will).
+    assert "Client hb-bye disconnected." in tail, tail

@@ -322,6 +322,8 @@ def run(args, parser):
         if hasattr(args, name) and getattr(args, name) != parser.get_default(name):
             parser.error("--%s is for --runtime cpython only (%s)" % (name.replace("_", "-"),
                                                                      why))
+    if args.flash_kb < 64 or args.flash_page_us < 0:
+        parser.error("--flash-kb must be >= 64 and --flash-page-us >= 0")
     if args.clock not in ("unset", "host"):
         parser.error("--clock: on --runtime micropython the board clock is the host clock "
                      "(time.time() and Mbed TLS read it); only 'host' applies")
@@ -343,5 +345,7 @@ def run(args, parser):
     except LaunchError as exc:
         print("host_sim.board: %s" % exc, file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
     finally:
         board.kill()

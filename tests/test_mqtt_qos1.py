@@ -80,9 +80,11 @@ class LinkStream:
     # The stream shape mqtt_link uses: read(n, timeout_ms), write(buf, n, timeout_ms).
     def __init__(self, fake):
         self.fake = fake
+        self.writes = 0
     def read(self, n, timeout_ms):
         return self.fake.read(n)
     def write(self, buf, n, timeout_ms):
+        self.writes += 1  # one write = one TLS record on a board
         return self.fake.write(buf, n)
     def close(self): pass
 
@@ -101,6 +103,25 @@ link.ids.last = 65533
 for _ in range(4):
     link.publish(b"devices/b1/readings", b"x")
 out["packets"] = fake.packets
+out["writes"] = link._stream.writes
+
+class ConnackStream:
+    def __init__(self):
+        self.writes = []
+        self.inq = b"\x20\x02\x00\x00"
+    def read(self, n, timeout_ms):
+        data, self.inq = self.inq[:n], self.inq[n:]
+        return data
+    def write(self, buf, n, timeout_ms):
+        self.writes.append(binascii.hexlify(bytes(buf[:n])).decode())
+    def close(self): pass
+
+conn = ConnackStream()
+link = MqttLink(b"b1", "broker", 8883, None, 60, 1000, 1000, b"user", b"pw")
+link.will(b"devices/b1/status", b'{"status":"offline"}')
+link._open_stream = lambda: conn  # TCP and TLS already up
+link.connect()
+out["connect_writes"] = conn.writes
 
 # umqtt.simple on its own, for contrast: after 65535 it sends packet id 0 (MicroPython packs
 # 65536 into 16 bits) or fails (CPython's struct refuses it).
@@ -159,6 +180,13 @@ def test_first_send_is_plain_qos1_and_a_resend_carries_dup(fake_results):
     assert first == [0x32, 1]      # PUBLISH, QoS 1, no DUP, not retained
     assert resend == [0x3A, 2]     # DUP set; a new connection has its own packet ids
     assert status == [0x33, 3]     # the retained status
+
+
+def test_each_publish_and_the_connect_leave_in_one_write(fake_results):
+    assert fake_results["writes"] == len(fake_results["packets"]) == 7
+    (connect,) = fake_results["connect_writes"]
+    assert connect.startswith("10") and bytes.fromhex(connect)[1] == len(connect) // 2 - 2
+    assert b"devices/b1/status" in bytes.fromhex(connect) and connect.endswith(b"pw".hex())
 
 
 def test_packet_ids_wrap_from_65535_to_1_never_0(fake_results):

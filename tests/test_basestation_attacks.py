@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 import urllib.parse
@@ -381,21 +382,33 @@ def test_deep_json_and_huge_ids_get_a_clean_4xx_and_no_traceback(pki, station, p
 
 
 def test_a_client_leaving_mid_request_is_one_log_line_not_a_traceback(pki, station):
-    before = station.log_text().count("ended mid-request")
-    for _ in range(3):
+    for how in ("eof", "eof", "reset", "garbage"):
         sock = tls(pki, station.port, "127.0.8.2")
         sock.sendall(b"POST /v1/auth/request HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Length: 300\r\n\r\n{\"device_id\"")
-        sock.close()            # no close_notify: an EOF in the middle of the body
+        if how == "reset":   # RST, as from a board that lost power mid-request
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if how == "garbage":  # a TLS record that fails its MAC: a broken client
+            raw = socket.socket(fileno=os.dup(sock.fileno()))
+            raw.sendall(b"\x17\x03\x03\x00\x20" + bytes(32))
+            raw.close()
+            time.sleep(0.2)
+        sock.close()         # no close_notify: an EOF in the middle of the body
+    plain = tcp(station.port, "127.0.8.2")
+    plain.sendall(b"GET / HTTP/1.0\r\n\r\n")    # plain HTTP to the TLS port
+    closed_within(plain, 3)
+    plain.close()
     deadline = time.monotonic() + 5
-    while (station.log_text().count("ended mid-request") < before + 3
-           and time.monotonic() < deadline):
+    lines = []
+    while len(lines) < 5 and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = station.log_text()
-    lines = [line for line in log.splitlines() if "127.0.8.2" in line]
-    assert len(lines) == 3 and all("ended mid-request: the client closed" in line
-                                   for line in lines), lines
-    assert "Traceback" not in log
+        lines = [line for line in station.log_text().splitlines() if "127.0.8.2" in line]
+    assert len(lines) == 5, lines
+    assert all("ended mid-request: " in line for line in lines[:4]), lines
+    assert "TLS handshake with 127.0.8.2 failed: HTTP_REQUEST" in lines[4], lines
+    assert "Traceback" not in station.log_text()
+    status, doc = board_request(pki, station.port, "127.0.8.3", "board-after-leavers")
+    assert (status, doc["status"]) == (202, "pending")
 
 
 def test_cli_refuses_a_mistyped_state_directory_and_creates_nothing(tmp_path):

@@ -9,8 +9,9 @@ in Mosquitto's password file (hashed by ``mosquitto_passwd``, reloaded with SIGH
 hands it out once. No password is stored in plain text anywhere; none is logged.
 
 One module per job: ``store`` (SQLite state), ``broker`` (Mosquitto's password file, reload,
-reserved ids), ``server`` (the HTTPS service, its bounds, the beacon), ``page`` (the
-operator's HTML), ``cli`` (the command line; ``python -m tools.basestation --help``).
+reserved ids), ``frontend`` (connections: caps, TLS handshake timeout, whole-request deadline,
+a few workers for complete requests), ``server`` (the routes, the login throttle, the
+beacon), ``page`` (the operator's HTML), ``cli`` (``python -m tools.basestation --help``).
 
     with BaseStation(state_dir, chain_pem, key_pem, ca_der, mqtt=("127.0.0.1", 8884,
                      "localhost"), passwords=MosquittoPasswords(path, pid_file=pid_path)) as bs:
@@ -19,7 +20,8 @@ operator's HTML), ``cli`` (the command line; ``python -m tools.basestation --hel
 
 from .broker import MosquittoPasswords, ReloadError, revoke
 from .cli import main
-from .server import MAX_BODY_BYTES, BaseStation, Limits, LoginGuard
+from .frontend import Limits
+from .server import MAX_BODY_BYTES, BaseStation, LoginGuard
 from .store import (MAX_PENDING, MAX_PENDING_PER_SOURCE, PENDING_TTL_S, RELEASE_WINDOW_S,
                     BaseStationError, Store, check_password, comparison_code, hash_password)
 

@@ -122,8 +122,14 @@ class Frontend:
                 for key, mask in self._sel.select(poll_interval):
                     if key.data is None:
                         self._accept()
-                    else:
+                        continue
+                    try:
                         self._step(key.data)
+                    except Exception as exc:     # a bug: lose this connection, not the loop
+                        log.error("connection from %s failed: %s: %s", key.data.addr[0],
+                                  type(exc).__name__, exc)
+                        log.debug("connection failed", exc_info=True)
+                        self._close(key.data)
                 now = time.monotonic()
                 if now >= next_sweep:
                     self._sweep(now)

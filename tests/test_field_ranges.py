@@ -9,6 +9,7 @@ import pytest
 
 VOLTAGE_RANGE = 0x04
 FREQ_RANGE = 0x08
+DISTURBED = 0x10
 
 CASES = {
     # device -> (config overrides, bit that must be set, bit that must be clear)
@@ -21,15 +22,17 @@ CASES = {
 @pytest.mark.parametrize("device", sorted(CASES))
 def test_configured_ranges_set_the_out_of_range_bits(launch, broker, device):
     overrides, set_bit, clear_bit = CASES[device]
-    config = {"run.max_readings": 2}
+    config = {"run.max_readings": 3}
     config.update(overrides)
     board = launch(device, broker.port, config=config)
     board.wait_for("halted", timeout=60, reason="done")
     readings = [json.loads(e["payload"]) for e in board.of("published")]
-    assert len(readings) >= 2
+    assert len(readings) >= 3
     for reading in readings:
-        # Mains as simulated (a window disturbed by a loaded host may read a little off):
-        # inside the default ranges, far outside 100-130 V and 55-65 Hz.
-        assert 150 <= reading["voltage"] <= 264 and 45 <= reading["freq"] <= 54, reading
         assert reading["status"] & set_bit, reading
+    # A window disturbed on a loaded host (0x10) may read anything, so the control bit and
+    # the values are judged on clean windows only.
+    clean = [r for r in readings if not r["status"] & DISTURBED]
+    for reading in clean:
+        assert 225 <= reading["voltage"] <= 235 and 49.5 <= reading["freq"] <= 50.5, reading
         assert not reading["status"] & clear_bit, reading

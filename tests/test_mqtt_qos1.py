@@ -88,8 +88,8 @@ class LinkStream:
         return self.fake.write(buf, n)
     def close(self): pass
 
-def link_on(fake):
-    link = MqttLink(b"b1", "broker", 8883, None, 60, 1000, 1000)
+def link_on(fake, window=1):
+    link = MqttLink(b"b1", "broker", 8883, None, 60, 1000, 1000, window=window)
     link._stream = LinkStream(fake)  # as connect() leaves it, without TCP and TLS
     return link
 
@@ -104,6 +104,23 @@ for _ in range(4):
     link.publish(b"devices/b1/readings", b"x")
 out["packets"] = fake.packets
 out["writes"] = link._stream.writes
+
+# Several in flight: three PUBLISHes sent before any PUBACK is read, then collected.
+fake = FakeBroker()
+link = link_on(fake, window=3)
+pids = [link.send_publish(b"devices/b1/readings", b'{"seq":%d}' % i) for i in range(3)]
+waiting = list(link.ids.inflight)
+link.wait_puback(pids[-1])
+after = list(link.ids.inflight)
+try:
+    link.send_publish(b"devices/b1/readings", b"x")
+    link.send_publish(b"devices/b1/readings", b"x")
+    link.send_publish(b"devices/b1/readings", b"x")
+    link.send_publish(b"devices/b1/readings", b"x")
+    full = "no limit"
+except ValueError as e:
+    full = str(e)
+out["window"] = [pids, waiting, after, full]
 
 class ConnackStream:
     def __init__(self):
@@ -187,6 +204,13 @@ def test_each_publish_and_the_connect_leave_in_one_write(fake_results):
     (connect,) = fake_results["connect_writes"]
     assert connect.startswith("10") and bytes.fromhex(connect)[1] == len(connect) // 2 - 2
     assert b"devices/b1/status" in bytes.fromhex(connect) and connect.endswith(b"pw".hex())
+
+
+def test_several_publishes_in_flight_are_matched_to_their_pubacks(fake_results):
+    pids, waiting, after, full = fake_results["window"]
+    assert pids == waiting == [1, 2, 3]
+    assert after == [], "waiting for the last PUBACK handles the earlier ones on the way"
+    assert full == "3 PUBLISHes already await PUBACK"
 
 
 def test_packet_ids_wrap_from_65535_to_1_never_0(fake_results):

@@ -195,3 +195,32 @@ def test_crash_record_on_real_micropython_counts_repeats_and_reraises_without_re
     assert out[3] == ["reraised", "boom", {"kind": "MemoryError", "detail": "boom", "count": 1}]
     fatal = [e for e in events if e["event"] == "fatal"]
     assert [(e["kind"], e["detail"], e["count"]) for e in fatal] == [("MemoryError", "boom", 1)]
+
+
+READING = (ROOT / "firmware" / "securenode" / "reading.py").read_bytes()
+FAILING_ENCODE = b"""
+# Test fault: the 3rd reading cannot be built (a full heap), as MemoryError says on a board.
+from securenode.reading_real import *  # noqa: F401,F403
+from securenode import reading_real as _real
+
+_calls = [0]
+
+
+def encode(*args):
+    _calls[0] += 1
+    if _calls[0] == 3:
+        raise MemoryError("memory allocation failed, allocating 96 bytes")
+    return _real.encode(*args)
+"""
+
+
+def test_a_reading_that_cannot_be_built_is_reported_and_the_loop_goes_on(
+        launch, broker, subscriber):
+    board = launch("board-nomem", broker.port, config={"run.max_readings": 5},
+                   files={"securenode/reading.py": FAILING_ENCODE,
+                          "securenode/reading_real.py": READING})
+    board.wait_for("halted", timeout=60, reason="done")
+    assert [e["kind"] for e in board.of("error")] == ["reading_memory"]
+    assert board.of("fatal") == [] and len(boots(board)) == 1
+    # The reading that failed took no seq: the stored ones stay contiguous.
+    assert [e["seq"] for e in board.of("acked")] == [1, 2, 3, 4, 5]

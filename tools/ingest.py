@@ -17,8 +17,10 @@ Tokens are never printed by ``serve``; ``token`` prints the one it issued, once.
 
 Bounds, whatever a peer does: the TLS and WebSocket handshakes each have ``open_timeout_s``;
 a message is at most ``max_size`` bytes and at most ``max_queue`` wait unread (websockets'
-own limits); ``max_connections`` authenticated connections at once, ``max_per_address``
-from one address, one per device (a board that reconnects replaces its old connection);
+own limits); ``max_connections`` TCP connections at once and ``max_per_address`` from one
+address, counted from the accept, so a connection over a cap is closed before any TLS work
+(asyncio gives each TLS connection a 256 KiB buffer); one connection per device (a board that
+reconnects replaces its old one);
 memory keeps only the last ``keep`` readings, command acks and refusals (the log, one JSON
 object per line, is the full record). A message that is not a reading (deep JSON, ``seq``
 not a positive integer) closes the connection with one code and one log line.
@@ -32,9 +34,11 @@ import hmac
 import json
 import re
 import secrets
+import socket
 import ssl
 import sys
 import threading
+import time
 from http import HTTPStatus
 from pathlib import Path
 
@@ -120,6 +124,58 @@ def _escaped(value, limit=80):
     return value if len(value) <= limit else value[:limit] + "..."
 
 
+class CappedListener(socket.socket):
+    """A listening socket whose accept() closes a connection over the caps at once.
+
+    asyncio's server calls accept() on the socket it was given (``create_server(sock=...)``,
+    which websockets' serve passes on), so the caps hold before any TLS or WebSocket work.
+    Each accepted connection is counted until asyncio closes it.
+
+    >>> listener = CappedListener(max_open=256, max_per_address=32)
+    >>> listener.bind(("127.0.0.1", 0)); listener.listen(128)
+    """
+
+    def __init__(self, max_open, max_per_address, family=socket.AF_INET):
+        # proto TCP, as getaddrinfo gives: asyncio sets TCP_NODELAY only on such sockets.
+        super().__init__(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.max_open, self.max_per_address = max_open, max_per_address
+        self.open = 0
+        self.per_address = collections.Counter()
+        self.refused = 0
+
+    def accept(self):
+        while True:
+            conn, address = super().accept()  # BlockingIOError when none is waiting
+            host = address[0]
+            if self.open < self.max_open and self.per_address[host] < self.max_per_address:
+                break
+            self.refused += 1
+            conn.close()
+        counted = _CountedSocket(self.family, self.type, self.proto, fileno=conn.detach())
+        counted.release = lambda: self._release(host)
+        self.open += 1
+        self.per_address[host] += 1
+        return counted, address
+
+    def _release(self, host):
+        self.open -= 1
+        self.per_address[host] -= 1
+        if not self.per_address[host]:
+            del self.per_address[host]
+
+
+class _CountedSocket(socket.socket):
+    """An accepted connection that gives its place back to the listener when it closes."""
+
+    release = None
+
+    def close(self):
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+        super().close()
+
+
 class IngestServer:
     """The endpoint, runnable in a background thread (tests, the simulator) or from the CLI.
 
@@ -158,9 +214,8 @@ class IngestServer:
                               % (certfile, keyfile, getattr(exc, "strerror", None) or exc)) \
                 from None
         self._live = {}         # device id -> connection
-        self._per_address = collections.Counter()  # address -> live connections from it
-        self._live_address = {}  # device id -> address of its live connection
         self._closing = set()   # background closes of replaced connections
+        self.listener = None
         self._next_id = 1
         self._loop = None
         self._thread = None
@@ -193,16 +248,6 @@ class IngestServer:
             # The same answer whether the device is unknown or the token belongs to another.
             reason = "wrong token"
         else:
-            # A device's new connection replaces its old one: that one does not count.
-            address = connection.remote_address[0]
-            old = self._live.get(device)
-            if len(self._live) - (old is not None) >= self.max_connections:
-                self._refuse(device, "too many connections")
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
-            same_address = old is not None and self._live_address.get(device) == address
-            if self._per_address[address] - same_address >= self.max_per_address:
-                self._refuse(device, "too many connections from %s" % address)
-                return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
             return None
         self._refuse(device, reason)
         response = connection.respond(HTTPStatus.UNAUTHORIZED, "%s\n" % reason)
@@ -217,13 +262,11 @@ class IngestServer:
         if old is not None:
             # One connection per device: the newest (a board that reconnected) wins. The
             # old one leaves the live set now and closes in the background.
-            self._forget(device)
+            del self._live[device]
             closing = asyncio.ensure_future(old.close(1008, "replaced by a newer connection"))
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         self._live[device] = connection
-        self._live_address[device] = connection.remote_address[0]
-        self._per_address[self._live_address[device]] += 1
         self._event("connected", device=device, peer="%s:%d" % connection.remote_address[:2])
         try:
             for command in self.on_connect_commands:
@@ -239,15 +282,8 @@ class IngestServer:
             await connection.close(1011, "internal error")
         finally:
             if self._live.get(device) is connection:
-                self._forget(device)
+                del self._live[device]
             self._event("closed", device=device, code=connection.close_code)
-
-    def _forget(self, device):
-        del self._live[device]
-        address = self._live_address.pop(device)
-        self._per_address[address] -= 1
-        if not self._per_address[address]:
-            del self._per_address[address]
 
     async def _close(self, connection, device, code, reason):
         self.counts["closed_%d" % code] += 1
@@ -306,7 +342,12 @@ class IngestServer:
     async def _main(self):
         self._stop = asyncio.Event()
         try:
-            async with serve(self._handler, self.host, self.port, ssl=self._ssl,
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            self.listener = CappedListener(self.max_connections, self.max_per_address, family)
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((self.host, self.port))
+            self.listener.listen(128)
+            async with serve(self._handler, sock=self.listener, ssl=self._ssl,
                              process_request=self._authorise, max_size=self.max_size,
                              max_queue=self.max_queue, open_timeout=self.open_timeout_s,
                              compression=None, ping_interval=None) as server:
@@ -418,9 +459,10 @@ def build_parser():
     p.add_argument("--interval-ms", type=int, default=0,
                    help="send set_interval with this value to each board as it connects")
     p.add_argument("--max-connections", type=_positive(int), default=256,
-                   help="authenticated connections at once (256); more get 503")
+                   help="TCP connections at once, ~300 KiB each with TLS (256); more are "
+                        "closed at the accept")
     p.add_argument("--max-per-address", type=_positive(int), default=32,
-                   help="authenticated connections at once from one address (32)")
+                   help="TCP connections at once from one address (32)")
     p.add_argument("--max-size", type=_positive(int), default=4096,
                    help="largest message in bytes (4096); a larger one closes with 1009")
     p.add_argument("--keep", type=_positive(int), default=1000,

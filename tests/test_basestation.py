@@ -321,6 +321,21 @@ def test_pending_requests_are_bounded(pki, station, monkeypatch):
     assert (status, doc) == (429, {"status": "busy"})
 
 
+def test_denied_and_expired_requests_are_deleted_after_a_week(pki, station, clock):
+    denied, _ = ask(pki, station.port, "dev-old-denied")
+    station.store.decide(str(denied), False, clock(), "test")
+    expired, _ = ask(pki, station.port, "dev-old-expired")
+    start = clock()
+    clock.advance(bsm.PENDING_TTL_S + 1)
+    station.store.requests(now=clock())          # marks it expired
+    clock.now = start + bsm.store.DECIDED_RETENTION_S - 10
+    ask(pki, station.port, "dev-new")
+    assert {denied, expired} <= {r["id"] for r in station.store.requests()}
+    clock.now = start + bsm.PENDING_TTL_S + 1 + bsm.store.DECIDED_RETENTION_S + 1
+    ask(pki, station.port, "dev-newer")
+    assert not {denied, expired} & {r["id"] for r in station.store.requests()}
+
+
 def test_broker_password_tool_failure_keeps_the_approval_for_a_later_poll(pki, station, clock):
     rid, nonce = ask(pki, station.port, "dev-retry")
     station.store.decide(str(rid), True, clock(), "test")

@@ -146,6 +146,7 @@ class BaseStation:
         self.beacon = beacon
         self.beacon_interval_s = beacon_interval_s
         self.limits = limits or Limits()
+        self.limits.max_body_bytes = MAX_BODY_BYTES    # the front end reads no more than this
         self.login_guard = LoginGuard(self.limits.login_concurrency, self.limits.login_delay_s)
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(str(chain_pem), str(key_pem))

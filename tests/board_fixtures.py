@@ -1,6 +1,6 @@
 """Virtual boards on pseudo-terminals for tests/test_board_*.py.
 
-``vboard(flash_dir=None, platform="esp32", ntp=None)`` starts a VirtualBoard (the real
+``vboard(flash_dir=None, platform="esp32", ntp=None, romfs_bytes=0)`` starts a VirtualBoard (the real
 MicroPython unix port behind a pty) with the machine/network/ntptime stand-ins on its path
 and returns it; every board started is stopped at the end of the test.
 """
@@ -26,14 +26,15 @@ BOARD_PY = REPO / "tools" / "board.py"
 def vboard(tmp_path):
     started = []
 
-    def start(flash_dir=None, platform="esp32", ntp=None):
+    def start(flash_dir=None, platform="esp32", ntp=None, romfs_bytes=0):
         flash = Path(flash_dir or tmp_path / ("flash%d" % len(started)))
         flash.mkdir(parents=True, exist_ok=True)
         settings = tmp_path / ("board%d.json" % len(started))
         settings.write_text(json.dumps({"port": platform, "device_seed": "vboard",
                                         "ntp": list(ntp) if ntp else None}))
         board = VirtualBoard(flash, platform=platform, module_dirs=module_dirs(),
-                             env={"SECURENODE_MP_BOARD": str(settings)})
+                             env={"SECURENODE_MP_BOARD": str(settings)},
+                             romfs_bytes=romfs_bytes)
         board.start()
         started.append(board)
         return board

@@ -351,3 +351,28 @@ def test_monitor_says_so_when_the_board_goes_away(vboard):
         "board monitor: %s: the serial port went away (board unplugged?) (step: monitor)"
         % board.port]
 
+
+def test_romfs_deploy_runs_the_modules_from_rom_and_redeploys_nothing(vboard, device_dir,
+                                                                     subscriber, ntp,
+                                                                     firmware_copy):
+    board = vboard(ntp=("127.0.0.1", ntp.address[1]), romfs_bytes=256 * 1024)
+    (board.flash / "securenode").mkdir()
+    (board.flash / "securenode" / "app.mpy").write_bytes(b"stale copy that would shadow /rom")
+    fw = ("--firmware", firmware_copy)
+    r = run_board_tool("deploy", "--port", board.port, "--dir", device_dir, "--romfs",
+                       "--reset", *fw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ROMFS image written" in r.stdout
+    assert "removed stale securenode/app.mpy" in r.stdout
+    assert board.romfs_partition.read_bytes()[:3] == b"\xd2\xcd\x31"   # a ROMFS image
+    assert not list(board.flash.rglob("*.mpy"))     # modules only in the partition
+    # and no empty securenode/ left to shadow /rom/securenode as a namespace package
+    assert not (board.flash / "securenode").exists()
+    deadline = time.monotonic() + 40
+    while len(subscriber.readings(DEVICE)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [m["seq"] for m in subscriber.readings(DEVICE)][:3] == [1, 2, 3]
+    r = run_board_tool("deploy", "--port", board.port, "--dir", device_dir, "--romfs", *fw)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ROMFS up to date" in r.stdout and "0 copied" in r.stdout
+

@@ -30,12 +30,26 @@ for _d in _extra:
         if _name.endswith(".py"):
             __import__(_name[:-3])
 
+# A board with a ROMFS partition: its `vfs` has rom_ioctl (mp/_vboard_vfs.py), the partition
+# is a host file ($SECURENODE_VBOARD_ROMFS), mounted at /rom at boot when it holds an image.
+_romfs = None
+_rom_partition = os.getenv("SECURENODE_VBOARD_ROMFS")
+if _rom_partition:
+    sys.path[:] = [_AGENT.rsplit("/", 1)[0] + "/mp"]
+    import _vboard_vfs
+    _romfs = _vboard_vfs.attach(_rom_partition)
+    sys.modules["vfs"] = _vboard_vfs
+
 # The flash directory becomes "/", as a board's filesystem is (VfsPosix rooted there), and
-# sys.path is a board's: cwd, frozen modules, /lib. Nothing of the host shows.
+# sys.path is a board's: cwd, frozen modules, (ROMFS,) /lib. Nothing of the host shows.
 vfs.umount("/")
 vfs.mount(vfs.VfsPosix(_flash), "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+if _romfs is not None and _romfs[:3] == b"\xd2\xcd\x31":
+    vfs.mount(vfs.VfsRom(_romfs), "/rom")
+    sys.path[:] = ["", ".frozen", "/rom", "/rom/lib", "/lib"]
+del _romfs
 
 _in = sys.stdin.buffer
 _out = sys.stdout.buffer

@@ -64,11 +64,12 @@ class VirtualBoard:
 
     ``platform`` and ``machine`` only shape the banner; ``module_dirs`` are directories of
     MicroPython-side stand-ins (machine, network, ntptime) put at the end of sys.path;
-    ``env`` is passed to the interpreter (the stand-ins read their settings from it).
+    ``env`` is passed to the interpreter (the stand-ins read their settings from it);
+    ``romfs_bytes`` gives the board a ROMFS partition of that size (vfs.rom_ioctl, /rom).
     """
 
     def __init__(self, flash_dir, platform="esp32", machine="Generic ESP32 module with ESP32",
-                 module_dirs=(), env=None, heapsize="2M"):
+                 module_dirs=(), env=None, heapsize="2M", romfs_bytes=0):
         self.flash = Path(flash_dir).resolve()
         if not self.flash.is_dir():
             raise BoardError("flash directory %s does not exist" % self.flash)
@@ -79,6 +80,14 @@ class VirtualBoard:
         self.platform = platform
         self.module_dirs = [str(Path(d).resolve()) for d in module_dirs]
         self.env = dict(os.environ, **(env or {}))
+        self.env.pop("SECURENODE_VBOARD_ROMFS", None)
+        self.romfs_partition = None
+        if romfs_bytes:
+            # Beside the flash directory, not in it: a partition is not a file on the board.
+            self.romfs_partition = self.flash.parent / (self.flash.name + ".romfs-partition")
+            if not self.romfs_partition.exists():
+                self.romfs_partition.write_bytes(b"\xff" * romfs_bytes)
+            self.env["SECURENODE_VBOARD_ROMFS"] = str(self.romfs_partition)
         self.heapsize = heapsize
         self.soft_resets = 0
         self._completed_jobs = 0

@@ -1,9 +1,13 @@
 """`board deploy`: the firmware as .mpy for the board's arch, config and DER files, only what
 changed (SHA-256 compared on the board, as `mpremote fs cp` does), stale modules removed."""
+import contextlib
 import hashlib
+import io
 import subprocess
 import tempfile
 from pathlib import Path
+
+from mpremote.romfs import make_romfs
 
 from tools.boardtool import firmware
 from tools.boardtool.errors import EXIT_USAGE, BoardToolError, at
@@ -36,6 +40,11 @@ def _files(d):
         return [e[0] for e in os.ilistdir(d) if e[1] == 0x8000]
     except OSError:
         return []
+def _empty(d):
+    try:
+        return not list(os.ilistdir(d))
+    except OSError:
+        return False
 """
 
 
@@ -87,7 +96,7 @@ def deploy(port, directory, romfs=False, reset=False, firmware_dir=firmware.FIRM
         with tempfile.TemporaryDirectory(prefix="securenode-mpy-") as build:
             files = plan(directory, port, mpy_word, build, firmware_dir)
             if romfs:
-                return _deploy_romfs(port, board, files, build, say)
+                return _deploy_romfs(port, board, files, build, say, reset)
             return _sync(port, board, files, say, reset)
 
 
@@ -138,12 +147,19 @@ def _remove_stale(port, board, files):
             if path not in files and name.endswith((".py", ".mpy")):
                 board.exec("import os\nos.remove(%r)" % path, "remove %s" % path)
                 removed.append(path)
+        # An empty securenode/ left on the filesystem is still a package to `import` (a
+        # namespace one) and would shadow /rom/securenode: remove it once nothing is in it.
+        if (not any(p.startswith(d + "/") for p in files)
+                and board.eval("_empty(%r)" % d, "list %s" % d)):
+            board.exec("import os\nos.rmdir(%r)" % d, "remove %s" % d)
+            removed.append(d + "/")
     return removed
 
 
-def _deploy_romfs(port, board, files, build, say):
-    # Modules go into a ROMFS image (bytecode runs in place from flash); config and keys stay
-    # on the writable filesystem. mpremote builds and writes the image.
+def _deploy_romfs(port, board, files, build, say, reset):
+    # Modules go into a ROMFS image (bytecode runs in place from flash: what an ESP8266's heap
+    # needs); main.py, config and keys stay on the writable filesystem, where copies of the
+    # modules are removed (the filesystem comes first on sys.path and would shadow /rom).
     rom_dir = Path(build) / "romfs"
     rest = {}
     for path, content in files.items():
@@ -153,12 +169,31 @@ def _deploy_romfs(port, board, files, build, say):
             target.write_bytes(content)
         else:
             rest[path] = content
+    with contextlib.redirect_stdout(io.StringIO()):
+        image = make_romfs(str(rom_dir), mpy_cross=False)
     copied, unchanged = _sync(port, board, rest, say, reset=False)
-    board.__exit__(None, None, None)
-    proc = subprocess.run([str(MPREMOTE), "connect", port, "romfs", "deploy", str(rom_dir)],
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["?"]
-        raise at(port, "romfs deploy", last[0])
-    say("ROMFS image written (%d modules)" % sum(1 for p in files if p.endswith(".mpy")))
-    return copied + ["romfs"], unchanged
+    board.exec("import vfs, hashlib\n_d = vfs.rom_ioctl(2, 0)\n"
+               "_rom = None if isinstance(_d, int) else "
+               "hashlib.sha256(bytes(memoryview(_d)[:%d])).digest()\ndel _d" % len(image),
+               "read ROMFS partition")
+    if board.eval("_rom", "read ROMFS partition") == hashlib.sha256(image).digest():
+        say("ROMFS up to date (%d bytes)" % len(image))
+        unchanged += 1
+    else:
+        image_path = Path(build) / "securenode.romfs"
+        image_path.write_bytes(image)
+        board.__exit__(None, None, None)  # mpremote needs the port to itself
+        proc = subprocess.run([str(MPREMOTE), "connect", port, "romfs", "deploy",
+                               str(image_path)], capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0 or "ROMFS image deployed" not in proc.stdout:
+            last = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["?"]
+            raise at(port, "romfs deploy", last[0])
+        board.__enter__()
+        copied.append("romfs")
+        say("ROMFS image written (%d bytes, %d modules)"
+            % (len(image), sum(1 for p in files if p.endswith(".mpy"))))
+    if reset:
+        # /rom is mounted at boot: the new image is used from the next (soft) reset on.
+        board.soft_reset_to_main()
+        say("soft reset: main.py is starting")
+    return copied, unchanged

@@ -134,3 +134,6 @@ def main(argv=None):
     except BoardToolError as e:
         print("board %s: %s" % (args.command, e), file=sys.stderr)
         return e.exit_status
+    except KeyboardInterrupt:
+        print("board %s: interrupted" % args.command, file=sys.stderr)
+        return 130

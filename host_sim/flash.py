@@ -6,6 +6,11 @@ Example::
     prepare_flash(".sim/b1/flash", config, {"ca.der": ca_der, "device.key.der": key_path})
     argv = board_command(".sim/b1/flash", port="esp32", ntp=("127.0.0.1", 12300))
     subprocess.Popen(argv, cwd=repo_root, stdout=subprocess.PIPE)
+
+The same directory boots on real MicroPython with ``runtime="micropython"`` (and e.g.
+``board="esp32-spiram"``, ``bytecode="mpy"``): host_sim.mp.launcher writes it into the board's
+LittleFS2 image (``<flash>.state/flash.img``) at every start, keeping what only the image holds
+(the outbox, stored credentials).
 """
 import json
 import os

@@ -251,3 +251,15 @@ def test_parse_heap():
     with pytest.raises(ValueError):
         launcher.parse_heap("lots")
     assert math.isclose(launcher.PROFILES["esp32"] / 1024, 112)
+
+
+def test_mpy_of_another_version_is_refused_before_the_board_boots(tmp_path):
+    emits = launcher.mpy_cross_version()
+    with pytest.raises(launcher.LaunchError, match="emits mpy v%d.%d but the interpreter "
+                       "loads v5.0" % emits):
+        launcher.check_mpy_cross((5, 0))
+    src = tmp_path / "m.py"
+    src.write_text("x = 1\n")
+    with pytest.raises(launcher.LaunchError, match="cannot load"):
+        launcher.compile_mpy(src, tmp_path / "m.mpy", "m.py", (5, 0))
+    launcher.compile_mpy(src, tmp_path / "m.mpy", "m.py", launcher.interpreter_mpy())

@@ -13,6 +13,10 @@ Example::
 
     python -m host_sim.board --flash .sim/board-1/flash --port esp32 \\
         --air .sim/air.json --ntp 127.0.0.1:12300 --clock unset
+
+With ``--runtime micropython`` the same flash directory boots on the real MicroPython unix
+port instead (host_sim/mp/launcher.py: LittleFS2 flash image, ``--board`` heap profile,
+reset and watchdog by the launcher); the event lines on stdout have the same form.
 """
 import argparse
 import os

@@ -237,3 +237,12 @@ def test_status_is_online_with_counters_then_the_last_will_says_offline(tmp_path
                    == '{"status":"offline"}', 10, "the last will")
     finally:
         col.stop()
+
+
+def test_docstring_examples_of_the_collector_and_ingest_run():
+    import doctest
+
+    from tools import collector_store, ingest
+    for module in (collector_store, ingest):
+        failures, tried = doctest.testmod(module, verbose=False)
+        assert failures == 0 and tried >= 3, (module.__name__, failures, tried)

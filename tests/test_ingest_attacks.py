@@ -141,6 +141,9 @@ def test_a_connection_flood_is_capped_and_a_board_elsewhere_is_still_served(inge
     # Places come back as connections close.
     wait_until(lambda: not _refused_at_accept(ingest, "att-6", "127.0.0.4"), 10,
                "a place after the flood ended")
+    # The refusals are summed up in the log, not one line each.
+    summary = wait_until(lambda: ingest.events("refused_at_accept"), 10, "a refusal summary")
+    assert summary[0]["total"] >= 2
 
 
 def test_a_device_reconnecting_200_times_keeps_one_connection(ingest_process, pki):

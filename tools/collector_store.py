@@ -282,8 +282,11 @@ def handle_message(store, source, topic, payload):
     Every failure caused by the message is kept in ``rejects`` with its reason, so the
     caller may acknowledge it; only StoreError (the database itself) propagates.
 
+    >>> store = Store(":memory:")
     >>> handle_message(store, "mqtt", "devices/b1/readings", b"[[[")
     'rejected'
+    >>> store.rejects()[0][3]
+    'not JSON: Expecting value: line 1 column 4 (char 3)'
     """
     device_id = None
     try:

@@ -132,7 +132,9 @@ class CappedListener(socket.socket):
     Each accepted connection is counted until asyncio closes it.
 
     >>> listener = CappedListener(max_open=256, max_per_address=32)
-    >>> listener.bind(("127.0.0.1", 0)); listener.listen(128)
+    >>> listener.bind(("127.0.0.1", 0)); listener.listen(128); listener.open
+    0
+    >>> listener.close()
     """
 
     def __init__(self, max_open, max_per_address, family=socket.AF_INET):
@@ -323,6 +325,17 @@ class IngestServer:
         await connection.send(json.dumps({"ack": seq}))
         return True
 
+    async def _report_refusals(self, every_s=5.0):
+        # Connections closed at the accept are counted, not logged one by one: a flood
+        # must not become a flood of log lines. One summary line per interval at most.
+        reported = 0
+        while True:
+            await asyncio.sleep(every_s)
+            if self.listener.refused != reported:
+                self._event("refused_at_accept", count=self.listener.refused - reported,
+                            total=self.listener.refused)
+                reported = self.listener.refused
+
     async def _send_command(self, connection, command):
         command.setdefault("id", self._next_id)
         self._next_id += 1
@@ -353,7 +366,9 @@ class IngestServer:
                              compression=None, ping_interval=None) as server:
                 self.port = server.sockets[0].getsockname()[1]
                 self._ready.set()
+                reporter = asyncio.ensure_future(self._report_refusals())
                 await self._stop.wait()
+                reporter.cancel()
         except Exception as exc:
             self._error = exc
             self._ready.set()

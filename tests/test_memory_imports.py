@@ -37,7 +37,8 @@ TRANSPORT = {
                  "securenode.wss_client", "securenode.ws_frame", "securenode.wss_link"},
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
-                    "securenode.provision_codec", "securenode.x509_peek", "umqtt",
+                    "securenode.provision_codec", "securenode.x509_peek",
+                    "securenode.tls_explain", "umqtt",
                     "umqtt.simple"}
 
 

@@ -25,8 +25,6 @@ import sys
 
 from micropython import const
 
-from securenode import clock, net
-
 _VERIFY_FAILED = const(-9984)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
 
 # Newer MicroPython raises ValueError carrying mbedTLS's verify text instead of -9984.
@@ -73,14 +71,6 @@ def _pem(der):
     return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
 
 
-def _names(leaf):
-    names = list(leaf.dns_names)
-    names += [".".join(str(b) for b in ip) for ip in leaf.ip_addresses if len(ip) == 4]
-    if not names and leaf.subject_cn:
-        names.append(leaf.subject_cn)
-    return ", ".join(names) or "no name"
-
-
 class PinnedTls:
     def __init__(self, ca_ders, cert_der, key_der, server_hostname, handshake_ms, io_ms,
                  allow_unverified=False):
@@ -97,6 +87,8 @@ class PinnedTls:
         self._io_s = io_ms / 1000
         self.root_sets = self._root_sets(ca_ders) if self.verified else [None]
         self.cadata = self.root_sets[0]
+        self._ctx = None        # the SSLContext for _ctx_cadata, kept across connections
+        self._ctx_cadata = None
 
     def _root_sets(self, ders):
         # Before MicroPython 1.29 cadata held one certificate: pin each root in turn there.
@@ -110,12 +102,19 @@ class PinnedTls:
             return list(ders)
 
     def context(self):
+        # Kept across reconnects: an SSLContext is ~3 KB of GC heap in one piece, which a
+        # heap fragmented by hours of readings may no longer offer (a reconnect failed so at
+        # 98 KB on the unix port), and re-parsing the roots and key costs time.
+        if self._ctx is not None and self._ctx_cadata is self.cadata:
+            return self._ctx
+        self._ctx = None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if self.verified:
             ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's ssl starts at CERT_NONE
             ctx.load_verify_locations(cadata=self.cadata)
         if self._cert:
             ctx.load_cert_chain(self._cert, self._key)
+        self._ctx, self._ctx_cadata = ctx, self.cadata
         return ctx
 
     def wrap_socket(self, sock, server_hostname=None):
@@ -135,70 +134,12 @@ class PinnedTls:
 
     def explain(self, exc, host, port):
         """The TlsError a failed handshake with ``host:port`` stands for."""
-        peer = "%s:%d" % (host, port)
-        if net.is_timeout(exc):
-            return TlsError("handshake_timeout", peer,
-                            "no TLS handshake within %d ms (timeouts_ms.handshake)"
-                            % int(self._handshake_s * 1000),
-                            self.pinned)
-        if not self.is_verify_failure(exc):
-            if isinstance(exc, ValueError):
-                return TlsError("bad_credentials", peer,
-                                "the board's own certificate or key does not load (%s)" % exc)
-            return TlsError("handshake_failed", peer, "TLS handshake failed (%s)" % (exc,),
-                            self.pinned)
-        if not clock.is_set():
-            return TlsError("clock_unset", peer,
-                            "board clock reads %d, before this firmware was built: sync NTP "
-                            "first" % clock.unix_time(), self.pinned)
-        text = str(exc)
-        for needle, kind in _VERIFY_TEXTS:
-            if needle in text:
-                return TlsError(kind, peer, text.strip(), self.pinned)
-        return self.diagnose(host, port)
-
-    def diagnose(self, host, port):
-        """Look at the peer's certificate without trusting it, and say why it failed."""
-        # The DER reader only explains a failure: loaded here, dropped again after, so a
-        # board that recovers does not keep it resident.
-        from securenode import x509_peek
+        # The reasoning (and the DER reader it may need) loads only after a failure and is
+        # dropped again after, so a board that recovers keeps none of it resident.
+        from securenode import tls_explain
 
         try:
-            return self._diagnose(host, port, x509_peek)
+            return tls_explain.explain(self, exc, host, port)
         finally:
-            sys.modules.pop("securenode.x509_peek", None)
-
-    def _diagnose(self, host, port, x509_peek):
-        peer = "%s:%d" % (host, port)
-        try:
-            sock = net.open_tcp(host, port, int(self._handshake_s * 1000))
-            try:
-                sock.settimeout(self._handshake_s)
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                ctx.verify_mode = ssl.CERT_NONE
-                tls = ctx.wrap_socket(sock, server_hostname=self.server_hostname)
-                der = tls.getpeercert(True)
-                tls.close()
-            finally:
-                sock.close()
-            leaf = x509_peek.parse(der)
-        except Exception as exc:
-            return TlsError("verify_failed", peer,
-                            "certificate rejected; the reason could not be read (%s)" % (exc,),
-                            self.pinned)
-        now = clock.unix_time()
-        if now < leaf.not_before:
-            return TlsError("cert_not_yet_valid", peer,
-                            "certificate valid from %d, board clock reads %d"
-                            % (leaf.not_before, now), self.pinned)
-        if now > leaf.not_after:
-            return TlsError("cert_expired", peer,
-                            "certificate expired at %d, board clock reads %d"
-                            % (leaf.not_after, now), self.pinned)
-        if not x509_peek.hostname_matches(self.server_hostname, leaf):
-            return TlsError("hostname_mismatch", peer,
-                            "certificate is for %s, not %s"
-                            % (_names(leaf), self.server_hostname), self.pinned)
-        return TlsError("unknown_ca", peer,
-                        "certificate issued by %r does not chain to the pinned root"
-                        % (leaf.issuer_cn,), self.pinned)
+            for name in ("securenode.tls_explain", "securenode.x509_peek"):
+                sys.modules.pop(name, None)

@@ -40,6 +40,7 @@ _TX_BYTES = const(256)      # a reading's whole PUBLISH: header, topic, id, ~90 
 _MAX_PACKET = const(1024)   # largest packet body taken from the broker
 _GOODBYE_MS = const(500)    # how long close() waits for the broker to end the connection
 _QUOTE = const(48)
+_POLL_MAX = const(8)        # packets handled per poll(): a flooding broker cannot stall sampling
 
 
 def _text(data):
@@ -187,12 +188,11 @@ class MqttLink:
 
     # --- idle -----------------------------------------------------------------------------
     def poll(self, waiting_for="a packet"):
-        """Handle every packet that has arrived, without waiting for one; return how many.
-
-        A packet that has begun to arrive is read to its end within timeouts_ms.io.
+        """Handle the packets that have arrived (at most 8), without waiting for one; return
+        how many. A packet that has begun to arrive is read to its end within timeouts_ms.io.
         """
         handled = 0
-        while True:
+        while handled < _POLL_MAX:
             try:
                 data = self._stream.read(self._decoder.need(), 0)
             except OSError as exc:
@@ -207,6 +207,7 @@ class MqttLink:
             deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
             self._handle(self._read_packet(deadline, waiting_for), waiting_for)
             handled += 1
+        return handled
 
     def check(self, dead_after_ms):
         """Handle what arrived (non-blocking); raise LinkError("link_lost") when a PINGREQ
@@ -345,8 +346,9 @@ class MqttLink:
 
     def _goodbye(self, stream):
         try:
-            while stream.read(64, 0):
-                pass  # discard what arrived unasked; a closing session answers nothing
+            for _ in range(_POLL_MAX):
+                if not stream.read(64, 0):
+                    break  # discard what arrived unasked; a closing session answers nothing
             stream.write(mc.DISCONNECT_BYTES, 2, self._io_ms)
             until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
             while True:

@@ -321,6 +321,23 @@ def test_pending_requests_are_bounded(pki, station, monkeypatch):
     assert (status, doc) == (429, {"status": "busy"})
 
 
+def test_login_throttle_remembers_a_bounded_number_of_addresses():
+    now = [0.0]
+    guard = bsm.LoginGuard(concurrency=1, delay_s=1.0, max_delay_s=4.0, max_sources=3,
+                           clock=lambda: now[0])
+    try:
+        for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+            assert guard.begin(ip) is None
+            guard.end(ip, ok=False)
+        assert guard.begin("192.0.2.1") == 1.0            # waits after its wrong password
+        assert guard.begin("192.0.2.4") is not None       # table full: newcomers wait too
+        now[0] = 10.0                                     # long past every wait: pruned
+        assert guard.begin("192.0.2.4") is None
+        assert guard.begin("192.0.2.4") is not None       # one attempt in flight at a time
+    finally:
+        guard.close()
+
+
 def test_denied_and_expired_requests_are_deleted_after_a_week(pki, station, clock):
     denied, _ = ask(pki, station.port, "dev-old-denied")
     station.store.decide(str(denied), False, clock(), "test")

@@ -83,13 +83,19 @@ class _Tally:
 
     def __init__(self):
         self.counts = collections.Counter()
+        self.texts = {}
         self.next_line = {}
 
     def note(self, kind, text, now):
         self.counts[kind] += 1
-        if now >= self.next_line.get(kind, 0):
+        self.texts[kind] = text
+        self.flush(now)
+
+    def flush(self, now):
+        for kind in [k for k in self.counts if now >= self.next_line.get(k, 0)]:
             n = self.counts.pop(kind)
-            log.warning("%s%s", text, " (%d times in the last 5 s)" % n if n > 1 else "")
+            log.warning("%s%s", self.texts[kind],
+                        " (%d times in the last 5 s)" % n if n > 1 else "")
             self.next_line[kind] = now + 5
 
 
@@ -288,6 +294,7 @@ class Frontend:
             self._release(conn)
 
     def _sweep(self, now):
+        self._tally.flush(now)
         for key in list(self._sel.get_map().values()):
             conn = key.data
             if conn is None:

@@ -317,7 +317,9 @@ class Decoder:
                     self._complete()
             else:
                 k = min(n - used, self._length - self._got)
-                self._view[self._got:self._got + k] = data[used:used + k]
+                # A reader that asked for need() bytes hands over exactly the body: copy it
+                # without the slice (an allocation per packet on a board).
+                self._view[self._got:self._got + k] = data if k == n else data[used:used + k]
                 self._got += k
                 used += k
                 if self._got == self._length:

@@ -1,6 +1,12 @@
 """tools/ingest.py under attack, run as its own process (`ingest.py serve`) over real TLS:
 memory and threads stay bounded, floods are capped, a legitimate board is still served, and
-careless or hostile messages end in one clean close and one escaped log line."""
+careless or hostile messages end in one clean close and one escaped log line.
+
+The clients are websockets' asyncio client. Its sync client stalls about one opening
+handshake in 150 against any asyncio websockets server (the request never reaches the
+server; the asyncio client and a raw TLS socket sending the same request never do, 0 in
+1,000 each): that stall belongs to the test's client, not to the endpoint.
+"""
 
 import asyncio
 import contextlib
@@ -13,13 +19,18 @@ import threading
 import time
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.sync.client import connect
 
 from collector_fixtures import ROOT, proc_status, wait_until
 
 DEVICES = ["legit"] + ["att-%d" % n for n in range(8)]
 TOKENS = {d: "token-%s-0123456789abcdef" % d for d in DEVICES}
+
+
+def run(scenario):
+    """Run one test's async scenario with an overall deadline."""
+    return asyncio.run(asyncio.wait_for(scenario, 120))
 
 
 class IngestProcess:
@@ -48,11 +59,10 @@ class IngestProcess:
         return [e for e in map(json.loads, self.lines) if e["event"] == kind]
 
     def client(self, device, source="127.0.0.1", token=None):
+        """An awaitable connection as DEVICE from address SOURCE (use with `async with`)."""
         context = ssl.create_default_context(cafile=str(self.pki.ca.cert_pem))
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10,
-                                        source_address=(source, 0))
         return connect("wss://localhost:%d/ingest/%s" % (self.port, device), ssl=context,
-                       sock=sock, server_hostname="localhost", open_timeout=10,
+                       local_addr=(source, 0), open_timeout=10,
                        additional_headers={"Authorization": "Bearer " + (token or TOKENS[device])})
 
     def status(self):
@@ -90,90 +100,89 @@ def reading(device, seq, **over):
     return json.dumps(r)
 
 
-def send(ws, device, seq, **over):
-    ws.send(reading(device, seq, **over))
-    return json.loads(ws.recv(timeout=10))
+async def send(ws, device, seq, **over):
+    await ws.send(reading(device, seq, **over))
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 def test_memory_stays_bounded_however_many_large_readings_arrive(ingest_process):
     ingest = ingest_process("--keep", "50")
     pad = "x" * 3800    # each reading just under the 4096-byte message limit
-    with ingest.client("legit") as ws:
-        for seq in range(1, 201):
-            assert send(ws, "legit", seq, pad=pad) == {"ack": seq}
-        threads0, rss0 = ingest.status()
-        for seq in range(201, 5201):   # 19 MB of readings if all were kept
-            assert send(ws, "legit", seq, pad=pad) == {"ack": seq}
-        threads, rss = ingest.status()
-        assert rss - rss0 < 8 * 1024, "RSS grew by %d KiB" % (rss - rss0)
-        assert threads == threads0
-        # One byte over the limit closes with 1009 (message too big), nothing kept.
-        ws.send(reading("legit", 5201, pad=pad + "y" * 300))
-        with pytest.raises(ConnectionClosed) as info:
-            ws.recv(timeout=10)
-    assert info.value.rcvd.code == 1009
+
+    async def scenario():
+        async with ingest.client("legit") as ws:
+            for seq in range(1, 201):
+                assert await send(ws, "legit", seq, pad=pad) == {"ack": seq}
+            threads0, rss0 = ingest.status()
+            for seq in range(201, 5201):   # 19 MB of readings if all were kept
+                assert await send(ws, "legit", seq, pad=pad) == {"ack": seq}
+            threads, rss = ingest.status()
+            assert rss - rss0 < 8 * 1024, "RSS grew by %d KiB" % (rss - rss0)
+            assert threads == threads0
+            # One byte over the limit closes with 1009 (message too big), nothing kept.
+            await ws.send(reading("legit", 5201, pad=pad + "y" * 300))
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+        return info.value.rcvd.code
+
+    assert run(scenario()) == 1009
     assert len(ingest.events("reading")) == 5200
 
 
-def _refused_at_accept(ingest, device, source):
+async def _refused_at_accept(ingest, device, source):
     """True if the server closes the connection before the TLS handshake completes."""
     try:
-        with ingest.client(device, source=source):
-            pass
+        async with ingest.client(device, source=source):
+            return False
     except (OSError, EOFError, InvalidHandshake):
         return True
-    return False
 
 
 def test_a_connection_flood_is_capped_and_a_board_elsewhere_is_still_served(ingest_process):
     ingest = ingest_process("--max-connections", "6", "--max-per-address", "4")
     threads0, rss0 = ingest.status()
-    with contextlib.ExitStack() as stack:
-        held = [stack.enter_context(ingest.client("att-%d" % n)) for n in range(3)]
-        held.append(stack.enter_context(socket.create_connection(("127.0.0.1", ingest.port))))
-        assert _refused_at_accept(ingest, "att-4", "127.0.0.1")   # a 5th from one address
-        legit = stack.enter_context(ingest.client("legit", source="127.0.0.2"))
-        held.append(stack.enter_context(ingest.client("att-5", source="127.0.0.3")))
-        assert _refused_at_accept(ingest, "att-6", "127.0.0.4")   # a 7th in all
-        assert send(legit, "legit", 1) == {"ack": 1}
-        threads, rss = ingest.status()
-        assert threads == threads0 and rss - rss0 < 10 * 1024, (threads0, threads, rss - rss0)
-    # Places come back as connections close.
-    wait_until(lambda: not _refused_at_accept(ingest, "att-6", "127.0.0.4"), 10,
-               "a place after the flood ended")
+
+    async def scenario():
+        async with contextlib.AsyncExitStack() as stack:
+            for n in range(3):
+                await stack.enter_async_context(ingest.client("att-%d" % n))
+            stack.enter_context(socket.create_connection(("127.0.0.1", ingest.port)))
+            assert await _refused_at_accept(ingest, "att-4", "127.0.0.1")  # 5th, one address
+            legit = await stack.enter_async_context(ingest.client("legit", "127.0.0.2"))
+            await stack.enter_async_context(ingest.client("att-5", "127.0.0.3"))
+            assert await _refused_at_accept(ingest, "att-6", "127.0.0.4")  # 7th in all
+            assert await send(legit, "legit", 1) == {"ack": 1}
+            threads, rss = ingest.status()
+            assert threads == threads0 and rss - rss0 < 10 * 1024, (threads, rss - rss0)
+        # Places come back as connections close.
+        deadline = time.monotonic() + 10
+        while await _refused_at_accept(ingest, "att-6", "127.0.0.4"):
+            assert time.monotonic() < deadline, "no place came back after the flood ended"
+            await asyncio.sleep(0.2)
+
+    run(scenario())
     # The refusals are summed up in the log, not one line each.
     summary = wait_until(lambda: ingest.events("refused_at_accept"), 10, "a refusal summary")
     assert summary[0]["total"] >= 2
 
 
-def test_a_device_reconnecting_200_times_keeps_one_connection(ingest_process, pki):
-    # An asyncio client: 200 sync clients would be 200 client threads in this process.
-    from websockets.asyncio.client import connect as connect_async
-
+def test_a_device_reconnecting_200_times_keeps_one_connection(ingest_process):
     ingest = ingest_process("--max-per-address", "300")
     threads0, rss0 = ingest.status()
-    context = ssl.create_default_context(cafile=str(pki.ca.cert_pem))
 
-    async def reconnect_200_times():
-        held = []
-        for _ in range(200):
-            held.append(await connect_async(
-                "wss://localhost:%d/ingest/att-0" % ingest.port, ssl=context, open_timeout=10,
-                additional_headers={"Authorization": "Bearer " + TOKENS["att-0"]}))
+    async def scenario():
+        held = [await ingest.client("att-0") for _ in range(200)]
         deadline = time.monotonic() + 10
         while sum(ws.close_code is None for ws in held) > 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        still_open = [ws for ws in held if ws.close_code is None]
-        await held[-1].send(reading("att-0", 1))
-        answer = json.loads(await held[-1].recv())
+        assert [ws for ws in held if ws.close_code is None] == [held[-1]]
+        assert await send(held[-1], "att-0", 1) == {"ack": 1}
         threads, rss = ingest.status()
         for ws in held:
             await ws.close()
-        return still_open == [held[-1]], answer, threads, rss
+        assert threads == threads0 and rss - rss0 < 20 * 1024, (threads, rss - rss0)
 
-    only_last_open, answer, threads, rss = asyncio.run(reconnect_200_times())
-    assert only_last_open and answer == {"ack": 1}
-    assert threads == threads0 and rss - rss0 < 20 * 1024, (threads0, threads, rss - rss0)
+    run(scenario())
 
 
 def test_silent_connections_are_dropped_at_the_handshake_deadline(ingest_process):
@@ -181,8 +190,12 @@ def test_silent_connections_are_dropped_at_the_handshake_deadline(ingest_process
     threads0, _ = ingest.status()
     silent = [socket.create_connection(("127.0.0.1", ingest.port), timeout=5)
               for _ in range(200)]
-    with ingest.client("legit", source="127.0.0.2") as ws:
-        assert send(ws, "legit", 1) == {"ack": 1}
+
+    async def board():
+        async with ingest.client("legit", source="127.0.0.2") as ws:
+            return await send(ws, "legit", 1)
+
+    assert run(board()) == {"ack": 1}
     assert ingest.status()[0] == threads0
     deadline = time.monotonic() + 6
     for s in silent:
@@ -205,27 +218,34 @@ def test_silent_connections_are_dropped_at_the_handshake_deadline(ingest_process
 def test_a_bad_message_gets_one_clean_close_and_one_log_line(message, code, reason,
                                                             ingest_process):
     ingest = ingest_process()
-    with ingest.client("legit") as ws:
-        ws.send(message)
-        with pytest.raises(ConnectionClosed) as info:
-            ws.recv(timeout=10)
-    assert (info.value.rcvd.code, info.value.rcvd.reason) == (code, reason)
+
+    async def scenario():
+        async with ingest.client("legit") as ws:
+            await ws.send(message)
+            with pytest.raises(ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+        async with ingest.client("legit") as ws:             # and the endpoint goes on
+            assert await send(ws, "legit", 1) == {"ack": 1}
+        return info.value.rcvd.code, info.value.rcvd.reason
+
+    assert run(scenario()) == (code, reason)
     closing = wait_until(lambda: ingest.events("closing"), 10, "the closing event")
     assert closing == [{"event": "closing", "device": "legit", "code": code, "reason": reason}]
-    assert ingest.events("reading") == []
-    with ingest.client("legit") as ws:                 # and the endpoint goes on
-        assert send(ws, "legit", 1) == {"ack": 1}
+    assert [e["seq"] for e in ingest.events("reading")] == [1]
 
 
 def test_reading_fields_cannot_forge_log_lines(ingest_process):
     ingest = ingest_process()
     forged = '230\n{"event": "reading", "device": "att-1", "seq": 9}\x1b[31m'
-    with ingest.client("legit") as ws:
-        assert send(ws, "legit", 1, voltage=forged, freq={"\n": "\x1b"}) == {"ack": 1}
+
+    async def scenario():
+        async with ingest.client("legit") as ws:
+            return await send(ws, "legit", 1, voltage=forged, freq={"\n": "\x1b"})
+
+    assert run(scenario()) == {"ack": 1}
     wait_until(lambda: ingest.events("reading"), 10, "the reading event")
-    text = "\n".join(ingest.lines)
-    assert "\x1b" not in text
+    assert "\x1b" not in "\n".join(ingest.lines)
     events = [json.loads(line) for line in ingest.lines]    # every line is one JSON object
     readings = [e for e in events if e["event"] == "reading"]
     assert [(e["device"], e["seq"]) for e in readings] == [("legit", 1)]
-    assert readings[0]["voltage"] == forged[:80] + "..." if len(forged) > 80 else forged
+    assert readings[0]["voltage"] == (forged if len(forged) <= 80 else forged[:80] + "...")

@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
-from websockets.sync.client import connect  # noqa: E402
+from websockets.asyncio.client import connect as connect_async  # noqa: E402
 
 from collector_fixtures import proc_status  # noqa: E402
 from conftest import Pki  # noqa: E402
@@ -57,16 +57,15 @@ def start_ingest(pki, workdir):
 
 
 def client(pki, port, device, source):
+    """websockets' asyncio client (its sync client stalls about one handshake in 150)."""
     context = ssl.create_default_context(cafile=str(pki.ca.cert_pem))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
-    return connect("wss://localhost:%d/ingest/%s" % (port, device), ssl=context, sock=sock,
-                   server_hostname="localhost", open_timeout=30,
-                   additional_headers={"Authorization": "Bearer " + TOKENS[device]})
+    return connect_async("wss://localhost:%d/ingest/%s" % (port, device), ssl=context,
+                         local_addr=(source, 0), open_timeout=30,
+                         additional_headers={"Authorization": "Bearer " + TOKENS[device]})
 
 
 class IdleBoards:
-    """IDLE authenticated connections that send nothing, held by one asyncio loop in a thread
-    (one sync client each would put a hundred threads into this process)."""
+    """IDLE authenticated connections that send nothing, held by one asyncio loop in a thread."""
 
     def __init__(self, pki, port):
         self.pki, self.port = pki, port
@@ -74,16 +73,9 @@ class IdleBoards:
         self.connections = []
 
     async def _open(self):
-        from websockets.asyncio.client import connect as connect_async
-        context = ssl.create_default_context(cafile=str(self.pki.ca.cert_pem))
         for n in range(IDLE):
-            device = "idle-%d" % n
-            sock = socket.create_connection(("127.0.0.1", self.port),
-                                            source_address=("127.0.0.3", 0))
-            self.connections.append(await connect_async(
-                "wss://localhost:%d/ingest/%s" % (self.port, device), ssl=context, sock=sock,
-                server_hostname="localhost", open_timeout=30,
-                additional_headers={"Authorization": "Bearer " + TOKENS[device]}))
+            self.connections.append(await client(self.pki, self.port, "idle-%d" % n,
+                                                 "127.0.0.3"))
 
     async def _close(self):
         for ws in self.connections:
@@ -99,22 +91,22 @@ class IdleBoards:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def measure(pki, port, pid, first_seq):
+async def _measure(pki, port, pid, first_seq):
     setups = []
     for n in range(CONNECTS):
         t0 = time.perf_counter()
-        with client(pki, port, "legit", "127.0.0.2") as ws:
-            ws.send(json.dumps({"id": "legit", "seq": first_seq + n, "voltage": 230.0}))
-            json.loads(ws.recv(timeout=30))
+        async with client(pki, port, "legit", "127.0.0.2") as ws:
+            await ws.send(json.dumps({"id": "legit", "seq": first_seq + n, "voltage": 230.0}))
+            json.loads(await ws.recv())
         setups.append(time.perf_counter() - t0)
     trips = []
-    with client(pki, port, "legit", "127.0.0.2") as ws:
+    async with client(pki, port, "legit", "127.0.0.2") as ws:
         t_all = time.perf_counter()
         for n in range(READINGS):
             t0 = time.perf_counter()
-            ws.send(json.dumps({"id": "legit", "seq": first_seq + CONNECTS + n,
-                                "voltage": 230.0, "freq": 50.0}))
-            json.loads(ws.recv(timeout=30))
+            await ws.send(json.dumps({"id": "legit", "seq": first_seq + CONNECTS + n,
+                                      "voltage": 230.0, "freq": 50.0}))
+            json.loads(await ws.recv())
             trips.append(time.perf_counter() - t0)
         rate = READINGS / (time.perf_counter() - t_all)
     trips.sort()
@@ -124,6 +116,10 @@ def measure(pki, port, pid, first_seq):
             "trip_median_ms": statistics.median(trips) * 1000,
             "trip_p99_ms": trips[int(len(trips) * 0.99)] * 1000, "rate": rate,
             "rss_mib": rss_kib / 1024, "threads": threads}
+
+
+def measure(pki, port, pid, first_seq):
+    return asyncio.run(_measure(pki, port, pid, first_seq))
 
 
 def _still_open(sock):

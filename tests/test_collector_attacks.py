@@ -348,6 +348,19 @@ def test_jsonl_poison_is_nacked_kept_and_the_connection_goes_on(line, reason, tm
         col.stop()
 
 
+def test_a_jsonl_line_over_4096_bytes_is_kept_as_a_reject_and_the_connection_closed(tmp_path,
+                                                                                   pki):
+    col = CollectorProcess(tmp_path / "r.db", pki, jsonl=True).start()
+    try:
+        with _tls_client(pki, col.jsonl_port, "jsonl-long") as tls:
+            tls.sendall(b"x" * 6000 + b"\n")
+            assert _closed_by_peer(tls, 5), "a 6000-byte line was read on"
+        assert "line longer than 4096 bytes" in _rejects(col.db, "jsonl-long")[0][3]
+        assert _send_reading(pki, col.jsonl_port, "jsonl-long", 1)[0] == {"ack": 1}
+    finally:
+        col.stop()
+
+
 def test_a_dead_database_behind_the_jsonl_listener_ends_the_collector_unacked(tmp_path, pki):
     pg = Postgres().start()
     col = CollectorProcess(pg.url, pki, jsonl=True).start()

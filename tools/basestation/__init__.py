@@ -10,8 +10,9 @@ hands it out once. No password is stored in plain text anywhere; none is logged.
 
 One module per job: ``store`` (SQLite state), ``broker`` (Mosquitto's password file, reload,
 reserved ids), ``frontend`` (connections: caps, TLS handshake timeout, whole-request deadline,
-a few workers for complete requests), ``server`` (the routes, the login throttle, the
-beacon), ``page`` (the operator's HTML), ``cli`` (``python -m tools.basestation --help``).
+a few workers for complete requests), ``login`` (the bound on password guessing),
+``server`` (the device API, the page's routes, the beacon), ``page`` (the operator's HTML),
+``cli`` (``python -m tools.basestation --help``).
 
     with BaseStation(state_dir, chain_pem, key_pem, ca_der, mqtt=("127.0.0.1", 8884,
                      "localhost"), passwords=MosquittoPasswords(path, pid_file=pid_path)) as bs:
@@ -21,7 +22,8 @@ beacon), ``page`` (the operator's HTML), ``cli`` (``python -m tools.basestation 
 from .broker import MosquittoPasswords, ReloadError, revoke
 from .cli import main
 from .frontend import Limits
-from .server import MAX_BODY_BYTES, BaseStation, LoginGuard
+from .login import LoginGuard
+from .server import MAX_BODY_BYTES, BaseStation
 from .store import (MAX_PENDING, MAX_PENDING_PER_SOURCE, PENDING_TTL_S, RELEASE_WINDOW_S,
                     BaseStationError, Store, check_password, comparison_code, hash_password)
 

@@ -402,11 +402,6 @@ class Node:
     }
 
 
-# The link module of each transport (links.open_link picks the class from it).
-_LINK_MODULES = {"mqtts": "securenode.mqtt_link", "jsonl": "securenode.jsonl_link",
-                 "wss": "securenode.wss_link", "mqtt_wss": "securenode.mqtt_wss_link"}
-
-
 def _unload_provisioning():
     # The provisioning client is used at most a few times in a board's life: load it for
     # that, then give its ~25 KB back to the readings.
@@ -425,10 +420,6 @@ def main(config_path="config.json"):
         error("config", str(exc))
         emit("halted", reason="config")
         return 1
-    # The configured link (~25 KB of code for MQTT) loads now, into a heap that holds only
-    # the boot's few objects, instead of at the first connect between buffers and readings:
-    # a board that could boot would otherwise fail its first connect for want of a block.
-    __import__(_LINK_MODULES[cfg.transport])
     try:
         node = Node(cfg, cause, last_crash)
     except sensor.SensorError as exc:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hostile_broker import DISCONNECT, PUBLISH, HostileBroker, NeverAccepts
+from mp_fixtures import mp_launch  # noqa: F401  (fixture: the real MicroPython runtime)
 from host_sim.servers.mosquitto import free_port
 from host_sim.servers.tls_recorder import RecordingTlsServer
 
@@ -245,3 +246,41 @@ def test_a_clean_stop_says_disconnect_to_mosquitto_so_the_will_stays_unsaid(laun
     # Mosquitto 2 logs "disconnected." after DISCONNECT, "closed its connection." without it
     # (and then publishes the will).
     assert "Client hb-bye disconnected." in tail, tail
+
+
+# --- the same brokers against the firmware on the real MicroPython unix port ------------------
+@pytest.mark.parametrize("behaviour, kind, text", [
+    ("stall", "connack_timeout", "within %d ms (timeouts_ms.io)" % IO_MS),
+    ("huge_length", "protocol", "over the bound of 1024"),
+    ("wrong_id", "protocol", "never sent"),
+    ("withhold", "ack_timeout", "no PUBACK"),
+])
+def test_on_real_micropython_each_misbehaviour_ends_in_its_named_error(mp_launch, pki,
+                                                                       behaviour, kind, text):
+    with HostileBroker(pki, lambda i: behaviour if i == 0 else "normal") as broker:
+        board = mp_launch("hbmp-" + behaviour.replace("_", ""), broker.port,
+                          config=dict(FAST, **{"run.max_readings": 2}))
+        error = board.wait_for("error", timeout=30, kind=kind)
+        assert text in error["detail"]
+        # The next connection is fair: the board recovers and delivers; a reading sent on
+        # the first one (all but "stall" got that far) goes again, the same bytes with DUP.
+        board.wait_for("halted", timeout=60, reason="done")
+        assert_acked_only_with_puback(board, broker)
+        first = [r[3] for r in broker.published() if r[0].index == 0]
+        resent = [r[3] for r in broker.published() if r[0].index > 0 and r[1] & 8]
+        assert resent == first and bool(first) == (behaviour != "stall"), (first, resent)
+
+
+def test_on_real_micropython_duplicates_and_unsolicited_publishes_cause_no_error(mp_launch,
+                                                                                pki):
+    with HostileBroker(pki, lambda i: "duplicate") as broker:
+        board = mp_launch("hbmp-dup", broker.port, config={"run.max_readings": 4})
+        board.wait_for("halted", timeout=60, reason="done")
+        assert board.errors() == []
+        assert len(board.of("mqtt_duplicate_puback")) >= 3
+        assert_acked_only_with_puback(board, broker)
+    with HostileBroker(pki, lambda i: "unsolicited") as broker:
+        board = mp_launch("hbmp-unsol", broker.port, config={"run.max_readings": 2})
+        board.wait_for("halted", timeout=60, reason="done")
+        assert board.errors() == []
+        assert broker.connections[0].pubacks_from_client == [0x7F01]

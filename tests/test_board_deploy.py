@@ -210,7 +210,7 @@ def test_repl_runs_an_expression_and_exits(vboard):
 def test_calibrate_writes_volts_per_count_from_a_live_window(vboard, device_dir, ntp):
     board = vboard(ntp=("127.0.0.1", ntp.address[1]))
     # 40 samples over 100 ms: a sample may come 2.5 ms late before the window counts as
-    # disturbed, so a busy test host still yields clean windows.
+    # disturbed, so a busy test host still yields clean windows, which is all calibrate uses.
     cfg = json.loads((device_dir / "config.json").read_text())
     cfg["sample"].update(samples=40, window_ms=100)
     (device_dir / "config.json").write_text(json.dumps(cfg))

@@ -122,7 +122,8 @@ def parser():
 
     p = command("calibrate", "set sample.volts_per_count from a voltage you measured")
     p.add_argument("--volts", type=float, required=True, help="mains voltage on your meter")
-    p.add_argument("--windows", type=int, default=5)
+    p.add_argument("--windows", type=int, default=5,
+                   help="clean sampling windows to average (retaken for up to 20 s)")
     p.add_argument("--dir", default=DEFAULT_DIR)
     return top
 

@@ -14,21 +14,24 @@ MPREMOTE = REPO / ".venv" / "bin" / "mpremote"
 # mains.STATUS_CLIPPED | STATUS_NO_SIGNAL: a window with either says nothing about the scale;
 # STATUS_DISTURBED (a gap in the window) skews the RMS: a calibration uses clean windows only.
 _UNUSABLE = 0x01 | 0x02 | 0x10
+_BUDGET_MS = 20000
 
-# Runs on the board: the firmware's own sampler with the board's own config, N windows.
+# Runs on the board: the firmware's own sampler with the board's own config. Windows with a
+# gap (disturbed), clipped or without signal say nothing reliable about the scale: they are
+# retaken until %(want)d clean ones are in or %(budget_ms)d ms have passed.
 _SAMPLE = """
+import time
 from securenode import config, sensor
 _c = config.load('config.json').sample
 _s = sensor.Sampler(_c.adc_pin, _c.samples, _c.window_ms, _c.volts_per_count)
 _w = []
 _n = 0
-for _i in range(%d):
+_t0 = time.ticks_ms()
+while _n < %(want)d and time.ticks_diff(time.ticks_ms(), _t0) < %(budget_ms)d:
     _r = _s.read()
     _w.append(_r)
-    _n += not _r[2] & %d
-    if _n >= %d:
-        break
-print(repr(_w))
+    _n += not _r[2] & %(unusable)d
+print(repr(_w[-64:]))
 """
 
 
@@ -51,8 +54,9 @@ def calibrate(port, directory, volts, windows=5, say=print):
     path = Path(directory) / "config.json"
     data, cfg = firmware.load_config(path)
     with BoardLink(port) as board:
-        # Windows with a gap are retaken, up to 8 per clean window wanted.
-        out = board.exec(_SAMPLE % (8 * windows, _UNUSABLE, windows), "sample the ADC")
+        out = board.exec(_SAMPLE % {"want": windows, "budget_ms": _BUDGET_MS,
+                                    "unusable": _UNUSABLE},
+                         "sample the ADC", timeout_s=_BUDGET_MS / 1000 + 10)
     try:
         results = ast.literal_eval(out.decode().strip())  # a list of 3-tuples
         readings = [float(v) for v, hz, status in results if not status & _UNUSABLE]

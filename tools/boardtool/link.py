@@ -2,7 +2,7 @@
 import contextlib
 import io
 
-from mpremote.transport import TransportError, TransportExecError
+from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
 from tools.boardtool import ports
@@ -50,14 +50,17 @@ class BoardLink:
             self.transport.close()
             self.transport = None
 
-    def exec(self, code, step):
+    def exec(self, code, step, timeout_s=10):
+        """Run code in the raw REPL; its output (bytes). timeout_s bounds the silence between
+        two bytes of output, as mpremote's does."""
         try:
-            return self.transport.exec(code)
-        except TransportExecError as e:
-            lines = e.error_output.strip().splitlines()
-            raise at(self.port, step, "board raised %s" % (lines[-1] if lines else "an error"))
+            out, err = self.transport.exec_raw(code, timeout=timeout_s)
         except TransportError as e:
             raise at(self.port, step, "lost the raw REPL (%s)" % e)
+        if err:
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            raise at(self.port, step, "board raised %s" % (lines[-1] if lines else "an error"))
+        return out
 
     def eval(self, expression, step="eval"):
         import ast

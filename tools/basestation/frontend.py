@@ -117,6 +117,7 @@ class Frontend:
         self._per_source = collections.Counter()
         self._waiting = collections.OrderedDict()   # in the selector, oldest first
         self._tally = _Tally()
+        self._accept_paused_until = None
         self._stop = threading.Event()
         self._stopped = threading.Event()
 
@@ -168,8 +169,12 @@ class Frontend:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:          # EMFILE and friends: try again next round
+            except OSError as exc:
+                # EMFILE and friends: the socket stays readable, so stop listening for a
+                # moment instead of spinning on it.
                 self._tally.note("accept", "accept failed: %s" % (exc.strerror or exc), now)
+                self._sel.unregister(self.socket)
+                self._accept_paused_until = now + 0.1
                 return
             ip = addr[0]
             if (self._open >= self.limits.max_connections
@@ -295,6 +300,9 @@ class Frontend:
 
     def _sweep(self, now):
         self._tally.flush(now)
+        if self._accept_paused_until is not None and now >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._sel.register(self.socket, selectors.EVENT_READ, None)
         for key in list(self._sel.get_map().values()):
             conn = key.data
             if conn is None:

@@ -4,16 +4,21 @@ Starts an SNTP server, Mosquitto (TLS, client certificates, per-device ACL) and 
 on 127.0.0.1, then N simulated ESP32 boards, each running the unmodified firmware in its own
 process with its own flash: under CPython with stand-ins (``--runtime cpython``) or under the
 real MicroPython unix port with a LittleFS2 flash image (``--runtime micropython``, with
-``--board`` choosing the GC heap profile). Ends with a table per board: readings published,
-acknowledged, received by the subscriber, and the range of the values. Exits 0 only if every
-reading arrived exactly as sent. Everything it started, it stops.
+``--board`` choosing the GC heap profile). Every flash is laid out first, then all boards
+are started together, so a large fleet is alive at once rather than one board after another.
+Ends with a table per board: readings published, acknowledged, received by the subscriber,
+the range of the values, disturbed windows, cadence, CPU and memory, then a fleet summary
+(how many boards sampled at once, disturbed windows and cadence while all of them did).
+Exits 0 only if every reading arrived exactly as sent. Everything it started, it stops.
 
     python -m host_sim.fleet --boards 3 --readings 10 --runtime micropython
+    python -m host_sim.fleet --boards 200 --readings 60 --interval-ms 1000 --json fleet.json
 """
 
 import argparse
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -28,12 +33,16 @@ import paho.mqtt.client as mqtt
 from host_sim.flash import board_command, prepare_flash
 from host_sim.servers.mosquitto import Broker, BrokerError
 from host_sim.servers.ntp import NtpServer
+from host_sim.stubs.time import precise_sleeps
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each board sees a different grid, so the table shows the maths working, not a constant.
 GRIDS = [(230.0, 50.0), (120.0, 60.0), (240.0, 50.0), (220.0, 60.0), (110.0, 60.0)]
 SUBSCRIBER = "sim-subscriber"
 STATUS_DISTURBED = 0x10  # the reading's status bit for a sampling window with gaps
+TICKS_PERIOD = 1 << 30   # a board's ticks_ms wraps here
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class FleetError(Exception):
@@ -95,13 +104,63 @@ class Subscriber:
         self.client.disconnect()
 
 
-class BoardProcess:
-    """One simulated board: its process, and the events it printed."""
+def _tree_pids(pid):
+    """pid and every process below it (a MicroPython board is a launcher and its interpreter)."""
+    pids, i = [pid], 0
+    while i < len(pids):
+        try:
+            with open("/proc/%d/task/%d/children" % (pids[i], pids[i])) as f:
+                pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        i += 1
+    return pids
 
-    def __init__(self, device_id, argv, verbose):
+
+def tree_usage(pid):
+    """(CPU seconds, RSS KB, peak RSS KB) of a process and its descendants, from /proc
+    (CPU includes descendants that ended and were waited for).
+
+    Peak RSS is the sum of each process's own peak (VmHWM): an upper bound of the tree's.
+
+    >>> cpu_s, rss_kb, peak_kb = tree_usage(os.getpid())
+    """
+    cpu = rss = peak = 0
+    for p in _tree_pids(pid):
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open("/proc/%d/status" % p) as f:
+                status = f.read()
+        except OSError:
+            continue    # it ended between the listing and the read
+        # utime, stime, and cutime, cstime: a reaped child's time moves to its parent's
+        # (man 5 proc: fields 14-17), so an interpreter that ended is still counted.
+        cpu += sum(int(x) for x in fields[11:15])
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak += int(line.split()[1])
+            elif line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+    return cpu / _CLK_TCK, rss, peak
+
+
+class BoardProcess:
+    """One simulated board: its process, and the events it printed.
+
+    With ``track_usage`` it also notes when each event arrived (host monotonic seconds, in
+    ``arrived``, parallel to ``events``) and the board's CPU and memory (``tree_usage``) at
+    every stored reading and at the end, for the fleet's table.
+    """
+
+    def __init__(self, device_id, argv, verbose, track_usage=False):
         self.device_id = device_id
         self.events = []
+        self.arrived = []
+        self.usage = []          # (host monotonic s, cpu s, rss KB, peak rss KB, event)
         self.verbose = verbose
+        self.track_usage = track_usage
+        self._terminated = False
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -116,9 +175,19 @@ class BoardProcess:
                 event = None
             if not isinstance(event, dict):
                 event = {"event": "console", "text": line}
+            if self.track_usage:
+                now = time.monotonic()
+                if event.get("event") in ("stored", "halted"):
+                    self.note_usage(now, event["event"])
+                self.arrived.append(now)
             self.events.append(event)
             if self.verbose or event.get("event") in ("error", "state", "tls_ok", "halted"):
                 print("  %-8s %s" % (self.device_id, _brief(event)), flush=True)
+
+    def note_usage(self, now=None, event="end"):
+        if self.proc.poll() is None:
+            self.usage.append((time.monotonic() if now is None else now,)
+                              + tree_usage(self.proc.pid) + (event,))
 
     def of(self, kind):
         return [e for e in self.events if e.get("event") == kind]
@@ -126,9 +195,17 @@ class BoardProcess:
     def finished(self):
         return self.proc.poll() is not None or bool(self.of("halted"))
 
-    def stop(self):
-        if self.proc.poll() is None:
+    def terminate(self):
+        """Ask the board to end (SIGTERM), noting its final usage first; stop() waits."""
+        if self.proc.poll() is None and not self._terminated:
+            self._terminated = True
+            if self.track_usage:
+                self.note_usage()
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self):
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -146,8 +223,119 @@ def _range(values, fmt):
     return (fmt % min(values) + ".." + fmt % max(values)) if values else "-"
 
 
-def summarise(boards, subscriber, readings):
+def _ticks_ms_diff(later, earlier):
+    d = (later - earlier) % TICKS_PERIOD
+    return d - TICKS_PERIOD if d >= TICKS_PERIOD // 2 else d
+
+
+def _cadence_pct(t_ms, interval_ms):
+    """How much longer than interval_ms the mean gap between readings was, in percent.
+
+    >>> _cadence_pct([0, 1000, 2100, 3000], 1000)
+    0.0
+    """
+    if len(t_ms) < 2 or not interval_ms:
+        return None
+    span = sum(_ticks_ms_diff(b, a) for a, b in zip(t_ms, t_ms[1:]))
+    return 100.0 * (span / (len(t_ms) - 1) - interval_ms) / interval_ms
+
+
+def board_readings(board):
+    """Per stored reading of a tracked board: (seq, host arrival s, board t_ms, status,
+    online: stored after the board's first acknowledgement, i.e. on its steady cadence)."""
+    status = {}
+    for e in board.of("published"):
+        try:
+            status.setdefault(e["seq"], json.loads(e["payload"])["status"])
+        except (KeyError, ValueError):
+            pass
+    out, online = [], False
+    for i, e in enumerate(board.events[:len(board.arrived)]):
+        kind = e.get("event")
+        if kind == "stored":
+            out.append((e["seq"], board.arrived[i], e["t_ms"], status.get(e["seq"]), online))
+        elif kind == "acked":
+            online = True
+    return out
+
+
+def _steady_cadence_pct(got, interval_ms):
+    # Readings taken while the board boots and connects fall off the grid the later ones
+    # keep (the first is due at boot, TLS holds the next): cadence is judged once online.
+    return _cadence_pct([r[2] for r in got if r[4]], interval_ms)
+
+
+def board_usage(board):
+    """(CPU s, CPU ms per reading, peak RSS MB) of a tracked board; None where unknown."""
+    if not board.usage:
+        return None, None, None
+    at_stored = [u for u in board.usage if u[4] == "stored"]
+    per_reading = None
+    if len(at_stored) >= 2:
+        # Between the first and the last stored reading: sampling, analysing, publishing and
+        # idling, without the boot (imports, TLS handshake) before the first.
+        per_reading = 1000.0 * (at_stored[-1][1] - at_stored[0][1]) / (len(at_stored) - 1)
+    return (board.usage[-1][1], per_reading, max(u[3] for u in board.usage) / 1024.0)
+
+
+def fleet_summary(boards, interval_ms):
+    """Sampling across the fleet, from the tracked boards' stored readings.
+
+    alive_at_once: the most boards sampling at the same moment (each from its first to its
+    last stored reading); the "all sampling" window is when every board was, and the
+    disturbed share and cadence are given over the whole run and over that window.
+    """
+    spans, per_board = [], []
+    for board in boards:
+        got = board_readings(board)
+        per_board.append(got)
+        if got:
+            spans.append((got[0][1], got[-1][1]))
+    edges = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans],
+                   key=lambda x: (x[0], -x[1]))
+    alive = most = 0
+    for _, step in edges:
+        alive += step
+        most = max(most, alive)
+    out = {"boards": len(boards), "alive_at_once": most, "interval_ms": interval_ms}
+    window = None
+    if spans and len(spans) == len(boards):
+        window = (max(a for a, _ in spans), min(b for _, b in spans))
+        if window[0] >= window[1]:
+            window = None
+    out["all_sampling_s"] = round(window[1] - window[0], 1) if window else 0.0
+    for label, inside in (("run", lambda t: True),
+                          ("all_sampling", lambda t: window and window[0] <= t <= window[1])):
+        readings = disturbed = 0
+        cadences = []
+        for got in per_board:
+            mine = [r for r in got if inside(r[1])]
+            readings += len(mine)
+            disturbed += sum(1 for r in mine if r[3] is not None and r[3] & STATUS_DISTURBED)
+            c = _steady_cadence_pct(mine, interval_ms)
+            if c is not None:
+                cadences.append(c)
+        cadences.sort()
+        out[label] = {
+            "readings": readings, "disturbed": disturbed,
+            "disturbed_pct": round(100.0 * disturbed / readings, 2) if readings else None,
+            "cadence_pct_median": round(cadences[len(cadences) // 2], 2) if cadences else None,
+            "cadence_pct_worst": round(cadences[-1], 2) if cadences else None,
+        }
+    usage = [board_usage(b) for b in boards]
+    per_reading = sorted(u[1] for u in usage if u[1] is not None)
+    rss = sorted(u[2] for u in usage if u[2] is not None)
+    out["cpu_ms_per_reading_median"] = (round(per_reading[len(per_reading) // 2], 2)
+                                        if per_reading else None)
+    out["cpu_s_total"] = round(sum(u[0] for u in usage if u[0] is not None), 1)
+    out["rss_mb_median"] = round(rss[len(rss) // 2], 1) if rss else None
+    out["rss_mb_total"] = round(sum(rss), 1)
+    return out
+
+
+def summarise(boards, subscriber, readings, interval_ms=None):
     rows, ok = [], True
+    tracked = all(b.track_usage for b in boards) and bool(boards)
     for board in boards:
         published = {e["seq"] for e in board.of("published")}
         acked = {e["seq"] for e in board.of("acked")}
@@ -159,12 +347,21 @@ def summarise(boards, subscriber, readings):
         complete = len(acked) == readings and acked <= set(got) and all(
             got[s]["id"] == board.device_id for s in acked)
         ok = ok and complete
-        rows.append((board.device_id, len(published), len(acked), len(mine),
-                     _range([r["voltage"] for r in clean], "%.1f"),
-                     _range([r["freq"] for r in clean], "%.2f"), len(mine) - len(clean),
-                     "ok" if complete else "MISSING"))
-    header = ("board", "published", "acked", "received", "voltage V", "freq Hz", "disturbed",
-              "result")
+        row = (board.device_id, len(published), len(acked), len(mine),
+               _range([r["voltage"] for r in clean], "%.1f"),
+               _range([r["freq"] for r in clean], "%.2f"), len(mine) - len(clean))
+        if tracked:
+            cadence = _steady_cadence_pct(board_readings(board), interval_ms)
+            cpu_s, per_reading, rss_mb = board_usage(board)
+            row += ("-" if cadence is None else "%+.1f%%" % cadence,
+                    "-" if cpu_s is None else "%.2f" % cpu_s,
+                    "-" if per_reading is None else "%.1f" % per_reading,
+                    "-" if rss_mb is None else "%.0f" % rss_mb)
+        rows.append(row + ("ok" if complete else "MISSING",))
+    header = ("board", "published", "acked", "received", "voltage V", "freq Hz", "disturbed")
+    if tracked:
+        header += ("cadence", "CPU s", "CPU ms/reading", "RSS MB")
+    header += ("result",)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = "  ".join("%-*s" % (w, h) for w, h in zip(widths, header))
     print("\n" + line + "\n" + "-" * len(line))
@@ -172,7 +369,30 @@ def summarise(boards, subscriber, readings):
         print("  ".join("%-*s" % (w, v) for w, v in zip(widths, r)))
     if subscriber.duplicates:
         print("(subscriber saw %d duplicate deliveries: QoS 1 resends)" % subscriber.duplicates)
+    if tracked:
+        print("(cadence: mean gap between readings once online, past the interval; CPU "
+              "ms/reading: between the first and the last reading, boot excluded; RSS: peak, "
+              "launcher included)")
     return ok
+
+
+def print_fleet_summary(f):
+    def pct(v):
+        return "-" if v is None else "%.1f%%" % v
+    run, every = f["run"], f["all_sampling"]
+    print("fleet: %d boards, %d sampling at once; all %d sampling together for %.1f s"
+          % (f["boards"], f["alive_at_once"], f["boards"], f["all_sampling_s"]))
+    print("  disturbed windows %s over the run (%d of %d), %s while all sampled (%d of %d)"
+          % (pct(run["disturbed_pct"]), run["disturbed"], run["readings"],
+             pct(every["disturbed_pct"]), every["disturbed"], every["readings"]))
+    print("  cadence past the interval: median %s, worst board %s over the run; median %s, "
+          "worst %s while all sampled" % (pct(run["cadence_pct_median"]),
+                                          pct(run["cadence_pct_worst"]),
+                                          pct(every["cadence_pct_median"]),
+                                          pct(every["cadence_pct_worst"])))
+    print("  CPU %.1f s in all, median %s ms per reading; peak RSS median %s MB per board, "
+          "%.0f MB summed" % (f["cpu_s_total"], f["cpu_ms_per_reading_median"],
+                              f["rss_mb_median"], f["rss_mb_total"]))
 
 
 class IngestReadings:
@@ -234,7 +454,10 @@ def run(args):
     missing = [n for n in needed if not (certs / n).exists()]
     if missing:
         raise FleetError("missing in %s: %s; run `make certs`" % (certs, ", ".join(missing)))
-    workdir = ROOT / ".sim"
+    workdir = Path(getattr(args, "workdir", None) or ROOT / ".sim")
+    # Inherited by every board process (fork and exec keep it): a MicroPython board's
+    # sleep_us (usleep) then ends as close to on time as the scheduler allows.
+    precise_sleeps()
     boards, subscriber = [], None
     with NtpServer() as ntp, Broker(certs / "ca.pem", certs / "server-chain.pem"
                                     if (certs / "server-chain.pem").exists()
@@ -250,6 +473,10 @@ def run(args):
                   % broker.websockets_port)
         subscriber = IngestReadings(ingest) if ingest else Subscriber(certs, broker.port)
         try:
+            # Every flash first (file copies), then every board at once: started one after
+            # another with the layout in between, the first boards were done before the
+            # last began, and a "fleet" of 200 never had more than ~60 alive together.
+            argvs = []
             for i in range(args.boards):
                 device_id = "board-%d" % (i + 1)
                 volts, hz = GRIDS[i % len(GRIDS)]
@@ -267,12 +494,15 @@ def run(args):
                     # is laid out afresh: no outbox left over from an earlier run.
                     shutil.rmtree(str(flash) + ".state", ignore_errors=True)
                     options = {"runtime": runtime, "board": args.board}
-                argv = board_command(flash, port="esp32", ntp="127.0.0.1:%d" % ntp.address[1],
-                                     mains_v=volts, mains_hz=hz, noise_v=1.0,
-                                     device_seed=device_id, **options)
-                boards.append(BoardProcess(device_id, argv, args.verbose))
-                print("board   %s started (%s, %.0f V %.0f Hz mains)"
-                      % (device_id, _runtime_label(args), volts, hz))
+                argvs.append((device_id, volts, hz, board_command(
+                    flash, port="esp32", ntp="127.0.0.1:%d" % ntp.address[1], mains_v=volts,
+                    mains_hz=hz, noise_v=1.0, device_seed=device_id, **options)))
+            started = time.monotonic()
+            for device_id, volts, hz, argv in argvs:
+                boards.append(BoardProcess(device_id, argv, args.verbose, track_usage=True))
+            print("boards  %d started in %.2f s (%s; mains %s)" % (
+                len(boards), time.monotonic() - started, _runtime_label(args),
+                ", ".join("%.0f V %.0f Hz" % g for g in GRIDS[:min(len(GRIDS), args.boards)])))
             deadline = time.monotonic() + args.timeout
             while time.monotonic() < deadline and not all(b.finished() for b in boards):
                 time.sleep(0.2)
@@ -283,12 +513,27 @@ def run(args):
                     for b in boards):
                 time.sleep(0.1)
         finally:
+            for board in boards:     # all asked at once, then each waited for
+                board.terminate()
             for board in boards:
                 board.stop()
             subscriber.stop()
     if not all(b.finished() for b in boards):
         print("\ntimed out after %ss waiting for the boards" % args.timeout)
-    return 0 if summarise(boards, subscriber, args.readings) else 1
+    ok = summarise(boards, subscriber, args.readings, args.interval_ms)
+    summary = fleet_summary(boards, args.interval_ms)
+    print_fleet_summary(summary)
+    if getattr(args, "json", None):
+        summary["ok"] = ok
+        summary["runtime"] = runtime
+        summary["board_profile"] = args.board if runtime == "micropython" else None
+        summary["readings_per_board"] = args.readings
+        summary["per_board"] = [dict(zip(("cpu_s", "cpu_ms_per_reading", "rss_mb"),
+                                         board_usage(b)), board=b.device_id,
+                                     readings=len(b.of("stored")))
+                                for b in boards]
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0 if ok else 1
 
 
 def main(argv=None):
@@ -300,6 +545,10 @@ def main(argv=None):
     parser.add_argument("--certs", default=str(ROOT / "certs"), help="certificate directory")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for boards")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every board event")
+    parser.add_argument("--workdir", default=str(ROOT / ".sim"),
+                        help="where the boards' flash directories go (default .sim/)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the fleet summary and per-board CPU/RSS as JSON")
     parser.add_argument("--transport", choices=("mqtts", "wss", "mqtt_wss"), default="mqtts",
                         help="mqtts (default); wss: readings to tools/ingest.py over wss with "
                              "bearer tokens; mqtt_wss: MQTT over Mosquitto's websockets listener")

@@ -95,6 +95,7 @@ class Sampler:
         ticks_us = time.ticks_us
         ticks_diff = time.ticks_diff
         ticks_add = time.ticks_add
+        sleep_us = time.sleep_us
         read_u16 = self._read_u16
         values = self._values
         t_us = self._t_us
@@ -107,9 +108,16 @@ class Sampler:
         late_us = max(period, _MAX_LATE_US)
         on_time = True
         for i in range(len(values)):
-            # Busy-wait, as a board must: sleep_us granularity is too coarse at 2 kHz.
-            while ticks_diff(due, ticks_us()) > 0:
-                pass
+            # sleep_us, not a loop on ticks_us here: on a board it is a busy-wait in C on the
+            # microsecond timer (ports/esp32/mphalport.c and ports/esp8266/esp_mphal.c,
+            # mp_hal_delay_us), finer than a bytecode loop's ~10-20 us turns; on the unix port
+            # and the CPython stand-in it is a real sleep (usleep), which leaves the CPU to
+            # other simulated boards. Only the wait is left to it: each sample is stamped
+            # with its own ticks_us and the next is due on the grid, so a sleep that ends
+            # late (a host's scheduler) shifts one sample, never the ones after.
+            wait = ticks_diff(due, ticks_us())
+            if wait > 0:
+                sleep_us(wait)
             for _ in range(_READ_TRIES):
                 before = ticks_us()
                 values[i] = read_u16()

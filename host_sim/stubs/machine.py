@@ -70,10 +70,11 @@ def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
             ATTN_2_5DB = 1
             ATTN_6DB = 2
             ATTN_11DB = 3
-            WIDTH_9BIT = 0
-            WIDTH_10BIT = 1
-            WIDTH_11BIT = 2
-            WIDTH_12BIT = 3
+            # The bit count itself (MP_ROM_INT(9)..(12) in ports/esp32/machine_adc.c).
+            WIDTH_9BIT = 9
+            WIDTH_10BIT = 10
+            WIDTH_11BIT = 11
+            WIDTH_12BIT = 12
 
         def __init__(self, pin, *args, **kwargs):
             if esp32:
@@ -88,9 +89,11 @@ def make_module(state, time_mod, reset_hook, reset_cause=PWRON_RESET):
             # ESP8266: exactly one positional argument, converted by mp_obj_get_int (int or
             # bool only: a Pin has no int conversion, so TypeError); channel 0 is the TOUT
             # pin, 1 the supply voltage, others "ADC(%d) doesn't exist".
-            if args or kwargs:
+            if kwargs:
+                raise TypeError("function doesn't take keyword arguments")  # py/argcheck.c
+            if args:
                 raise TypeError("function takes 1 positional arguments but %d were given"
-                                % (1 + len(args) + len(kwargs)))
+                                % (1 + len(args)))
             if type(pin) not in (int, bool):
                 raise TypeError("can't convert %s to int" % type(pin).__name__)
             if pin not in (0, 1):

@@ -6,12 +6,36 @@ replace their namesakes. Board time counts seconds since 2000-01-01 (the esp32 a
 esp8266 epoch), so ``time.gmtime(0)[0] == 2000``.
 """
 import calendar
+import ctypes
 import time as _real_time
 import types
 
 from host_sim.stubs.board_state import EPOCH_2000_UNIX_S, TICKS_MAX, TICKS_PERIOD
 
 _HALF_PERIOD = TICKS_PERIOD // 2
+_PR_SET_TIMERSLACK = 29     # linux/prctl.h
+_SLACK_NS = 1000
+
+
+def _int_arg(value):
+    # The ports take the argument with mp_obj_get_int (extmod/modtime.c time_sleep_us and
+    # time_sleep_ms): an int or a bool; a float is "can't convert float to int".
+    if type(value) not in (int, bool):
+        raise TypeError("can't convert %s to int" % type(value).__name__)
+    return int(value)
+
+
+def precise_sleeps():
+    """Cut this process's timer slack from Linux's 50 us to 1 us (children inherit it).
+
+    A sleep may end up to the slack late, on top of the scheduler's wake-up latency; a
+    board's sleep_us ends within a microsecond. Best effort: False where prctl is missing.
+    """
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _SLACK_NS,
+                                                      0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def ticks_add(ticks, delta):
@@ -31,6 +55,7 @@ def _tuple8(board_s):
 
 
 def make_module(state):
+    precise_sleeps()    # this process is the board: its sleep_us should end on time
     mod = types.ModuleType("time")
     mod.__dict__.update({k: v for k, v in vars(_real_time).items()
                          if k not in ("__name__", "__loader__", "__spec__")})
@@ -60,10 +85,20 @@ def make_module(state):
         return days * 86400 + hour * 3600 + minute * 60 + sec - EPOCH_2000_UNIX_S
 
     def sleep_ms(ms):
+        ms = _int_arg(ms)
         if ms > 0:
             _real_time.sleep(ms / 1000.0)
 
     def sleep_us(us):
+        # What the sampler relies on, as on the ports: an int only; 0 or less returns at
+        # once; never returns before `us` have passed on ticks_us (both read the monotonic
+        # clock, and Linux's clock_nanosleep never ends early). A board's sleep_us is a
+        # busy-wait in C that ends within ~1 us (ports/esp32/mphalport.c mp_hal_delay_us
+        # takes 5 us off for the call itself; ports/esp8266/esp_mphal.c); here it is a real
+        # sleep that frees the CPU, like the unix port's usleep, and ends late by the
+        # scheduler's wake-up latency (tens of us on a quiet host, the slack cut to 1 us
+        # by precise_sleeps), which the sampler absorbs: each sample carries its own time.
+        us = _int_arg(us)
         if us > 0:
             _real_time.sleep(us / 1e6)
 

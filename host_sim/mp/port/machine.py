@@ -84,25 +84,74 @@ class Pin:
         return None
 
 
-class ADC:
-    ATTN_0DB = 0
-    ATTN_2_5DB = 1
-    ATTN_6DB = 2
-    ATTN_11DB = 3
+# GPIOs with an ADC channel on an ESP32 (ports/esp32/machine_adc.c, madc_obj[] for
+# CONFIG_IDF_TARGET_ESP32: ADC1 on 32-39, ADC2 on 0, 2, 4, 12-15, 25-27), as
+# host_sim/stubs/machine.py has them.
+_ESP32_ADC_GPIOS = (36, 37, 38, 39, 32, 33, 34, 35, 4, 0, 2, 15, 13, 12, 14, 27, 25, 26)
+# ESP8266 ADC(1) reads system_get_vdd33() in 1/1024 V; a 3.3 V supply reads about this.
+_VDD33 = 3379
 
-    def __init__(self, pin, atten=None):
-        self.pin = pin.id if isinstance(pin, Pin) else pin
-        if not _ESP32 and self.pin != 0:
-            raise ValueError("invalid pin")      # esp8266 has ADC(0) only
+
+class ADC:
+    if _ESP32:
+        # Only the ESP32's ADC has constants: ports/esp8266/machine_adc.c defines
+        # MICROPY_PY_MACHINE_ADC_CLASS_CONSTANTS empty, so there hasattr(ADC, "ATTN_11DB")
+        # is False (securenode.sensor tells the ports apart by it).
+        ATTN_0DB = 0
+        ATTN_2_5DB = 1
+        ATTN_6DB = 2
+        ATTN_11DB = 3
+        WIDTH_9BIT = 9
+        WIDTH_10BIT = 10
+        WIDTH_11BIT = 11
+        WIDTH_12BIT = 12
+
+    def __init__(self, pin, *args, **kwargs):
+        if _ESP32:
+            # mp_machine_adc_make_new: machine_pin_get_id takes a Pin or an int GPIO number,
+            # then "invalid pin" unless that GPIO has an ADC channel; atten= is keyword-only.
+            if args or [k for k in kwargs if k != "atten"]:
+                raise TypeError("extra arguments")
+            gpio = pin.id if isinstance(pin, Pin) else pin
+            if type(gpio) is not int or gpio not in _ESP32_ADC_GPIOS:
+                raise ValueError("invalid pin")
+            self.pin = gpio
+            self._vdd = False
+            return
+        # ESP8266: exactly one positional argument (mp_arg_check_num 1, 1), converted with
+        # mp_obj_get_int, so a Pin is a TypeError; channel 0 is the TOUT pin, 1 the supply
+        # voltage, anything else "ADC(%d) doesn't exist".
+        if kwargs:
+            raise TypeError("function doesn't take keyword arguments")   # py/argcheck.c
+        if args:
+            raise TypeError("function takes 1 positional arguments but %d were given"
+                            % (1 + len(args)))
+        if type(pin) is not int and type(pin) is not bool:
+            raise TypeError("can't convert %s to int" % type(pin).__name__)
+        if pin != 0 and pin != 1:
+            raise ValueError("ADC(%d) doesn't exist" % pin)
+        self.pin = int(pin)
+        self._vdd = pin == 1
 
     def read_u16(self):
+        if self._vdd:
+            return _VDD33 * 65535 // 1024   # as mp_machine_adc_read_u16 scales it
         return _adc_u16()
 
     def read(self):
+        if self._vdd:
+            return _VDD33
         return _adc_u16() >> (4 if _ESP32 else 6)   # 12-bit on esp32, 10-bit on esp8266
 
-    def atten(self, value):
-        return None
+    if _ESP32:
+        def atten(self, value):
+            return None
+
+        def width(self, value):
+            return None
+
+        def read_uv(self):
+            return _adc_u16() * 3300000 // 65535
 
 
 class RTC:

@@ -161,6 +161,7 @@ class BoardProcess:
         self.verbose = verbose
         self.track_usage = track_usage
         self._terminated = False
+        self.started_unix_s = time.time()
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, bufsize=1, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -530,6 +531,7 @@ def run(args):
         summary["readings_per_board"] = args.readings
         summary["per_board"] = [dict(zip(("cpu_s", "cpu_ms_per_reading", "rss_mb"),
                                          board_usage(b)), board=b.device_id,
+                                     started_unix_s=b.started_unix_s,
                                      readings=len(b.of("stored")))
                                 for b in boards]
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -1,0 +1,178 @@
+"""host_sim.fleet starts every board together and reports how they sampled; the stand-in
+time.sleep_us the sampler paces with behaves as the ports' does.
+
+Timing here is the shared test host's: assertions are about order and bounds, never tight
+windows. The 200-board figures (disturbed windows, cadence, CPU, RSS) are measured by
+tests/bench/bench_fleet.py (`make bench`), not here.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from host_sim import fleet
+from host_sim.stubs import time as time_stub
+from host_sim.stubs.board_state import BoardState
+from tools import certs as certs_tool
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the stand-in sleep_us --------------------------------------------------------------------
+@pytest.fixture
+def board_time():
+    return time_stub.make_module(BoardState(port="esp32"))
+
+
+def test_sleep_us_and_sleep_ms_take_an_int_only(board_time):
+    # extmod/modtime.c: mp_obj_get_int, so a float is a TypeError on every port.
+    for sleep in (board_time.sleep_us, board_time.sleep_ms):
+        with pytest.raises(TypeError, match="can't convert float to int"):
+            sleep(1.5)
+    board_time.sleep_us(True)       # a bool is an int to mp_obj_get_int
+
+
+def test_sleep_us_of_zero_or_less_returns_at_once(board_time):
+    t0 = time.monotonic()
+    for _ in range(1000):
+        board_time.sleep_us(0)
+        board_time.sleep_us(-500)
+    assert time.monotonic() - t0 < 0.5      # 2000 calls, no sleeping
+
+
+def test_sleep_us_never_returns_early_on_ticks_us(board_time):
+    ticks_us, ticks_diff = board_time.ticks_us, board_time.ticks_diff
+    for us in (20, 300, 700, 2000):
+        for _ in range(20):
+            before = ticks_us()
+            board_time.sleep_us(us)
+            assert ticks_diff(ticks_us(), before) >= us
+
+
+def test_sleep_us_frees_the_cpu(board_time):
+    # 200 waits of 500 us, as one sampling window: a busy-wait would burn the whole window.
+    cpu0, wall0 = time.thread_time(), time.monotonic()
+    for _ in range(200):
+        board_time.sleep_us(500)
+    cpu, wall = time.thread_time() - cpu0, time.monotonic() - wall0
+    assert wall >= 0.1
+    assert cpu < 0.3 * wall, (cpu, wall)
+
+
+def test_board_process_gets_a_1us_timer_slack(board_time):
+    # make_module ran precise_sleeps(): a sleep may end up to the slack late.
+    assert Path("/proc/self/timerslack_ns").read_text().strip() == "1000"
+
+
+# --- the fleet's own sums ---------------------------------------------------------------------
+class FakeBoard:
+    """A tracked board's events as fleet_summary reads them (arrival times in seconds)."""
+
+    def __init__(self, device_id, stored, track_usage=True):
+        self.device_id = device_id
+        self.track_usage = track_usage
+        self.events, self.arrived, self.usage = [], [], []
+        cpu = 1.0
+        for n, (arrived, t_ms, status) in enumerate(stored, 1):
+            self.events += [{"event": "stored", "seq": n, "t_ms": t_ms},
+                            {"event": "published", "seq": n,
+                             "payload": json.dumps({"seq": n, "status": status})},
+                            {"event": "acked", "seq": n}]
+            self.arrived += [arrived] * 3
+            cpu += 0.005
+            self.usage.append((arrived, cpu, 30000, 40960, "stored"))
+
+    def of(self, kind):
+        return [e for e in self.events if e.get("event") == kind]
+
+
+def test_summary_counts_boards_sampling_at_once_and_the_window_all_did():
+    a = FakeBoard("a", [(0.0, 0, 0), (1.0, 1000, 0), (2.0, 2000, 0x10), (3.0, 3000, 0)])
+    b = FakeBoard("b", [(1.5, 5, 0), (2.5, 1005, 0), (3.5, 2005, 0), (4.5, 3105, 0)])
+    c = FakeBoard("c", [(5.0, 7, 0), (6.0, 1007, 0)])    # starts after a has ended
+    f = fleet.fleet_summary([a, b, c], 1000)
+    assert f["alive_at_once"] == 2
+    assert f["all_sampling_s"] == 0.0             # never all three together
+    assert f["run"]["readings"] == 10 and f["run"]["disturbed"] == 1
+    ab = fleet.fleet_summary([a, b], 1000)
+    assert ab["all_sampling_s"] == 1.5            # from b's first (1.5) to a's last (3.0)
+    assert ab["all_sampling"]["readings"] == 4    # a at 2.0, 3.0; b at 1.5, 2.5
+    assert ab["all_sampling"]["disturbed"] == 1
+    # Cadence once online (after the first ack): b's gaps 1000, 1100 past its first.
+    assert ab["run"]["cadence_pct_worst"] == 5.0
+    assert ab["cpu_ms_per_reading_median"] == 5.0
+    assert ab["rss_mb_median"] == 40.0
+
+
+def test_cadence_survives_the_ticks_wrap():
+    wrap = fleet.TICKS_PERIOD
+    assert fleet._cadence_pct([wrap - 500, 500, 1500], 1000) == 0.0
+
+
+GRANDCHILD = ("import time\nx = bytearray(64 << 20)\nwhile time.process_time() < 0.3: pass\n"
+              "time.sleep(1.5)\n")
+
+
+def test_tree_usage_counts_a_descendant_and_keeps_its_cpu_once_it_ended():
+    # As a MicroPython board: the process the fleet started (the launcher) runs the
+    # interpreter that does the work, and reaps it when it ends.
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "subprocess.run([sys.executable, '-c', %r])\ntime.sleep(60)\n"
+                               % GRANDCHILD])
+    try:
+        deadline = time.monotonic() + 30
+        peak = 0
+        while time.monotonic() < deadline and peak < 64 * 1024:
+            cpu, rss, peak = fleet.tree_usage(parent.pid)
+            time.sleep(0.05)
+        assert peak >= 64 * 1024 and rss >= 64 * 1024     # the grandchild's 64 MB, alive
+        while time.monotonic() < deadline and len(fleet._tree_pids(parent.pid)) > 1:
+            time.sleep(0.1)
+        assert fleet._tree_pids(parent.pid) == [parent.pid]
+        assert fleet.tree_usage(parent.pid)[0] >= 0.3      # reaped: in the parent's cutime
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# --- a small fleet, each runtime ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fleet_certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fleet-certs")
+    certs_tool.make_ca(d)
+    certs_tool.make_server(d)
+    certs_tool.make_device(d, fleet.SUBSCRIBER)
+    for i in range(10):
+        certs_tool.make_device(d, "board-%d" % (i + 1))
+    return d
+
+
+@pytest.mark.parametrize("runtime,boards", [("cpython", 10), ("micropython", 4)])
+def test_fleet_starts_every_board_together_and_reports_each(fleet_certs, tmp_path, runtime,
+                                                            boards):
+    out_json = tmp_path / "fleet.json"
+    workdir = tmp_path / "sim"
+    proc = subprocess.run(
+        [sys.executable, "-m", "host_sim.fleet", "--boards", str(boards), "--readings", "8",
+         "--interval-ms", "500", "--runtime", runtime, "--certs", str(fleet_certs),
+         "--workdir", str(workdir), "--json", str(out_json), "--timeout", "150"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    f = json.loads(out_json.read_text())
+    # Every flash was laid out before the first board started (then all were started in
+    # one go): laid out between starts, the first boards ran ahead of the last.
+    laid_out = max((workdir / b["board"] / "config.json").stat().st_mtime
+                   for b in f["per_board"])
+    assert laid_out <= min(b["started_unix_s"] for b in f["per_board"])
+    assert f["ok"] and f["alive_at_once"] == boards and f["all_sampling_s"] > 0
+    assert f["run"]["readings"] == 8 * boards
+    for b in f["per_board"]:
+        assert b["readings"] == 8
+        assert b["cpu_s"] > 0 and b["cpu_ms_per_reading"] > 0 and b["rss_mb"] > 5
+    # The table carries the per-board columns and the fleet summary follows it.
+    assert "CPU ms/reading" in proc.stdout and "RSS MB" in proc.stdout
+    assert "fleet: %d boards, %d sampling at once" % (boards, boards) in proc.stdout

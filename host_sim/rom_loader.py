@@ -15,6 +15,11 @@ ROM's "invalid message" status (1, 0x05), as GET_SECURITY_INFO does on these two
 Identities: "esp32" (4 status bytes, compression, MD5) and "esp8266" (2 status bytes, no
 compression, no MD5: esptool then skips verification, which is what a real ESP8266 ROM allows).
 
+The flasher stub: MEM_BEGIN/DATA/END load it into "RAM" (checksums checked, code not run);
+MEM_END with an entry point answers "OHAI" as the started stub does, and from then on the
+stand-in speaks as esptool's stub (2 status bytes on both chips, ERASE_FLASH, ERASE_REGION,
+compressed writes, MD5 as 16 raw bytes, CHANGE_BAUDRATE accepted: a pty has no baud rate).
+
 Kinder than a chip, and said so: flash writes overwrite (NOR flash can only clear bits, so a
 real chip needs the erase first; here FLASH_BEGIN's erase is still done, and logged, so a test
 can see erase and write order); the ESP8266 ROM's erase-size bug is not reproduced; DTR/RTS do
@@ -41,6 +46,9 @@ FLASH_BEGIN, FLASH_DATA, FLASH_END = 0x02, 0x03, 0x04
 SPI_SET_PARAMS, SPI_ATTACH = 0x0B, 0x0D
 FLASH_DEFL_BEGIN, FLASH_DEFL_DATA, FLASH_DEFL_END = 0x10, 0x11, 0x12
 SPI_FLASH_MD5 = 0x13
+MEM_BEGIN, MEM_END, MEM_DATA = 0x05, 0x06, 0x07
+CHANGE_BAUDRATE = 0x0F
+ERASE_FLASH, ERASE_REGION = 0xD0, 0xD1    # the flasher stub's own commands
 CHIP_DETECT_MAGIC_REG = 0x40001000
 _CHECKSUM_MAGIC = 0xEF
 _INVALID_MESSAGE, _BAD_CHECKSUM, _BAD_DATA = 0x05, 0x07, 0x08  # ROM error codes
@@ -88,6 +96,7 @@ class RomLoader:
         self.flash = bytearray(self.flash_path.read_bytes())
         self.log = []
         self.regs = {}
+        self.stub = False          # True once the flasher stub "runs"
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
         self.port = os.ttyname(self._slave)
@@ -149,7 +158,8 @@ class RomLoader:
             self._frame = None
 
     def _respond(self, op, value=0, data=b"", error=0):
-        status = bytes((1 if error else 0, error)) + b"\x00" * (self.spec["status_len"] - 2)
+        status_len = 2 if self.stub else self.spec["status_len"]
+        status = bytes((1 if error else 0, error)) + b"\x00" * (status_len - 2)
         body = data + status
         os.write(self._master, slip_encode(struct.pack("<BBHI", 1, op, len(body), value) + body))
 
@@ -169,12 +179,18 @@ class RomLoader:
             FLASH_BEGIN: self._flash_begin, FLASH_DATA: self._flash_data,
             FLASH_END: self._flash_end,
         }.get(op)
-        if self.spec["deflate"]:
+        if self.spec["deflate"] or self.stub:
             handler = handler or {FLASH_DEFL_BEGIN: self._flash_begin,
                                   FLASH_DEFL_DATA: self._flash_data,
                                   FLASH_DEFL_END: self._flash_end}.get(op)
-        if self.spec["md5"] and op == SPI_FLASH_MD5:
+        if (self.spec["md5"] or self.stub) and op == SPI_FLASH_MD5:
             handler = self._md5
+        if self.stub:
+            handler = handler or {ERASE_FLASH: self._erase_flash, ERASE_REGION: self._erase_region,
+                                  CHANGE_BAUDRATE: self._ok}.get(op)
+        else:
+            handler = handler or {MEM_BEGIN: self._mem_begin, MEM_DATA: self._mem_data,
+                                  MEM_END: self._mem_end}.get(op)
         if handler is None:
             self._respond(op, error=_INVALID_MESSAGE)
             return
@@ -275,8 +291,52 @@ class RomLoader:
         if addr + size > len(self.flash):
             self._respond(op, error=_BAD_DATA)
             return
-        digest = hashlib.md5(self.flash[addr:addr + size]).hexdigest().encode()
-        self._respond(op, data=digest)  # the ROM answers in hex text, the stub in binary
+        md5 = hashlib.md5(self.flash[addr:addr + size])
+        # The ROM answers in hex text, the stub in 16 raw bytes.
+        self._respond(op, data=md5.digest() if self.stub else md5.hexdigest().encode())
+
+    # --- the flasher stub -------------------------------------------------------------------
+
+    def _mem_begin(self, op, data, checksum):
+        size, blocks, block_size, _offset = struct.unpack("<IIII", data[:16])
+        self._ram = [size, 0]
+        self._respond(op)
+
+    def _mem_data(self, op, data, checksum):
+        size, _seq, _, _ = struct.unpack("<IIII", data[:16])
+        block = data[16:16 + size]
+        check = _CHECKSUM_MAGIC
+        for b in block:
+            check ^= b
+        if getattr(self, "_ram", None) is None or len(block) != size or check != checksum:
+            self._respond(op, error=_BAD_CHECKSUM)
+            return
+        self._ram[1] += size
+        self._respond(op)
+
+    def _mem_end(self, op, data, checksum):
+        no_entry, entry = struct.unpack("<II", data[:8])
+        self._respond(op)
+        if not no_entry and entry:
+            self.stub = True
+            self.log.append(("stub", entry))
+            os.write(self._master, slip_encode(b"OHAI"))
+
+    def _erase_flash(self, op, data, checksum):
+        self.flash[:] = b"\xff" * len(self.flash)
+        self.log.append(("erase", 0, len(self.flash)))
+        self._save(0, len(self.flash))
+        self._respond(op)
+
+    def _erase_region(self, op, data, checksum):
+        offset, size = struct.unpack("<II", data[:8])
+        if offset % 4096 or size % 4096 or offset + size > len(self.flash):
+            self._respond(op, error=_BAD_DATA)
+            return
+        self.flash[offset:offset + size] = b"\xff" * size
+        self.log.append(("erase", offset, size))
+        self._save(offset, size)
+        self._respond(op)
 
     def _save(self, offset, size):
         # Only the bytes that changed: the flash file is megabytes, a block is one KB.

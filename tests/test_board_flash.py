@@ -88,6 +88,23 @@ def test_flash_writes_the_image_byte_exact_at_the_chip_offset(rom, images, chip,
         assert "verify: not possible through the ESP8266 ROM loader" in r.stdout
 
 
+@pytest.mark.parametrize("chip,offset", [("esp32", 0x1000), ("esp8266", 0x0)])
+def test_flash_through_the_stub_erases_the_chip_writes_and_verifies(rom, images, chip, offset):
+    # The default path on a real board: esptool uploads its flasher stub (MEM_BEGIN/DATA/END,
+    # "OHAI"), erases the whole chip (ERASE_FLASH), writes and checks the MD5, ESP8266 too.
+    loader = rom(chip)
+    image = images[chip].read_bytes()
+    r = run_board_tool("flash", images[chip], "--port", loader.port, "--no-reset")
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = loader.flash_path.read_bytes()
+    assert after[offset:offset + len(image)] == image
+    assert after[:offset] == b"\xff" * offset           # the whole chip was erased first
+    assert after[offset + len(image):] == b"\xff" * (FLASH_BYTES - offset - len(image))
+    assert [e[0] for e in loader.log][:2] == ["stub", "erase"]
+    assert loader.log[1] == ("erase", 0, FLASH_BYTES)
+    assert "Hash of data verified." in r.stdout
+
+
 @pytest.mark.parametrize("board,image,words", [
     ("esp32", "esp32s3", ("built for esp32s3, the board is an ESP32", "step: check image")),
     ("esp8266", "esp32", ("built for esp32, the board is an ESP8266", "step: check image")),

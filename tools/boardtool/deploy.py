@@ -28,11 +28,12 @@ def _h(p):
         return None
     h = hashlib.sha256()
     b = bytearray(512)
+    m = memoryview(b)
     while True:
         n = f.readinto(b)
         if not n:
             break
-        h.update(b[:n])
+        h.update(m[:n])
     f.close()
     return h.digest()
 def _files(d):

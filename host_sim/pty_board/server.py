@@ -53,6 +53,8 @@ _MAX_PENDING_OUT = 65536     # serial output kept for a reader that is not there
 _MAX_LINE = 1 << 20          # a raw REPL program larger than this is refused
 
 FRIENDLY, RAW, PASTE, RAW_PASTE = "friendly", "raw", "paste", "raw_paste"
+# The banner's board name, as the ports print it (sys.platform inside stays the unix port's).
+_MACHINES = {"esp32": "Generic ESP32 module with ESP32", "esp8266": "ESP module with ESP8266"}
 
 
 class BoardError(Exception):
@@ -62,19 +64,20 @@ class BoardError(Exception):
 class VirtualBoard:
     """One board: a pty (``.port``), a flash directory, an interpreter process.
 
-    ``platform`` and ``machine`` only shape the banner; ``module_dirs`` are directories of
+    ``platform`` (or ``machine``) only shapes the banner; ``module_dirs`` are directories of
     MicroPython-side stand-ins (machine, network, ntptime) put at the end of sys.path;
     ``env`` is passed to the interpreter (the stand-ins read their settings from it);
     ``romfs_bytes`` gives the board a ROMFS partition of that size (vfs.rom_ioctl, /rom).
     """
 
-    def __init__(self, flash_dir, platform="esp32", machine="Generic ESP32 module with ESP32",
+    def __init__(self, flash_dir, platform="esp32", machine=None,
                  module_dirs=(), env=None, heapsize="2M", romfs_bytes=0):
         self.flash = Path(flash_dir).resolve()
         if not self.flash.is_dir():
             raise BoardError("flash directory %s does not exist" % self.flash)
         if not MICROPYTHON.exists():
             raise BoardError("%s is missing: run `make` first" % MICROPYTHON)
+        machine = machine or _MACHINES.get(platform, platform)
         self.banner = ("MicroPython v1.29.0-preview on 2026-08-29; %s\r\n"
                        "Type \"help()\" for more information.\r\n" % machine).encode()
         self.platform = platform

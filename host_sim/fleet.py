@@ -456,8 +456,8 @@ def run(args):
     if missing:
         raise FleetError("missing in %s: %s; run `make certs`" % (certs, ", ".join(missing)))
     workdir = Path(getattr(args, "workdir", None) or ROOT / ".sim")
-    # Inherited by every board process (fork and exec keep it): a MicroPython board's
-    # sleep_us (usleep) then ends as close to on time as the scheduler allows.
+    # Inherited by every board process (fork and exec keep both settings): a MicroPython
+    # board's sleep_us (usleep) then ends as close to on time as the host allows.
     precise_sleeps()
     boards, subscriber = [], None
     with NtpServer() as ntp, Broker(certs / "ca.pem", certs / "server-chain.pem"

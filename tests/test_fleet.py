@@ -63,9 +63,14 @@ def test_sleep_us_frees_the_cpu(board_time):
     assert cpu < 0.3 * wall, (cpu, wall)
 
 
-def test_board_process_gets_a_1us_timer_slack(board_time):
-    # make_module ran precise_sleeps(): a sleep may end up to the slack late.
+def test_board_process_wakes_with_1us_slack_and_a_short_slice(board_time):
+    # make_module ran precise_sleeps(): a sleep may end up to the slack late, and a woken
+    # process waits for a CPU about as long as the slices of those ahead of it.
     assert Path("/proc/self/timerslack_ns").read_text().strip() == "1000"
+    sched = Path("/proc/self/sched").read_text()
+    if "se.slice" in sched:     # an EEVDF kernel (6.6+) reports it
+        assert [line.split()[-1] for line in sched.splitlines()
+                if line.startswith("se.slice")] == ["100000"]
 
 
 # --- the fleet's own sums ---------------------------------------------------------------------

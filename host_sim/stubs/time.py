@@ -7,6 +7,8 @@ esp8266 epoch), so ``time.gmtime(0)[0] == 2000``.
 """
 import calendar
 import ctypes
+import os
+import platform
 import time as _real_time
 import types
 
@@ -15,6 +17,17 @@ from host_sim.stubs.board_state import EPOCH_2000_UNIX_S, TICKS_MAX, TICKS_PERIO
 _HALF_PERIOD = TICKS_PERIOD // 2
 _PR_SET_TIMERSLACK = 29     # linux/prctl.h
 _SLACK_NS = 1000
+# sched_setattr(2) by number (glibc has no wrapper); sched_runtime on SCHED_OTHER is the
+# slice EEVDF gives the task (Linux 6.12+, clamped to 0.1-100 ms, no privilege needed).
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
+_SLICE_NS = 100000
+
+
+class _SchedAttr(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32),
+                ("sched_flags", ctypes.c_uint64), ("sched_nice", ctypes.c_int32),
+                ("sched_priority", ctypes.c_uint32), ("sched_runtime", ctypes.c_uint64),
+                ("sched_deadline", ctypes.c_uint64), ("sched_period", ctypes.c_uint64)]
 
 
 def _int_arg(value):
@@ -26,16 +39,31 @@ def _int_arg(value):
 
 
 def precise_sleeps():
-    """Cut this process's timer slack from Linux's 50 us to 1 us (children inherit it).
+    """Let this process (and the children it starts: both settings are inherited across
+    fork and exec) wake from a short sleep close to on time; returns what was applied.
 
-    A sleep may end up to the slack late, on top of the scheduler's wake-up latency; a
-    board's sleep_us ends within a microsecond. Best effort: False where prctl is missing.
+    A board's sleep_us is a busy-wait that nothing preempts; a host's sleep ends late by
+    the timer slack (Linux's default 50 us, cut to 1 us) plus the wait for a CPU: asking
+    EEVDF for a 0.1 ms slice (sched_runtime) puts a woken sampler ahead of longer-running
+    work sooner. The share of CPU is unchanged (the slice sets latency, not weight), and
+    nothing here needs privilege. Best effort: where the kernel lacks either, it stays
+    as it was.
+
+    >>> precise_sleeps()      # on Linux 6.12 or later
+    {'timer_slack': True, 'slice': True}
     """
+    done = {"timer_slack": False, "slice": False}
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, _SLACK_NS,
-                                                      0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return done
+    done["timer_slack"] = libc.prctl(_PR_SET_TIMERSLACK, _SLACK_NS, 0, 0, 0) == 0
+    if _SYS_SCHED_SETATTR is not None:
+        attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), sched_policy=0,   # SCHED_OTHER
+                          sched_nice=os.getpriority(os.PRIO_PROCESS, 0),
+                          sched_runtime=_SLICE_NS)
+        done["slice"] = libc.syscall(_SYS_SCHED_SETATTR, 0, ctypes.byref(attr), 0) == 0
+    return done
 
 
 def ticks_add(ticks, delta):
@@ -96,8 +124,9 @@ def make_module(state):
         # busy-wait in C that ends within ~1 us (ports/esp32/mphalport.c mp_hal_delay_us
         # takes 5 us off for the call itself; ports/esp8266/esp_mphal.c); here it is a real
         # sleep that frees the CPU, like the unix port's usleep, and ends late by the
-        # scheduler's wake-up latency (tens of us on a quiet host, the slack cut to 1 us
-        # by precise_sleeps), which the sampler absorbs: each sample carries its own time.
+        # scheduler's wake-up latency (tens of us on a quiet host; precise_sleeps cuts
+        # the slack and asks for a short slice), which the sampler absorbs: each sample
+        # carries its own time, and one over 1 ms late has the window taken again.
         us = _int_arg(us)
         if us > 0:
             _real_time.sleep(us / 1e6)

@@ -90,7 +90,9 @@ def cmd_serve(args):
     try:
         if args.broker:
             parts.append(MqttIngest(store, args.broker[0], args.broker[1], args.ca, args.cert,
-                                    args.key, args.client_id).start())
+                                    args.key, args.client_id, batch_max=args.batch_max,
+                                    batch_wait_ms=args.batch_wait_ms,
+                                    group=args.share_group).start())
         if args.jsonl_port is not None:
             server = JsonlServer(
                 store, "127.0.0.1" if args.jsonl_host is None else args.jsonl_host,
@@ -110,6 +112,9 @@ def cmd_serve(args):
     finally:
         for part in parts:
             part.stop()
+            if hasattr(part, "batches"):   # the MQTT consumer: what it took, in how many
+                print(json.dumps({"event": "mqtt_stopped", "counts": part.counts,
+                                  "batches": part.batches}), flush=True)
         store.close()
     return 0
 
@@ -124,6 +129,26 @@ def _positive(kind):
             raise argparse.ArgumentTypeError("expected a positive number, got %r" % text)
         return value
     return parse
+
+
+def _non_negative(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not 0 <= value < 1e9:
+            raise argparse.ArgumentTypeError("expected a number >= 0, got %r" % text)
+        return value
+    return parse
+
+
+def _share_group(text):
+    # MQTT 5 4.8.2: a share name holds no "/", "+" or "#".
+    if not text or any(c in text for c in "/+#"):
+        raise argparse.ArgumentTypeError("a share group is a non-empty name without / + #, "
+                                         "got %r" % text)
+    return text
 
 
 def cmd_report(args):
@@ -159,6 +184,17 @@ def build_parser():
     s.add_argument("--client-id", default="collector",
                    help="MQTT client id; brokers that bind ids to certificates (ours) key the "
                         "persistent session by the certificate's CN instead")
+    s.add_argument("--batch-max", type=_positive(int), default=500,
+                   help="MQTT: messages stored in one transaction at most, then each one "
+                        "acknowledged (500)")
+    s.add_argument("--batch-wait-ms", type=_non_negative(float), default=0.0,
+                   help="MQTT: how long a batch may wait for more messages; 0 (default) "
+                        "commits whatever arrived during the previous commit. Above 0 it "
+                        "needs the broker to send that many unacknowledged (Mosquitto: "
+                        "max_inflight_messages >= --batch-max)")
+    s.add_argument("--share-group", type=_share_group,
+                   help="MQTT: subscribe as $share/GROUP/devices/+/...: collectors with the "
+                        "same group (each with its own certificate) split the stream")
     s.add_argument("--jsonl-port", type=int, help="also serve JSON lines over TLS here (0: any)")
     s.add_argument("--jsonl-host", help="address for the JSON-line listener (default 127.0.0.1)")
     s.add_argument("--server-cert", help="server certificate for the JSON-line listener")

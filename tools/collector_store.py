@@ -127,7 +127,13 @@ class Store:
         self.url = url
         self.lock = threading.Lock()
         if url.startswith(("postgresql://", "postgres://")):
+            import logging
+
             import psycopg
+            # executemany runs in pipeline mode; when the server is gone psycopg also logs
+            # "error ignored terminating Pipeline" on stderr. The failure itself reaches
+            # the caller as StoreError: keep stderr to that one line.
+            logging.getLogger("psycopg").addHandler(logging.NullHandler())
             try:
                 self.db = psycopg.connect(url, autocommit=False, connect_timeout=10)
             except psycopg.Error as exc:
@@ -204,23 +210,76 @@ class Store:
 
     def add_status(self, device_id, payload, status):
         """Keep the board's latest status; dropped/torn are totals since its outbox began."""
-        dropped, torn = status.get("dropped", 0), status.get("torn", 0)
-
         def work(cur):
             self._device(cur, device_id)
-            cur.execute(self._sql(
-                "UPDATE devices SET last_status = ?, last_seen = ?, "
-                "dropped = CASE WHEN ? > dropped THEN ? ELSE dropped END, "
-                "torn = CASE WHEN ? > torn THEN ? ELSE torn END WHERE device_id = ?"),
-                (_printable(payload)[:1000], time.time(), dropped, dropped, torn, torn,
-                 device_id))
+            self._status(cur, device_id, payload, status, time.time())
         self._write(work)
 
+    def _status(self, cur, device_id, payload, status, now):
+        dropped, torn = status.get("dropped", 0), status.get("torn", 0)
+        cur.execute(self._sql(
+            "UPDATE devices SET last_status = ?, last_seen = ?, "
+            "dropped = CASE WHEN ? > dropped THEN ? ELSE dropped END, "
+            "torn = CASE WHEN ? > torn THEN ? ELSE torn END WHERE device_id = ?"),
+            (_printable(payload)[:1000], now, dropped, dropped, torn, torn, device_id))
+
     def add_reject(self, source, device_id, payload, reason):
-        self._write(lambda cur: cur.execute(self._sql(
+        self._write(lambda cur: self._reject(cur, source, device_id, payload, reason,
+                                             time.time()))
+
+    def _reject(self, cur, source, device_id, payload, reason, now):
+        cur.execute(self._sql(
             "INSERT INTO rejects (received_at, source, device_id, payload, reason)"
             " VALUES (?, ?, ?, ?, ?)"),
-            (time.time(), source, device_id, _printable(payload), reason[:500])))
+            (now, source, device_id, _printable(payload), reason[:500]))
+
+    def add_batch(self, source, routed):
+        """Store many routed messages in one transaction; counts by outcome.
+
+        routed is [((kind, device_id, value), payload)] from route(). All or nothing: a
+        value the database refuses raises Rejected for the whole batch (the caller then
+        retries one message at a time), a database failure raises StoreError.
+
+        Devices are visited in sorted order and each device's readings by seq, so two
+        collectors writing overlapping batches into one PostgreSQL take row and index
+        locks in the same order and cannot deadlock.
+        """
+        by_device = {}
+        rejects = []
+        for (kind, device_id, value), payload in routed:
+            if kind == "reject":
+                rejects.append((device_id, payload, value))
+            else:
+                by_device.setdefault(device_id, ([], []))[kind == "status"].append(
+                    (value, payload))
+        counts = {"stored": 0, "duplicate": 0, "status": 0, "rejected": len(rejects)}
+        insert = self._sql(
+            "INSERT INTO readings (device_id, seq, created_at, saved_at, voltage, frequency,"
+            " status) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, seq) DO NOTHING")
+        touch = self._sql("UPDATE devices SET last_seen = ?, duplicates = duplicates + ?"
+                          " WHERE device_id = ?")
+
+        def work(cur):
+            now = time.time()
+            for device_id in sorted(by_device):
+                readings, statuses = by_device[device_id]
+                new = 0
+                if readings:
+                    rows = sorted((device_id, r["seq"], r["timestamp"], now, r["voltage"],
+                                   r["freq"], r["status"]) for r, _ in readings)
+                    cur.executemany(insert, rows)
+                    new = cur.rowcount  # summed over the rows by sqlite3 and psycopg
+                self._device(cur, device_id)
+                for status, payload in statuses:
+                    self._status(cur, device_id, payload, status, now)
+                cur.execute(touch, (now, len(readings) - new, device_id))
+                counts["stored"] += new
+                counts["duplicate"] += len(readings) - new
+                counts["status"] += len(statuses)
+            for device_id, payload, reason in rejects:
+                self._reject(cur, source, device_id, payload, reason, now)
+            return counts
+        return self._write(work)
 
     def report(self):
         """Per device: stored, duplicates, gaps [(first, last)], dropped, torn, last_seen."""
@@ -276,6 +335,32 @@ def gaps(seqs):
     return out
 
 
+def route(topic, payload):
+    """Validate one message without touching the store: (kind, device_id, value).
+
+    kind is "reading" (value: the reading), "status" (value: the status) or "reject"
+    (value: the reason; device_id None if the topic names no device).
+
+    >>> route("devices/b1/readings", b"[1]")
+    ('reject', 'b1', 'not a JSON object')
+    """
+    device_id = None
+    try:
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "devices" or not is_device_id(parts[1]):
+            raise Rejected("unexpected topic %.100r" % topic)
+        device_id, kind = parts[1], parts[2]
+        if kind == "status":
+            return "status", device_id, validate_status(payload)
+        if kind != "readings":
+            raise Rejected("unexpected topic %.100r" % topic)
+        return "reading", device_id, validate(device_id, payload)
+    except Rejected as exc:
+        return "reject", device_id, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a message must never stop storage
+        return "reject", device_id, "unexpected %s: %.200s" % (type(exc).__name__, exc)
+
+
 def handle_message(store, source, topic, payload):
     """Route one message: "stored", "duplicate", "status" or "rejected".
 
@@ -288,19 +373,14 @@ def handle_message(store, source, topic, payload):
     >>> store.rejects()[0][3]
     'not JSON: Expecting value: line 1 column 4 (char 3)'
     """
-    device_id = None
+    kind, device_id, value = route(topic, payload)
     try:
-        parts = topic.split("/")
-        if len(parts) != 3 or parts[0] != "devices" or not is_device_id(parts[1]):
-            raise Rejected("unexpected topic %.100r" % topic)
-        device_id, kind = parts[1], parts[2]
         if kind == "status":
-            store.add_status(device_id, payload, validate_status(payload))
+            store.add_status(device_id, payload, value)
             return "status"
-        if kind != "readings":
-            raise Rejected("unexpected topic %.100r" % topic)
-        return "stored" if store.add_reading(device_id, validate(device_id, payload)) \
-            else "duplicate"
+        if kind == "reading":
+            return "stored" if store.add_reading(device_id, value) else "duplicate"
+        reason = value
     except Rejected as exc:
         reason = str(exc)
     except StoreError:
@@ -309,3 +389,29 @@ def handle_message(store, source, topic, payload):
         reason = "unexpected %s: %.200s" % (type(exc).__name__, exc)
     store.add_reject(source, device_id, payload, reason)
     return "rejected"
+
+
+def handle_batch(store, source, messages):
+    """Store [(topic, payload)] in one transaction; counts by outcome.
+
+    The same outcomes as handle_message for each message, one commit for all. If the
+    database refuses one value (or anything unforeseen fails), the batch is rolled back
+    and taken one message at a time, so only the culprit becomes a reject. Only
+    StoreError (the database itself) propagates: then nothing of the batch is stored.
+
+    >>> store = Store(":memory:")
+    >>> good = b'{"id":"b1","seq":1,"timestamp":5,"status":0,"voltage":230.0,"freq":50.0}'
+    >>> sorted(handle_batch(store, "mqtt", [("devices/b1/readings", good)] * 2
+    ...                     + [("devices/b1/readings", b"[")]).items())
+    [('duplicate', 1), ('rejected', 1), ('status', 0), ('stored', 1)]
+    """
+    routed = [(route(topic, payload), payload) for topic, payload in messages]
+    try:
+        return store.add_batch(source, routed)
+    except StoreError:
+        raise
+    except Exception:  # noqa: BLE001 - Rejected or a bug: find the culprit one by one
+        counts = {"stored": 0, "duplicate": 0, "status": 0, "rejected": 0}
+        for topic, payload in messages:
+            counts[handle_message(store, source, topic, payload)] += 1
+        return counts

@@ -58,7 +58,8 @@ def acl_text(subscribers):
 
 class Broker:
     def __init__(self, ca_pem, server_pem, server_key, subscribers=(), port=None,
-                 password_listener=False, websockets=False, persistence=False):
+                 password_listener=False, websockets=False, persistence=False,
+                 max_inflight=None):
         self.files = {"ca.pem": Path(ca_pem), "server.pem": Path(server_pem),
                       "server.key": Path(server_key)}
         self.subscribers = list(subscribers)
@@ -76,6 +77,10 @@ class Broker:
         # at a clean stop and every second) and never drop queued messages, as the
         # collector's session needs.
         self.persistence = persistence
+        # QoS 1 messages the broker sends a client before it waits for PUBACKs (Mosquitto's
+        # max_inflight_messages, 20 when None). A collector that commits and acknowledges
+        # in batches needs a window at least a batch wide.
+        self.max_inflight = max_inflight
 
     def _lay_out(self):
         # mkdtemp gives 0700; open it to the mosquitto group only, keys stay unreadable to others.
@@ -112,6 +117,9 @@ class Broker:
             # With persistence (a collector's session) nothing is dropped for a slow
             # subscriber: the default queue limit (1000) discards the excess silently.
             "max_queued_messages %d" % (0 if self.persistence else 1000),
+        ] + ([] if self.max_inflight is None else [
+            "max_inflight_messages %d" % self.max_inflight,
+        ]) + [
             "log_dest stderr",
             "log_type error",
             "log_type warning",

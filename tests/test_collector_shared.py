@@ -1,0 +1,120 @@
+"""Two collector processes share one stream ($share/<group>/devices/+/...) into one PostgreSQL:
+the broker hands each reading to one of them, every reading is stored exactly once, and a
+collector killed mid-stream loses nothing (its unacknowledged readings come back to it when
+its supervisor restarts it, under its certificate's persistent session)."""
+
+import json
+import os
+import signal
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from collector_fixtures import CollectorProcess, Postgres, device_report, wait_until
+from conftest import SUBSCRIBER
+from host_sim.servers.mosquitto import Broker
+from tools.collector_store import Store
+
+GROUP = "ingest"
+MEMBERS = ("collector-a", "collector-b")   # one certificate (identity, session) each
+
+
+@pytest.fixture(scope="module")
+def shared_broker(pki):
+    # Both identities may read every device's readings; persistence as for a collector.
+    with Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
+                subscribers=[SUBSCRIBER] + list(MEMBERS), persistence=True,
+                max_inflight=500) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+def reading(device, seq):
+    return json.dumps({"id": device, "seq": seq, "timestamp": 1795600000, "status": 0,
+                       "voltage": 230.0, "freq": 50.0}).encode()
+
+
+def member(name, pki, broker, url):
+    cert = pki.device(name)
+    return CollectorProcess(url, pki, broker.port, client_id=name, extra=[
+        "--cert", str(cert.cert_pem), "--key", str(cert.key_pem), "--share-group", GROUP])
+
+
+def stopped_counts(col):
+    """Stop a collector cleanly and return what it says it stored."""
+    col.stop()
+    for line in col.proc.stdout.read().splitlines():
+        event = json.loads(line)
+        if event["event"] == "mqtt_stopped":
+            return event["counts"]
+    raise AssertionError("no mqtt_stopped event: %s" % col.proc.stderr.read())
+
+
+def publisher(pki, port, device):
+    dev = pki.device(device)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
+              keyfile=str(dev.key_pem))
+    c.max_inflight_messages_set(200)
+    c.max_queued_messages_set(0)
+    c.connect("localhost", port)
+    c.loop_start()
+    return c
+
+
+def publish(c, device, seqs):
+    infos = [c.publish("devices/%s/readings" % device, reading(device, s), qos=1) for s in seqs]
+    for info in infos:
+        info.wait_for_publish(30)
+
+
+def stored(url, device):
+    return (device_report(url, device) or {}).get("stored", 0)
+
+
+def test_two_collectors_split_one_stream_and_a_killed_one_loses_nothing(pki, shared_broker,
+                                                                       postgres):
+    device, total = "shared-1", 4000
+    a, b = (member(name, pki, shared_broker, postgres.url).start() for name in MEMBERS)
+    pub = publisher(pki, shared_broker.port, device)
+    restarted = None
+    try:
+        publish(pub, device, range(1, 1001))
+        wait_until(lambda: stored(postgres.url, device) == 1000, 20, "the first 1000")
+        # The rest goes on in the background; collector-a dies without a word mid-stream.
+        rest = threading.Thread(target=publish, args=(pub, device, range(1001, total + 1)))
+        rest.start()
+        wait_until(lambda: stored(postgres.url, device) >= 1300, 20, "the stream under way")
+        os.killpg(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(10)
+        rest.join(60)
+        # Its supervisor brings it back: its session still holds what it never acknowledged.
+        restarted = member(MEMBERS[0], pki, shared_broker, postgres.url).start()
+        d = wait_until(lambda: (device_report(postgres.url, device) or {}).get("stored")
+                       == total and device_report(postgres.url, device), 30,
+                       "all %d readings after the kill" % total)
+        assert d["gaps"] == [] and (d["first_seq"], d["last_seq"]) == (1, total)
+        store = Store(postgres.url, create=False)
+        try:
+            assert store.seqs(device) == list(range(1, total + 1))   # each exactly once
+        finally:
+            store.close()
+        counts_b, counts_a_again = stopped_counts(b), stopped_counts(restarted)
+        print(counts_b, counts_a_again)
+        by_b = counts_b.get("stored", 0)
+        by_a_again = counts_a_again.get("stored", 0)
+        by_a_first = total - by_b - by_a_again      # what the killed one committed
+        assert by_b > 0 and by_a_first > 0, (by_a_first, by_a_again, by_b)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        for col in (a, b, restarted):
+            if col is not None:
+                col.stop()

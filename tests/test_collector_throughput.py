@@ -1,0 +1,200 @@
+"""The collector commits MQTT readings in batches and acknowledges each only after its batch
+is committed: a collector that dies before the commit loses nothing (the broker resends), one
+that dies after the commit but before the PUBACKs stores nothing twice, and a message the
+database refuses becomes a reject without taking its batch with it."""
+
+import json
+import os
+import signal
+import threading
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+
+from collector_fixtures import CollectorProcess, Postgres, wait_until
+from conftest import SUBSCRIBER
+from host_sim.servers.mosquitto import Broker
+from tools import collector_store
+from tools.collector_mqtt import MqttIngest
+from tools.collector_store import Store, handle_batch
+
+IDENTITY = "collector-batch"      # its own certificate: its own persistent session
+
+
+@pytest.fixture(scope="module")
+def batch_broker(pki):
+    with Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
+                subscribers=[SUBSCRIBER, IDENTITY], persistence=True,
+                max_inflight=500) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+def reading(device, seq):
+    return json.dumps({"id": device, "seq": seq, "timestamp": 1795600000, "status": 0,
+                       "voltage": 230.0, "freq": 50.0}).encode()
+
+
+def publish(pki, port, device, seqs):
+    dev = pki.device(device)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
+              keyfile=str(dev.key_pem))
+    c.max_inflight_messages_set(200)
+    c.max_queued_messages_set(0)
+    c.connect("localhost", port)
+    c.loop_start()
+    try:
+        infos = [c.publish("devices/%s/readings" % device, reading(device, s), qos=1)
+                 for s in seqs]
+        for info in infos:
+            info.wait_for_publish(30)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def ingest(pki, broker, store, **options):
+    cert = pki.device(IDENTITY)
+    return MqttIngest(store, "localhost", broker.port, pki.ca.cert_pem, cert.cert_pem,
+                      cert.key_pem, client_id=IDENTITY, **options).start()
+
+
+def process(pki, broker, url):
+    cert = pki.device(IDENTITY)
+    return CollectorProcess(url, pki, broker.port, client_id=IDENTITY, extra=[
+        "--cert", str(cert.cert_pem), "--key", str(cert.key_pem)])
+
+
+def seqs(url, device):
+    store = Store(str(url), create=False)
+    try:
+        return store.seqs(device)
+    finally:
+        store.close()
+
+
+def test_many_readings_are_committed_in_few_transactions(tmp_path, pki, batch_broker):
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store, batch_max=100, batch_wait_ms=50)
+    try:
+        publish(pki, batch_broker.port, "batch-few", range(1, 2001))
+        wait_until(lambda: col.counts.get("stored") == 2000, 20, "2000 stored")
+        assert store.seqs("batch-few") == list(range(1, 2001))
+        assert col.batches <= 60, "%d transactions for 2000 readings" % col.batches
+    finally:
+        col.stop()
+        store.close()
+
+
+def test_a_batch_is_acknowledged_only_after_its_commit(pki, batch_broker, postgres):
+    """Kill the collector while the database holds its batch's commit: the broker must
+    resend all of it to the next collector (a PUBACK sent early would lose it)."""
+    device = "batch-blocked"
+    Store(postgres.url).close()
+    col = process(pki, batch_broker, postgres.url).start()
+    blocker = psycopg.connect(postgres.url, autocommit=False)
+    try:
+        blocker.execute("LOCK TABLE readings IN EXCLUSIVE MODE")   # inserts wait for it
+        publish(pki, batch_broker.port, device, range(1, 101))
+        # The collector has the readings and is stuck in its batch's INSERT.
+        wait_until(lambda: blocker.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE 'INSERT INTO readings%'").fetchone()[0] > 0, 10,
+            "the collector waiting on the lock")
+        os.killpg(col.proc.pid, signal.SIGKILL)
+        col.proc.wait(10)
+        blocker.rollback()
+        assert seqs(postgres.url, device) == []
+        col = process(pki, batch_broker, postgres.url).start()
+        wait_until(lambda: seqs(postgres.url, device) == list(range(1, 101)), 20,
+                   "all 100 resent by the broker and stored")
+    finally:
+        blocker.close()
+        col.stop()
+
+
+class DiesAfterCommit(Store):
+    """Commits its first batch, then fails before the consumer can send the PUBACKs."""
+
+    committed = None
+
+    def add_batch(self, source, routed):
+        counts = super().add_batch(source, routed)
+        if self.committed is None:
+            self.committed = counts["stored"]
+            raise KeyboardInterrupt("killed between the commit and the acknowledgements")
+        return counts
+
+
+def test_a_collector_dying_between_commit_and_pubacks_stores_nothing_twice(tmp_path, pki,
+                                                                          batch_broker):
+    device, total = "batch-dies", 1000
+    store = DiesAfterCommit(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store, batch_max=200, batch_wait_ms=50)
+    publish(pki, batch_broker.port, device, range(1, total + 1))
+    wait_until(col.failed.is_set, 20, "the first batch committed, then the death")
+    col.stop()
+    store.close()
+    first = store.committed
+    assert 0 < first <= 200 and len(seqs(tmp_path / "r.db", device)) == first
+    # The next collector gets the unacknowledged batch again: absorbed, counted, not stored.
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store)
+    try:
+        wait_until(lambda: len(store.seqs(device)) == total, 20, "all %d readings" % total)
+        assert store.seqs(device) == list(range(1, total + 1))
+        assert col.counts.get("duplicate", 0) >= first
+        assert store.report()["devices"][0]["duplicates"] >= first
+    finally:
+        col.stop()
+        store.close()
+
+
+def test_exactly_once_when_the_collector_process_is_killed_mid_stream(tmp_path, pki,
+                                                                     batch_broker):
+    device, total, db = "batch-killed", 5000, tmp_path / "r.db"
+    col = process(pki, batch_broker, db).start()
+    sender = threading.Thread(target=publish, args=(pki, batch_broker.port, device,
+                                                    range(1, total + 1)))
+    sender.start()
+    try:
+        wait_until(lambda: os.path.exists(db) and len(seqs(db, device)) >= 500, 20,
+                   "the stream under way")
+        os.killpg(col.proc.pid, signal.SIGKILL)
+        col.proc.wait(10)
+        at_kill = len(seqs(db, device))
+        sender.join(60)
+        assert at_kill < total, "the kill came after the stream had ended"
+        col = process(pki, batch_broker, db).start()
+        wait_until(lambda: len(seqs(db, device)) == total, 30, "all %d readings" % total)
+        assert seqs(db, device) == list(range(1, total + 1))
+    finally:
+        sender.join(60)
+        col.stop()
+
+
+def test_a_value_the_database_refuses_is_rejected_alone_and_its_batch_is_stored(
+        tmp_path, monkeypatch):
+    store = Store(str(tmp_path / "r.db"))
+    real = collector_store.validate
+
+    def validate(device, payload):
+        r = real(device, payload)
+        if r["seq"] == 3:
+            r["voltage"] = 2 ** 70    # passes no check here; SQLite cannot hold it
+        return r
+    monkeypatch.setattr(collector_store, "validate", validate)
+    counts = handle_batch(store, "mqtt", [("devices/b1/readings", reading("b1", s))
+                                          for s in range(1, 6)])
+    assert counts == {"stored": 4, "duplicate": 0, "status": 0, "rejected": 1}
+    assert store.seqs("b1") == [1, 2, 4, 5]
+    assert "the database refused it" in store.rejects()[0][3]
+    store.close()

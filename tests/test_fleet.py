@@ -73,6 +73,51 @@ def test_board_process_wakes_with_1us_slack_and_a_short_slice(board_time):
                 if line.startswith("se.slice")] == ["100000"]
 
 
+MP_SLEEP_PROBE = r"""
+import json, time
+def cpu_ticks():
+    with open("/proc/self/stat") as f:
+        fields = f.read().split(")")[-1].split()
+    return int(fields[11]) + int(fields[12])
+out = {}
+try:
+    time.sleep_ms(1.5)
+except TypeError as e:
+    out["float"] = str(e)
+t0 = time.ticks_us()
+time.sleep_ms(0)
+time.sleep_ms(-5)
+out["zero_us"] = time.ticks_diff(time.ticks_us(), t0)
+out["short_ms"] = []
+for ms in (1, 7, 30):
+    t0 = time.ticks_us()
+    time.sleep_ms(ms)
+    out["short_ms"].append(time.ticks_diff(time.ticks_us(), t0) / 1000)
+c0, t0 = cpu_ticks(), time.ticks_ms()
+while time.ticks_diff(time.ticks_ms(), t0) < 1500:
+    time.sleep_ms(50)       # the firmware's idle loop
+out["idle_cpu_ticks"] = cpu_ticks() - c0
+print(json.dumps(out))
+"""
+
+
+def test_mp_runtime_sleep_ms_blocks_instead_of_polling(tmp_path):
+    # The unix port's own sleep_ms wakes every 0.5 ms (~4 of 100 ticks of CPU per idle
+    # 1.5 s); the runtime's time module (host_sim/mp/port/time.py) waits in one select().
+    from host_sim.mp.launcher import PORT_DIR, tool
+    probe = tmp_path / "probe.py"
+    probe.write_text(MP_SLEEP_PROBE)
+    out = subprocess.run([tool("micropython"), str(probe)], capture_output=True, text=True,
+                         timeout=60, env={"MICROPYPATH": str(PORT_DIR), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["idle_cpu_ticks"] <= 1, got
+    assert got["float"] == "can't convert float to int"
+    assert got["zero_us"] < 5000
+    # Never short (the port's own compares ms ticks, so it may end up to 1 ms early).
+    assert [ms >= want for ms, want in zip(got["short_ms"], (1, 7, 30))] == [True] * 3, got
+
+
 # --- the fleet's own sums ---------------------------------------------------------------------
 class FakeBoard:
     """A tracked board's events as fleet_summary reads them (arrival times in seconds)."""

@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from host_sim.flash import board_command, prepare_flash
 from host_sim.servers.mosquitto import Broker, BrokerError
 from host_sim.servers.ntp import NtpServer
-from host_sim.stubs.time import precise_sleeps
+from host_sim.stubs.time import fine_timer_slack, short_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each board sees a different grid, so the table shows the maths working, not a constant.
@@ -184,6 +184,12 @@ class BoardProcess:
                 event = {"event": "console", "text": line}
             if self.track_usage:
                 now = time.monotonic()
+                if event.get("event") == "stored" and not self.usage:
+                    # Sampling has begun (booting is over): every process of the board
+                    # (a MicroPython board's interpreter too) gets the short slice that
+                    # wakes a sampler on time (host_sim/stubs/time.py short_slice).
+                    for pid in _tree_pids(self.proc.pid):
+                        short_slice(pid)
                 if event.get("event") in ("stored", "halted"):
                     self.note_usage(now, event["event"])
                 self.arrived.append(now)
@@ -468,9 +474,9 @@ def run(args):
     if missing:
         raise FleetError("missing in %s: %s; run `make certs`" % (certs, ", ".join(missing)))
     workdir = Path(getattr(args, "workdir", None) or ROOT / ".sim")
-    # Inherited by every board process (fork and exec keep both settings): a MicroPython
-    # board's sleep_us (usleep) then ends as close to on time as the host allows.
-    precise_sleeps()
+    # Inherited by every board process (fork and exec keep it): a MicroPython board's
+    # sleep_us (usleep) then ends no more than the scheduler's delay late.
+    fine_timer_slack()
     boards, subscriber = [], None
     with NtpServer() as ntp, Broker(certs / "ca.pem", certs / "server-chain.pem"
                                     if (certs / "server-chain.pem").exists()
@@ -517,8 +523,13 @@ def run(args):
             for device_id, volts, hz, argv in argvs:
                 boards.append(BoardProcess(device_id, argv, args.verbose, track_usage=True,
                                            held=True))
+            # Released at --start-rate a second: all at once, 200 boards booting on two
+            # cores (TLS handshakes, imports) took so long that their handshakes and
+            # CONNACKs timed out and the retries fed the storm.
             spawned = time.monotonic()
-            for board in boards:
+            for n, board in enumerate(boards):
+                if args.start_rate > 0:
+                    time.sleep(max(0.0, spawned + n / args.start_rate - time.monotonic()))
                 board.release()
             print("boards  %d spawned in %.2f s, released in %.2f s (%s; mains %s)" % (
                 len(boards), spawned - started, time.monotonic() - spawned,
@@ -567,6 +578,9 @@ def main(argv=None):
     parser.add_argument("--certs", default=str(ROOT / "certs"), help="certificate directory")
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for boards")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every board event")
+    parser.add_argument("--start-rate", type=float, default=10, metavar="N",
+                        help="boards started per second once all are spawned (default 10; "
+                             "0: all at once)")
     parser.add_argument("--workdir", default=str(ROOT / ".sim"),
                         help="where the boards' flash directories go (default .sim/)")
     parser.add_argument("--json", metavar="FILE",

@@ -1,32 +1,36 @@
-"""The collector's MQTT consumer: paho-mqtt, QoS 1, a persistent session, PUBACK after commit.
+"""The collector's MQTT consumer: QoS 1, a persistent session, batches, PUBACK after commit.
 
 The broker binds the session to the certificate (``use_username_as_clientid``): whatever
 client id is asked for, the session is the CN's, and no other certificate can resume or
-wipe it. paho's network thread only reads and queues messages; a writer thread takes up to
-``batch_max`` of them at a time (whatever arrived while the previous commit ran, or more
-if ``batch_wait_ms`` lets it linger), stores them in one transaction, and only then
-acknowledges each one (manual_ack). A poison message becomes a reject on its own without
-losing the rest of its batch (tools/collector_store.handle_batch). If the store fails, the
-consumer acknowledges nothing more, records why in ``failure`` and sets ``failed``, and
-the collector process exits non-zero (a supervisor restarts it; the broker resends what
-was not acknowledged).
+wipe it. One thread reads whatever the TLS connection has (tools/collector_mqtt_codec.py
+splits it into packets), stores up to ``batch_max`` messages in one transaction (those
+that arrived while the previous commit ran, or more if ``batch_wait_ms`` lets it linger),
+and only then acknowledges each one, all PUBACKs in one write. A poison message becomes a
+reject on its own without losing the rest of its batch (collector_store.handle_batch). If
+the store fails, nothing more is acknowledged: the consumer records why in ``failure``,
+sets ``failed``, and the collector process exits non-zero (a supervisor restarts it; the
+broker resends what was not acknowledged). A lost connection is retried with backoff.
 
-With ``topic_group`` several collectors share ``$share/<group>/devices/+/...``: the broker
-hands each message to one of them, and an unacknowledged message of a collector that dies
-goes to another.
+With ``group`` several collectors share ``$share/<group>/devices/+/...``: the broker hands
+each message to one of them.
 
     ingest = MqttIngest(store, "127.0.0.1", 8883, ca, cert, key).start()
     ingest.failed.wait()        # set only if the consumer died
 """
 
-import queue
+import socket
 import ssl
 import threading
 import time
 
-from tools.collector_store import CollectorError, handle_batch
+from tools import collector_mqtt_codec as codec
+from tools.collector_store import MAX_PAYLOAD_BYTES, CollectorError, handle_batch
 
 TOPICS = ["devices/+/readings", "devices/+/status"]
+# A PUBLISH above this is skipped as it streams in (never buffered) and kept as a reject.
+MAX_PACKET_BYTES = 1 << 20
+_READ_BYTES = 256 * 1024
+_TICK_S = 0.25      # how often an idle consumer looks at stop() and the keepalive
 
 
 def topics(group=None):
@@ -39,57 +43,46 @@ def topics(group=None):
     return [(prefix + topic, 1) for topic in TOPICS]
 
 
+class _Lost(Exception):
+    """The connection ended or the broker misbehaved: reconnect."""
+
+
 class MqttIngest:
-    """paho-mqtt client and a batching writer thread, watched: neither dies silently."""
+    """One consumer thread, watched: it never dies silently."""
 
     def __init__(self, store, host, port, ca, cert, key, client_id="collector",
-                 batch_max=500, batch_wait_ms=0, group=None):
-        import paho.mqtt.client as mqtt
+                 batch_max=500, batch_wait_ms=0, group=None, keepalive_s=10):
         self.store = store
         self.ready = threading.Event()      # connected and subscribed (SUBACK seen)
         self.failed = threading.Event()
         self.failure = None
+        self.last_error = None
         self.counts = {}
         self.batches = 0
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.topics = topics(group)
+        self.host, self.port, self.client_id = host, port, client_id
+        self.keepalive_s = keepalive_s
         self._stopping = False
-        # Bounded: when the writer falls behind, paho's thread stops reading and TCP
-        # pushes back on the broker (which holds unacknowledged messages anyway).
-        self._queue = queue.Queue(maxsize=max(4 * batch_max, 1000))
-        # Bumped on every CONNACK: a packet id belongs to one connection, so a message
-        # read before a reconnect is stored but not acknowledged on the new connection
-        # (the broker resends it there, and the store absorbs the repeat).
-        self._connection = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        self._thread = None
         try:
-            self.client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key))
+            self.context = ssl.create_default_context(cafile=str(ca))
+            self.context.load_cert_chain(str(cert), str(key))
         except (OSError, ssl.SSLError) as exc:
             raise CollectorError("cannot load the TLS files (--ca %s, --cert %s, --key %s): %s"
                                  % (ca, cert, key, getattr(exc, "strerror", None) or exc)) \
                 from None
-        self.client.reconnect_delay_set(0.1, 2)
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.ready.set()
-        self.client.on_disconnect = lambda *a: self.ready.clear()
-        self.client.on_message = self._on_message
-        self.host, self.port = host, port
-        self._writer = None
 
     def start(self, timeout_s=10):
-        self.client.connect_async(self.host, self.port, keepalive=10)
-        # loop_start: paho's own network thread, so acks queued from the writer thread are
-        # written by that thread (paho's documented threaded interface), never concurrently.
-        self.client.loop_start()
-        self._writer = threading.Thread(target=self._write_loop, name="collector-writer",
-                                        daemon=True)
-        self._writer.start()
-        if not self.ready.wait(timeout_s):
-            self.stop()
-            raise CollectorError(self.failure or "could not connect to the broker at %s:%d"
-                                 % (self.host, self.port))
+        self._thread = threading.Thread(target=self._run, name="mqtt-consumer", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.ready.wait(0.05):
+            if self.failed.is_set() or time.monotonic() > deadline:
+                self.stop()
+                raise CollectorError(self.failure or "could not connect to the broker at "
+                                     "%s:%d: %s" % (self.host, self.port, self.last_error))
         return self
 
     def _fail(self, text):
@@ -97,71 +90,137 @@ class MqttIngest:
             self.failure = text
         self.failed.set()
 
-    def _on_connect(self, client, userdata, flags, reason, properties):
-        if reason == 0:
-            self._connection += 1
-            client.subscribe(self.topics)
-
-    def _on_message(self, client, userdata, msg):
-        item = (self._connection, msg.mid, msg.qos, msg.topic, msg.payload)
+    def _run(self):
+        delay_s = 0.1
         while not self._stopping:
             try:
-                self._queue.put(item, timeout=0.5)
+                self._session()
+                delay_s = 0.1
+            except (OSError, _Lost, codec.ProtocolError) as exc:
+                self.last_error = "%s: %s" % (type(exc).__name__, exc)
+            except BaseException as exc:  # noqa: BLE001 - the store failed: report, exit
+                self._fail("MQTT consumer stopped: %s: %s" % (type(exc).__name__, exc))
                 return
-            except queue.Full:
-                continue
+            finally:
+                self.ready.clear()
+            if not self._stopping:
+                time.sleep(delay_s)
+                delay_s = min(2.0, delay_s * 2)
 
-    def _next_batch(self):
-        """Up to batch_max queued messages; [] after 0.5 s with none (a chance to check)."""
+    def _session(self):
+        raw = socket.create_connection((self.host, self.port), timeout=10)
         try:
-            batch = [self._queue.get(timeout=0.5)]
-        except queue.Empty:
-            return []
-        deadline = time.monotonic() + self.batch_wait_s
-        while len(batch) < self.batch_max:
-            try:
-                batch.append(self._queue.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
-        return batch
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self.context.wrap_socket(raw, server_hostname=self.host) as sock:
+                self._serve(sock)
+        finally:
+            raw.close()
 
-    def _write_loop(self):
-        try:
-            while not self._stopping:
-                batch = self._next_batch()
-                if not batch:
-                    # paho's thread ends only on stop() or an exception in a callback.
-                    if not self._stopping and self.client._thread is None:
-                        self._fail("MQTT consumer stopped: its network loop ended")
-                        return
+    def _serve(self, sock):
+        sock.sendall(codec.connect_packet(self.client_id, self.keepalive_s))
+        sock.sendall(codec.subscribe_packet(1, self.topics))
+        buf = bytearray()
+        skip = 0                        # bytes of an oversized PUBLISH still to drop
+        last_in = last_out = time.monotonic()
+        ping_sent = None
+        while not self._stopping:
+            batch, acks = [], []
+            # Wait for the first bytes, then take what is already there (and, with
+            # batch_wait_ms, what comes within it) up to batch_max messages.
+            deadline = None
+            sock.settimeout(_TICK_S)
+            while len(batch) < self.batch_max:
+                try:
+                    data = sock.recv(_READ_BYTES)
+                except (socket.timeout, ssl.SSLWantReadError):
+                    if batch or deadline is not None:
+                        break
+                    now = time.monotonic()
+                    if ping_sent is not None and now - ping_sent > self.keepalive_s:
+                        raise _Lost("no PINGRESP within %d s" % self.keepalive_s)
+                    if ping_sent is None and now - max(last_in, last_out) \
+                            > self.keepalive_s / 2:
+                        sock.sendall(codec.PINGREQ)
+                        ping_sent = last_out = now
+                    if self._stopping:
+                        break
                     continue
-                # handle_batch keeps every bad message as a reject; what escapes is the
-                # store failing. Then no PUBACK: the broker keeps the batch for later.
-                counts = handle_batch(self.store, "mqtt",
-                                      [(topic, payload) for _, _, _, topic, payload in batch])
+                if not data:
+                    raise _Lost("the broker closed the connection")
+                last_in = time.monotonic()
+                if skip:
+                    dropped = min(skip, len(data))
+                    skip -= dropped
+                    data = data[dropped:]
+                buf += data
+                while True:
+                    packets, used = codec.parse(buf, 0, MAX_PACKET_BYTES)
+                    del buf[:used]
+                    for packet in packets:
+                        kind = packet[0]
+                        if kind == codec.PUBLISH:
+                            batch.append((packet[1], packet[2]))
+                            if packet[4]:
+                                acks.append(packet[3])
+                        elif kind == codec.OVERSIZE:
+                            _, topic, pid, qos, length, skip = packet
+                            dropped = min(skip, len(buf))
+                            skip -= dropped
+                            del buf[:dropped]
+                            self._oversize(topic, length)
+                            if qos:
+                                acks.append(pid)
+                        elif kind == codec.CONNACK:
+                            if packet[2]:
+                                raise CollectorError("the broker refused the connection: %s"
+                                                     % codec.CONNACK_REFUSALS.get(
+                                                         packet[2], "code %d" % packet[2]))
+                        elif kind == codec.SUBACK:
+                            refused = [t for (t, _), code in zip(self.topics, packet[2])
+                                       if code == 0x80]
+                            if refused:
+                                raise CollectorError("the broker refused the subscription to "
+                                                     "%s (its ACL?)" % ", ".join(refused))
+                            self.ready.set()
+                        elif kind == codec.PINGRESP:
+                            ping_sent = None
+                    if not (packets and packets[-1][0] == codec.OVERSIZE and buf):
+                        break
+                if deadline is None:
+                    deadline = time.monotonic() + self.batch_wait_s
+                left = deadline - time.monotonic()
+                sock.settimeout(max(0.0, left))
+            if batch:
+                # What escapes handle_batch is the store failing: then no PUBACK at all,
+                # the broker keeps the batch for the next collector.
+                counts = handle_batch(self.store, "mqtt", batch)
                 self.batches += 1
                 for result, n in counts.items():
                     self.counts[result] = self.counts.get(result, 0) + n
-                for connection, mid, qos, _, _ in batch:
-                    if qos and connection == self._connection:
-                        self.client.ack(mid, qos)
-        except BaseException as exc:  # noqa: BLE001 - reported, then the process exits
-            self._fail("MQTT consumer stopped: %s: %s" % (type(exc).__name__, exc))
-            # Drop the connection at once: nothing more is read, nothing acknowledged.
-            self._stopping = True
-            self.client.disconnect()
+            if acks:
+                sock.settimeout(10)
+                sock.sendall(codec.puback_packets(acks))
+                last_out = time.monotonic()
+            elif ping_sent is None and time.monotonic() - last_out > self.keepalive_s / 2:
+                # Only QoS 0 coming in: nothing else of ours shows the broker we are alive.
+                sock.settimeout(10)
+                sock.sendall(codec.PINGREQ)
+                ping_sent = last_out = time.monotonic()
+        try:
+            sock.settimeout(1)
+            sock.sendall(codec.DISCONNECT)
+        except OSError:
+            pass
+
+    def _oversize(self, topic, length):
+        parts = topic.split("/")
+        device_id = parts[1] if len(parts) == 3 and parts[0] == "devices" else None
+        self.store.add_reject("mqtt", device_id, b"",
+                              "PUBLISH of %d bytes exceeds %d (payloads are at most %d)"
+                              % (length, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES))
+        self.counts["rejected"] = self.counts.get("rejected", 0) + 1
 
     def stop(self):
         self._stopping = True
-        self.client.disconnect()
-        self.client.loop_stop()
-        if self._writer is not None:
-            self._writer.join(10)
+        if self._thread is not None:
+            self._thread.join(10)

@@ -43,6 +43,7 @@ class Node:
         self.acked = 0
         self.sent_seq = 0    # last seq handed to a link: if it comes round again, it is a resend
         self.status_dropped = -1  # outbox.dropped as last reported in a status message
+        self._status_sent = None  # the status payload awaiting its PUBACK
         self.due = time.ticks_ms()  # when the next sample is due, in every state
         o = cfg.outbox
         self.outbox = outbox.Outbox("outbox", o.budget_bytes, o.segment_bytes, o.max_record,
@@ -118,6 +119,9 @@ class Node:
         if self._needs_provisioning():
             self.go(states.NEED_PROVISION)
             return
+        # A reading due now (the first one, at boot) is sampled before the handshake, not
+        # after CONNACK: it then goes out beside the status, off the critical path.
+        self._sample_if_due()
         m = self.cfg.mqtt
         try:
             tls = self._tls()
@@ -154,6 +158,9 @@ class Node:
         last_check = time.ticks_ms()
         burst = 0
         try:
+            if getattr(link, "window", 1) > 1:
+                self._online_windowed(link, keepalive_ms)
+                return
             self._publish_status()
             while True:
                 watchdog.feed()
@@ -173,12 +180,7 @@ class Node:
                     continue
                 if self.outbox.dropped != self.status_dropped:
                     self._publish_status()
-                now = time.ticks_ms()
-                if keepalive_ms and link.idle_ms() > keepalive_ms // 2:
-                    link.ping()  # no link sends PINGREQ by itself
-                if time.ticks_diff(now, last_check) >= 100:
-                    last_check = now
-                    link.check(keepalive_ms * 3 // 2)
+                last_check = self._keep_alive(link, keepalive_ms, last_check)
                 time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
         except LinkError as exc:
             error(exc.kind, str(exc))
@@ -186,6 +188,94 @@ class Node:
             link.close()
             self.link = None
             self.go(states.LINK_LOST)
+
+    def _keep_alive(self, link, keepalive_ms, last_check):
+        # One PINGREQ per keepalive when nothing else went out (MQTT 3.1.1 3.1.2.10 asks for
+        # a packet within each keepalive; the broker waits 1.5 x): sent at 95% so a loop pass
+        # (<= 50 ms sleep plus a sampling window) never makes it late. A dead link is still
+        # found within 1.5 x keepalive by check(): nothing heard for that long.
+        now = time.ticks_ms()
+        if keepalive_ms and link.idle_ms() >= keepalive_ms - keepalive_ms // 20:
+            link.ping()  # no link sends PINGREQ by itself
+        if time.ticks_diff(now, last_check) >= 100:
+            last_check = now
+            link.check(keepalive_ms * 3 // 2)
+        return last_check
+
+    def _online_windowed(self, link, keepalive_ms):
+        # Up to link.window PUBLISHes await PUBACK at once (mqtt.inflight): the backlog drains
+        # a window per round trip, and the retained status flies beside the first reading.
+        # PUBACKs may come in any order; a reading leaves the outbox only once it and every
+        # earlier one are acknowledged (flight is oldest first: [seq, packet id]; seq 0 is
+        # the status). A kill mid-window resends the unacknowledged tail, DUP, next boot.
+        box = self.outbox
+        box.rewind()  # what was in flight on the last connection goes again
+        flight = []
+        window = link.window
+        last_check = time.ticks_ms()
+        self._send_status(link, flight)
+        while True:
+            watchdog.feed()
+            self._sample_if_due()
+            while len(flight) < window and not self._limit_in_flight(flight):
+                record = box.next_unsent()
+                if record is None:
+                    break
+                flight.append([record[0], self._send_reading(record[0], record[1])])
+            if (self.outbox.dropped != self.status_dropped and len(flight) < window
+                    and self._status_sent is None):
+                self._send_status(link, flight)
+            if flight:
+                # Wait for a PUBACK, but never past the next sample's due time.
+                link.wait_acks(max(0, min(50, time.ticks_diff(self.due, time.ticks_ms()))))
+                if self._retire(link, flight):
+                    return
+                continue
+            last_check = self._keep_alive(link, keepalive_ms, last_check)
+            time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
+
+    def _limit_in_flight(self, flight):
+        # A run of max_readings sends no reading beyond it: a clean stop leaves none in flight.
+        limit = self.cfg.run.max_readings
+        return limit and self.acked + len(flight) - (self._status_sent is not None) >= limit
+
+    def _send_reading(self, seq, payload):
+        dup = seq <= self.sent_seq
+        self.sent_seq = seq if seq > self.sent_seq else self.sent_seq
+        emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
+             dup=dup)
+        return self.link.send_publish(self.topic, payload, dup=dup)
+
+    def _retire(self, link, flight):
+        # Acknowledge in order what the broker acknowledged; True once max_readings is met.
+        pending = link.ids.inflight
+        while flight and flight[0][1] not in pending:
+            seq = flight.pop(0)[0]
+            self.attempt = 0  # acknowledged: the connection proved healthy
+            if not seq:
+                self._status_acked()
+                continue
+            head = self.outbox.peek()
+            if head is None or head[0] != seq:
+                continue  # dropped by the byte budget while in flight (counted there)
+            self.outbox.ack(seq)
+            self.acked += 1
+            emit("acked", seq=seq, depth=self.outbox.depth)
+            limit = self.cfg.run.max_readings
+            if limit and self.acked >= limit:
+                self.outbox.flush()
+                link.close()
+                self.halt_reason = "done"
+                self.go(states.STOP)
+                return True
+        return False
+
+    def _send_status(self, link, flight):
+        payload = self._status_payload()
+        packet_id = link.publish_status_async(payload)
+        if packet_id is not None:
+            self._status_sent = payload
+            flight.append([0, packet_id])
 
     def _deliver(self, seq, payload):
         # A reading leaves the outbox only once the peer acknowledged it; one that was sent
@@ -200,22 +290,29 @@ class Node:
         self.acked += 1
         emit("acked", seq=seq, depth=self.outbox.depth)
 
-    def _publish_status(self):
+    def _status_payload(self):
         box = self.outbox
         self.status_dropped = box.dropped
         # The retained status says why this boot happened and, until delivered once, what
         # crashed the run before it (crash.py); the record is then cleared from flash.
-        last = self.last_crash
-        payload = ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
-                   '"torn":%d,"reset_cause":%s,"crash":%s}' % (
-                       VERSION, box.boots, box.depth, box.dropped, box.torn,
-                       json.dumps(self.reset_cause), json.dumps(last))).encode()
+        return ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
+                '"torn":%d,"reset_cause":%s,"crash":%s}' % (
+                    VERSION, box.boots, box.depth, box.dropped, box.torn,
+                    json.dumps(self.reset_cause), json.dumps(self.last_crash))).encode()
+
+    def _publish_status(self):
+        payload = self._status_payload()
         if self.link.publish_status(payload):
             self.attempt = 0  # acknowledged (publish_status returns after PUBACK)
-            emit("status", payload=payload.decode())
-            if last is not None:
-                crash.clear()
-                self.last_crash = None
+            self._status_sent = payload
+            self._status_acked()
+
+    def _status_acked(self):
+        emit("status", payload=self._status_sent.decode())
+        self._status_sent = None
+        if self.last_crash is not None:  # the status just acknowledged carried it
+            crash.clear()
+            self.last_crash = None
 
     def apply_command(self, command):
         """Apply a command from the peer (wss ingest); return (ok, detail) for its ack.

@@ -39,6 +39,10 @@ _SECTIONS = (
         # MQTT's keepalive is a 16-bit field; 0 turns it off.
         ("keepalive_s", "int", 60, (0, 65535)),
         ("client_id", "name", None, 64),
+        # QoS 1 PUBLISHes awaiting PUBACK at once: a backlog drains this many per round trip
+        # (app.py). Bounded: each is a packet id and a RAM slot; 32 at RTT 100 ms already
+        # drains ~320 readings/s, more than a board samples.
+        ("inflight", "int", 8, (1, 32)),
     )),
     ("tls", True, (
         ("ca", "files", _REQUIRED, None),

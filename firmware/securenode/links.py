@@ -44,7 +44,7 @@ def open_link(cfg, tls, on_command=None):
     # user/password exist only once provisioning (app.py) has set them; certificate
     # boards have neither and log in with their certificate alone.
     link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io,
-                    getattr(m, "user", None), getattr(m, "password", None))
+                    getattr(m, "user", None), getattr(m, "password", None), m.inflight)
     # The broker announces an unclean loss on the board's status topic (retained).
     link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
     return link

@@ -27,6 +27,7 @@ Example::
     link.publish(b"devices/board-1/readings", payload)   # returns once PUBACK arrived
 """
 
+import select
 import time
 
 from micropython import const
@@ -93,9 +94,12 @@ class MqttLink:
         self._tx = bytearray(_TX_BYTES)
         self._decoder = mc.Decoder(max_packet_bytes)
         self._stream = None
+        self._poller = None
         self._broken = False
         self._ping_sent_ms = None
         self.ids = mc.PacketIds(window)
+        self._sent_ms = []   # when each id in self.ids.inflight was sent, in the same order
+        self.acks = 0        # fresh PUBACKs on this link, ever
         self.unsolicited = 0
         self.last_rx_ms = self.last_tx_ms = time.ticks_ms()
 
@@ -104,10 +108,17 @@ class MqttLink:
         """Open TCP, pinned TLS (each pinned root where the port takes one at a time), then
         the MQTT session (CONNECT, CONNACK)."""
         self._stream = self._open_stream()
+        # A wait for the broker sleeps in poll() on the raw socket, never in a TLS read with a
+        # timeout: on the unix port that timeout is sticky (PORT_FACTS), the session unusable.
+        raw = getattr(self._stream, "_raw", None)  # a WebSocket stream has none: it polls
+        if raw is not None:
+            self._poller = select.poll()
+            self._poller.register(raw, select.POLLIN)
         self._broken = False
         self._ping_sent_ms = None
         self._decoder.reset()
         self.ids = mc.PacketIds(self.window)
+        self._sent_ms = []
         try:
             self._start_session()
         except Exception:
@@ -177,8 +188,46 @@ class MqttLink:
         n = mc.publish_length(topic, len(payload), 1)
         buf = self._tx if n <= len(self._tx) else bytearray(n)
         mc.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
+        self._sent_ms.append(time.ticks_ms())
         self._send(buf, n, "PUBACK")
         return packet_id
+
+    def publish_status_async(self, payload):
+        """Send the retained status where the last will speaks without waiting for its PUBACK;
+        its packet id, or None without a will. The first reading can then fly beside it.
+
+        Example: ``pid = link.publish_status_async(b'{"status":"online"}')``
+        """
+        if self._will is None:
+            return None
+        return self.send_publish(self._will[0], payload, retain=True)
+
+    def wait_acks(self, wait_ms):
+        """Handle what arrives until a PUBACK did or ``wait_ms`` passed; return the PUBACKs
+        handled. LinkError("ack_timeout") once the oldest PUBLISH in flight has waited
+        timeouts_ms.io. A window of sends is acknowledged through this.
+
+        Example: ``while link.ids.inflight: link.wait_acks(50)``
+        """
+        before = self.acks
+        until = time.ticks_add(time.ticks_ms(), wait_ms)
+        while True:
+            self.poll("PUBACK")
+            if self.acks != before:
+                return self.acks - before
+            now = time.ticks_ms()
+            left = time.ticks_diff(until, now)
+            if self._sent_ms:
+                overdue = time.ticks_diff(time.ticks_add(self._sent_ms[0], self._io_ms), now)
+                if overdue <= 0:
+                    raise self._timeout("PUBACK")
+                left = min(left, overdue)
+            if left <= 0:
+                return 0
+            if self._poller is None:
+                time.sleep_ms(min(left, 5))
+            else:
+                self._poller.poll(left)  # wakes when bytes arrive (or the peer hangs up)
 
     def wait_puback(self, packet_id):
         """Handle what arrives until the PUBACK for packet_id did, within timeouts_ms.io."""
@@ -281,11 +330,16 @@ class MqttLink:
     def _handle(self, packet, waiting_for):
         kind = packet[0]
         if kind == mc.PUBACK:
+            inflight = self.ids.inflight
+            if packet[1] in inflight:
+                self._sent_ms.pop(inflight.index(packet[1]))
             try:
                 fresh = self.ids.acked(packet[1])
             except mc.ProtocolError as exc:
                 raise self._fail("protocol", "%s: %s" % (self.peer, exc))
-            if not fresh:
+            if fresh:
+                self.acks += 1
+            else:
                 emit("mqtt_duplicate_puback", peer=self.peer, packet_id=packet[1],
                      count=self.ids.duplicates)
         elif kind == mc.PINGRESP:
@@ -365,6 +419,7 @@ class MqttLink:
     def _drop(self):
         stream = self._stream
         self._stream = None
+        self._poller = None
         if stream is not None:
             try:
                 stream.close()

@@ -98,6 +98,7 @@ class Outbox:
         self._head_off = 0       # byte offset of the oldest unacked record in _segs[0]
         self._head_index = 0     # how many records of _segs[0] are acknowledged
         self._head = None        # cached (seq, payload) of the record at the head
+        self._cursor = None      # [segment, offset, index] of the next record to send
         self._unsaved_acks = 0
         self.next_seq = 1
         self.acked_seq = 0
@@ -312,6 +313,45 @@ class Outbox:
                               % (_seg_name(seg[0]), self._head_off))
         self._head = (seq, payload)
         return self._head
+
+    def rewind(self):
+        """Let next_unsent() start at the head again (a new connection resends what was in
+        flight on the old one)."""
+        self._cursor = None
+
+    def next_unsent(self):
+        """The reading after the one next_unsent() returned last (the head after rewind()),
+        as (seq, payload), or None: a window of sends runs ahead of the acknowledgements.
+
+        >>> box.rewind(); box.next_unsent()[0], box.next_unsent()[0]   # records 1, 2, 3
+        (1, 2)
+        """
+        cursor = self._cursor
+        segs = self._segs
+        if cursor is None or cursor[0] < segs[0][0]:
+            # From the head (also when the budget dropped the segment the cursor was in).
+            cursor = self._cursor = [segs[0][0], self._head_off, self._head_index]
+        for seg in segs:
+            if seg[0] < cursor[0]:
+                continue
+            if seg[0] > cursor[0]:
+                cursor[0], cursor[1], cursor[2] = seg[0], 0, 0
+            if cursor[2] < seg[2]:
+                break
+        else:
+            return None
+        with open(self._path(_seg_name(cursor[0])), "rb") as f:
+            f.seek(cursor[1])
+            f.readinto(self._header)
+            length = self._header[0] | self._header[1] << 8
+            payload = f.read(length)
+        seq = check_record(self._header, payload)
+        if seq < 0:
+            raise OutboxError("outbox: record at %s:%d changed on flash"
+                              % (_seg_name(cursor[0]), cursor[1]))
+        cursor[1] += _HEADER_BYTES + length
+        cursor[2] += 1
+        return seq, payload
 
     def ack(self, seq):
         """The peer acknowledged seq (the head): it leaves the outbox."""

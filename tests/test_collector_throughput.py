@@ -198,3 +198,41 @@ def test_a_value_the_database_refuses_is_rejected_alone_and_its_batch_is_stored(
     assert store.seqs("b1") == [1, 2, 4, 5]
     assert "the database refused it" in store.rejects()[0][3]
     store.close()
+
+
+def test_a_publish_of_1_5_mb_is_skipped_as_it_streams_kept_as_a_reject_and_acknowledged(
+        tmp_path, pki, batch_broker):
+    device = "batch-huge"
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store)
+    try:
+        dev = pki.device(device)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device,
+                        protocol=mqtt.MQTTv311)
+        c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
+                  keyfile=str(dev.key_pem))
+        c.connect("localhost", batch_broker.port)
+        c.loop_start()
+        topic = "devices/%s/readings" % device
+        c.publish(topic, reading(device, 1), qos=1).wait_for_publish(10)
+        c.publish(topic, b"[" * 1500000, qos=1).wait_for_publish(30)
+        c.publish(topic, reading(device, 2), qos=1).wait_for_publish(10)
+        c.disconnect()
+        c.loop_stop()
+        wait_until(lambda: store.seqs(device) == [1, 2], 20, "the readings around it")
+        assert [r[3] for r in store.rejects() if r[1] == device] == [
+            "PUBLISH of %d bytes exceeds 1048576 (payloads are at most 4096)"
+            % (2 + len(topic) + 2 + 1500000)]      # topic length, topic, packet id, payload
+    finally:
+        col.stop()
+        store.close()
+    # Acknowledged: the next consumer on the session is not handed it again.
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store)
+    try:
+        publish(pki, batch_broker.port, device, [3])
+        wait_until(lambda: store.seqs(device) == [1, 2, 3], 20, "reading 3")
+        assert len([r for r in store.rejects() if r[1] == device]) == 1
+    finally:
+        col.stop()
+        store.close()

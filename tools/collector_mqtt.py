@@ -47,6 +47,65 @@ class _Lost(Exception):
     """The connection ended or the broker misbehaved: reconnect."""
 
 
+class _Tls:
+    """TLS over a plain socket through memory BIOs.
+
+    Mosquitto writes each PUBLISH as its own TLS record, and an ssl.SSLSocket returns one
+    record per recv() with two system calls under it: per message, that cost more than all
+    the rest. Here one recv() hands OpenSSL everything the kernel holds, and the records
+    are decrypted from memory.
+    """
+
+    def __init__(self, raw, context, host):
+        self.raw = raw
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self._in, self._out, server_hostname=host)
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._fill(10):
+                    raise _Lost("no TLS handshake within 10 s") from None
+        self._flush()
+
+    def _flush(self):
+        data = self._out.read()
+        if data:
+            self.raw.settimeout(10)
+            self.raw.sendall(data)
+
+    def _fill(self, timeout_s):
+        self.raw.settimeout(timeout_s)
+        try:
+            data = self.raw.recv(_READ_BYTES)
+        except (socket.timeout, BlockingIOError):
+            return False
+        if not data:
+            raise _Lost("the broker closed the connection")
+        self._in.write(data)
+        return True
+
+    def recv(self, timeout_s):
+        """The plaintext that is there now or comes within timeout_s; b"" if none."""
+        chunks = []
+        while True:
+            try:
+                chunks.append(self.tls.read(_READ_BYTES))
+            except ssl.SSLWantReadError:
+                if chunks or not self._fill(timeout_s):
+                    break
+            except ssl.SSLZeroReturnError:
+                raise _Lost("the broker ended the TLS session") from None
+        self._flush()     # anything TLS itself wants to answer
+        return b"".join(chunks)
+
+    def sendall(self, data):
+        self.tls.write(data)
+        self._flush()
+
+
 class MqttIngest:
     """One consumer thread, watched: it never dies silently."""
 
@@ -111,8 +170,7 @@ class MqttIngest:
         raw = socket.create_connection((self.host, self.port), timeout=10)
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self.context.wrap_socket(raw, server_hostname=self.host) as sock:
-                self._serve(sock)
+            self._serve(_Tls(raw, self.context, self.host))
         finally:
             raw.close()
 
@@ -128,11 +186,10 @@ class MqttIngest:
             # Wait for the first bytes, then take what is already there (and, with
             # batch_wait_ms, what comes within it) up to batch_max messages.
             deadline = None
-            sock.settimeout(_TICK_S)
             while len(batch) < self.batch_max:
-                try:
-                    data = sock.recv(_READ_BYTES)
-                except (socket.timeout, ssl.SSLWantReadError):
+                data = sock.recv(_TICK_S if deadline is None
+                                 else max(0.0, deadline - time.monotonic()))
+                if not data:
                     if batch or deadline is not None:
                         break
                     now = time.monotonic()
@@ -145,8 +202,6 @@ class MqttIngest:
                     if self._stopping:
                         break
                     continue
-                if not data:
-                    raise _Lost("the broker closed the connection")
                 last_in = time.monotonic()
                 if skip:
                     dropped = min(skip, len(data))
@@ -159,9 +214,7 @@ class MqttIngest:
                     for packet in packets:
                         kind = packet[0]
                         if kind == codec.PUBLISH:
-                            batch.append((packet[1], packet[2]))
-                            if packet[4]:
-                                acks.append(packet[3])
+                            batch.append(packet[1:4])    # topic, payload, packet id (0: QoS 0)
                         elif kind == codec.OVERSIZE:
                             _, topic, pid, qos, length, skip = packet
                             dropped = min(skip, len(buf))
@@ -188,26 +241,24 @@ class MqttIngest:
                         break
                 if deadline is None:
                     deadline = time.monotonic() + self.batch_wait_s
-                left = deadline - time.monotonic()
-                sock.settimeout(max(0.0, left))
-            if batch:
-                # What escapes handle_batch is the store failing: then no PUBACK at all,
-                # the broker keeps the batch for the next collector.
-                counts = handle_batch(self.store, "mqtt", batch)
+            # One read may bring a few hundred messages past batch_max: commit them in
+            # transactions of at most batch_max. What escapes handle_batch is the store
+            # failing: then no PUBACK at all, the broker keeps them for the next collector.
+            for at in range(0, len(batch), self.batch_max):
+                part = batch[at:at + self.batch_max]
+                counts = handle_batch(self.store, "mqtt", [(t, p) for t, p, _ in part])
                 self.batches += 1
                 for result, n in counts.items():
                     self.counts[result] = self.counts.get(result, 0) + n
+                acks += [pid for _, _, pid in part if pid]
             if acks:
-                sock.settimeout(10)
                 sock.sendall(codec.puback_packets(acks))
                 last_out = time.monotonic()
             elif ping_sent is None and time.monotonic() - last_out > self.keepalive_s / 2:
                 # Only QoS 0 coming in: nothing else of ours shows the broker we are alive.
-                sock.settimeout(10)
                 sock.sendall(codec.PINGREQ)
                 ping_sent = last_out = time.monotonic()
         try:
-            sock.settimeout(1)
             sock.sendall(codec.DISCONNECT)
         except OSError:
             pass

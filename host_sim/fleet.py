@@ -500,6 +500,9 @@ def run(args):
                 device_id = "board-%d" % (i + 1)
                 volts, hz = GRIDS[i % len(GRIDS)]
                 flash = workdir / device_id
+                # A fresh flash each run: an outbox left by an earlier run (one stopped
+                # midway) would be delivered first and counted as this run's readings.
+                shutil.rmtree(flash, ignore_errors=True)
                 config = board_config(device_id, broker.port, args.readings, args.interval_ms)
                 config.update(transport_config(transport, device_id, broker, ingest, tokens))
                 prepare_flash(flash, config, {
@@ -509,8 +512,7 @@ def run(args):
                 })
                 options = {}
                 if runtime == "micropython":
-                    # A fresh flash image each run, as the CPython runtime's flash directory
-                    # is laid out afresh: no outbox left over from an earlier run.
+                    # Its flash image (and the outbox in it) is in <flash>.state.
                     shutil.rmtree(str(flash) + ".state", ignore_errors=True)
                     options = {"runtime": runtime, "board": args.board}
                 argvs.append((device_id, volts, hz, board_command(

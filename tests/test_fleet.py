@@ -208,6 +208,11 @@ def test_fleet_starts_every_board_together_and_reports_each(fleet_certs, tmp_pat
                                                             boards):
     out_json = tmp_path / "fleet.json"
     workdir = tmp_path / "sim"
+    # Left by an earlier run (e.g. an outbox of readings never delivered): every board gets
+    # a fresh flash, so none of it may survive into this run.
+    (workdir / "board-1").mkdir(parents=True)
+    (workdir / "board-1" / "outbox").mkdir()
+    (workdir / "board-1" / "outbox" / "stale").write_bytes(b"left from an earlier run")
     proc = subprocess.run(
         [sys.executable, "-m", "host_sim.fleet", "--boards", str(boards), "--readings", "8",
          "--interval-ms", "500", "--runtime", runtime, "--certs", str(fleet_certs),
@@ -222,6 +227,7 @@ def test_fleet_starts_every_board_together_and_reports_each(fleet_certs, tmp_pat
     released = sorted(b["started_unix_s"] for b in f["per_board"])
     # Released at --start-rate 10 a second: N boards over (N - 1) / 10 s.
     assert laid_out <= released[0]
+    assert not (workdir / "board-1" / "outbox" / "stale").exists()
     assert (boards - 1) / 10 - 0.05 <= released[-1] - released[0] < (boards - 1) / 10 + 2
     assert f["ok"] and f["alive_at_once"] == boards and f["all_sampling_s"] > 0
     assert f["run"]["readings"] == 8 * boards

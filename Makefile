@@ -37,13 +37,15 @@ $(WASM): tests/micropython_wasm/package.json tests/micropython_wasm/package-lock
 	npm ci --prefix tests/micropython_wasm --no-audit --no-fund --loglevel=error
 
 # Debian packages the tests and the sim start by themselves (never as services here):
-# Mosquitto (the broker), PostgreSQL's server binaries (initdb/pg_ctl in a temp dir for the
+# Mosquitto (the broker; mosquitto-clients: the collector bench's C publishers and reference
+# subscriber), PostgreSQL's server binaries (initdb/pg_ctl in a temp dir for the
 # collector) and Chromium (Playwright drives it for the base station's page; we never run
 # `playwright install`, which would download a browser build of its own). One apt-get run
 # installs whichever are missing.
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v mosquitto_pub >/dev/null || missing="$$missing mosquitto-clients"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \

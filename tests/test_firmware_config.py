@@ -81,7 +81,7 @@ INVALID = {
                     "jsonl)", "mqttt"),
     "unknown_in_section": (_set("mqtt.prot", 1883),
                            S + "unknown field mqtt.prot (expected one of: host, port, "
-                           "keepalive_s, client_id)", "mqtt.prot"),
+                           "keepalive_s, client_id, inflight)", "mqtt.prot"),
     "missing_device_id": (_delete("device_id"), S + "device_id is required", "device_id"),
     "missing_section": (_delete("mqtt"), S + "mqtt is required", "mqtt"),
     "missing_field": (_delete("mqtt.host"), S + "mqtt.host is required", "mqtt.host"),
@@ -228,7 +228,7 @@ def test_valid_config_is_read_as_written(results, port):
     got = results[port]["valid"]["ok"]
     assert got["device_id"] == "board-1"
     assert got["mqtt"] == {"host": "localhost", "port": 8883, "keepalive_s": 60,
-                           "client_id": "board-1"}
+                           "client_id": "board-1", "inflight": 8}
     assert got["tls"] == {"ca": ["ca.der"], "cert": "device.crt.der", "key": "device.key.der",
                           "server_hostname": "localhost", "allow_unverified": False}
     assert got["sample"]["volts_per_count"] == 0.0125
@@ -242,7 +242,7 @@ def test_optional_fields_take_documented_defaults(results, port):
     assert got["wifi"] == {"ssid": "net", "key": "", "timeout_ms": 10000}
     assert got["ntp"] == {"host": "pool.ntp.org", "timeout_ms": 3000}
     assert got["mqtt"] == {"host": "broker.example", "port": 8883, "keepalive_s": 60,
-                           "client_id": "b1"}
+                           "client_id": "b1", "inflight": 8}
     assert got["tls"]["ca"] == ["ca.der"]  # a single string becomes a list
     assert got["tls"]["server_hostname"] == "broker.example"
     assert got["tls"]["allow_unverified"] is False

@@ -3,10 +3,10 @@
 TLS records travel through the board's stand-in socket (so the air, timeouts and
 loopback rule apply to them). The client behaves like the port's TLS library:
 
-- esp32 (mbedTLS): TLS 1.2/1.3. With CERT_REQUIRED the chain is verified *during*
-  the handshake against the pinned roots at the board's RTC time, and the leaf is
-  matched against server_hostname (SAN dNSName/iPAddress, CN only without SAN, as
-  mbedTLS does). Any verification failure raises the generic
+- esp32 (mbedTLS): TLS 1.2 only, offering what the board offers (_MBEDTLS_CIPHERS, P-256
+  first). With CERT_REQUIRED the chain is verified *during* the handshake against the
+  pinned roots at the board's RTC time, and the leaf is matched against server_hostname
+  (SAN dNSName/iPAddress, CN only without SAN, as mbedTLS does). Any verification failure raises the generic
   OSError(-9984, 'MBEDTLS_ERR_X509_CERT_VERIFY_FAILED'); the real reason goes only to
   the board's debug log (<state_dir>/sim_debug.jsonl), never to the firmware.
 - esp8266 (axTLS): TLS 1.2 at most, RSA key exchange ciphers only, no verification:
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtensionOID, NameOID
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _ossl
 
 from host_sim.stubs.socket import StreamReads, wire_bytes
 
@@ -34,6 +35,19 @@ PROTOCOL_TLS_CLIENT = 0
 PROTOCOL_TLS_SERVER = 1
 
 _AXTLS_CIPHERS = b"AES128-SHA:AES256-SHA:AES128-SHA256:AES256-SHA256"
+# What MicroPython's Mbed TLS offers as a client (extmod/mbedtls/mbedtls_config_common.h:
+# TLS 1.2 only, ECDHE-ECDSA and RSA key exchange, no ECDHE-RSA, no ChaCha20) and its NIST
+# groups, P-256 first. Measured (PORT_FACTS, and again here against a pyOpenSSL server):
+# the unix port 1.29 / Mbed TLS 3.6.6 negotiates TLS 1.2 ECDHE-ECDSA-AES256-GCM-SHA384 on
+# secp256r1. Left to itself OpenSSL would negotiate TLS 1.3 with a post-quantum hybrid key
+# share (X25519MLKEM768): one round trip shorter and ~1 KB larger per handshake than any
+# board, so the simulator would flatter both latency and bytes.
+_MBEDTLS_CIPHERS = (b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:"
+                    b"ECDHE-ECDSA-AES256-SHA384:ECDHE-ECDSA-AES128-SHA256:"
+                    b"ECDHE-ECDSA-AES256-SHA:ECDHE-ECDSA-AES128-SHA:"
+                    b"AES256-GCM-SHA384:AES128-GCM-SHA256:AES256-SHA256:AES128-SHA256:"
+                    b"AES256-SHA:AES128-SHA")
+_MBEDTLS_GROUPS = b"P-256:P-384:P-521"
 _PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 # mbedTLS error codes, with the short names the esp32 port prints.
@@ -217,6 +231,12 @@ def make_modules(state):
                     ctx.use_certificate(crypto.X509.from_cryptography(cert))
                 ctx.set_verify(SSL.VERIFY_NONE, None)
                 return ctx
+            if not self._server:
+                ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+                ctx.set_cipher_list(_MBEDTLS_CIPHERS)
+                # pyOpenSSL has no public call for the groups list: its OpenSSL binding does.
+                if not _ossl.SSL_CTX_set1_curves_list(ctx._context, _MBEDTLS_GROUPS):
+                    raise OSError("simulator: OpenSSL refused the Mbed TLS groups")
             if c._key is not None:
                 ctx.use_privatekey(crypto.PKey.from_cryptography_key(c._key))
                 ctx.use_certificate(crypto.X509.from_cryptography(c._cert))

@@ -115,9 +115,57 @@ def test_two_collectors_split_one_stream_and_a_killed_one_loses_nothing(pki, sha
         by_a_again = counts_a_again.get("stored", 0)
         by_a_first = total - by_b - by_a_again      # what the killed one committed
         assert by_b > 0 and by_a_first > 0, (by_a_first, by_a_again, by_b)
+        # A share, not a copy: without $share each collector would be handed every reading.
+        handed_b = counts_b["stored"] + counts_b["duplicate"]
+        assert handed_b < 0.8 * total, counts_b
     finally:
         pub.loop_stop()
         pub.disconnect()
         for col in (a, b, restarted):
             if col is not None:
                 col.stop()
+
+
+class PausesAfterEachDevice(Store):
+    """Meets the other writer after its first device's rows, while both hold their locks."""
+
+    def __init__(self, url, barrier):
+        super().__init__(url)
+        self.barrier = barrier
+
+    def _device(self, cur, device_id):
+        super()._device(cur, device_id)
+        try:
+            self.barrier.wait()
+        except threading.BrokenBarrierError:
+            pass      # the other writer is waiting on our locks: go on and commit
+
+
+def test_two_collectors_writing_overlapping_batches_never_deadlock(postgres):
+    from tools.collector_store import handle_batch
+
+    devices = ["overlap-a", "overlap-b"]
+    messages = [("devices/%s/readings" % d, reading(d, s)) for d in devices
+                for s in range(1, 51)]
+    # The same readings (a redelivery to the other collector), the devices the other way round.
+    orders = [messages, messages[50:] + messages[:50]]
+    barrier = threading.Barrier(2, timeout=1.5)
+    stores = [PausesAfterEachDevice(postgres.url, barrier) for _ in orders]
+    results, errors = [None, None], []
+
+    def write(i):
+        try:
+            results[i] = handle_batch(stores[i], "mqtt", orders[i])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    for s in stores:
+        s.close()
+    assert errors == [], errors
+    assert sorted(r["stored"] for r in results) == [0, 100]   # one stored all, one none
+    for d in devices:
+        assert stored(postgres.url, d) == 50

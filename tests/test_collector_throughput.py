@@ -236,3 +236,26 @@ def test_a_publish_of_1_5_mb_is_skipped_as_it_streams_kept_as_a_reject_and_ackno
     finally:
         col.stop()
         store.close()
+
+
+def test_a_frozen_broker_is_noticed_within_the_keepalive_and_the_consumer_comes_back(
+        tmp_path, pki, batch_broker):
+    import time
+
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store, keepalive_s=1)
+    try:
+        os.kill(batch_broker.proc.pid, signal.SIGSTOP)     # a dark link: no FIN, no RST
+        try:
+            t0 = time.monotonic()
+            wait_until(lambda: not col.ready.is_set(), 5, "the dead link noticed")
+            noticed_s = time.monotonic() - t0
+        finally:
+            os.kill(batch_broker.proc.pid, signal.SIGCONT)
+        assert noticed_s < 2.5, noticed_s    # PINGREQ after 0.5 s idle, PINGRESP due in 1 s
+        wait_until(col.ready.is_set, 15, "subscribed again")
+        publish(pki, batch_broker.port, "batch-frozen", [1])
+        wait_until(lambda: store.seqs("batch-frozen") == [1], 10, "a reading after it")
+    finally:
+        col.stop()
+        store.close()

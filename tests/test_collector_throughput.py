@@ -259,3 +259,24 @@ def test_a_frozen_broker_is_noticed_within_the_keepalive_and_the_consumer_comes_
     finally:
         col.stop()
         store.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_consumer_resumes_its_session_after_the_broker_restarts(sig, tmp_path, pki,
+                                                                   batch_broker):
+    # SIGTERM: Mosquitto ends each TLS session with close_notify; SIGKILL: the kernel resets.
+    device = "batch-restart-%d" % sig
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store)
+    try:
+        publish(pki, batch_broker.port, device, [1])
+        wait_until(lambda: store.seqs(device) == [1], 10, "reading 1")
+        batch_broker.stop(sig)
+        wait_until(lambda: not col.ready.is_set(), 5, "the lost connection noticed")
+        batch_broker.start()
+        publish(pki, batch_broker.port, device, [2])
+        wait_until(lambda: store.seqs(device) == [1, 2], 15, "reading 2 after the restart")
+        assert not col.failed.is_set()
+    finally:
+        col.stop()
+        store.close()

@@ -92,7 +92,10 @@ class _Tls:
         chunks = []
         while True:
             try:
-                chunks.append(self.tls.read(_READ_BYTES))
+                data = self.tls.read(_READ_BYTES)
+                if not data:    # close_notify: OpenSSL reports a clean end as no data
+                    raise _Lost("the broker ended the TLS session")
+                chunks.append(data)
             except ssl.SSLWantReadError:
                 if chunks or not self._fill(timeout_s):
                     break

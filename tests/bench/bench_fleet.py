@@ -13,7 +13,7 @@ Two parts, both host figures (a shared machine: the load average while each ran 
   while all sampled, per-board CPU and peak RSS (a MicroPython board is a CPython launcher,
   "the chip", plus the interpreter with its GC heap).
 
-    .venv/bin/python tests/bench/bench_fleet.py [--quick] [--boards 200] [--mp-boards 200]
+    .venv/bin/python tests/bench/bench_fleet.py [--quick] [--boards 100,200] [--mp-boards 100]
 
 Writes tests/bench/results/fleet.md and fleet.png.
 """
@@ -214,11 +214,10 @@ def plot(sampler_rows, runs, path):
     ax1.set_ylabel("sampler CPU ms per reading")
     ax1.set_title("One board's sampler: CPU per reading")
     for f in runs:
-        per = sorted(b["cpu_ms_per_reading"] for b in f["per_board"]
-                     if b["cpu_ms_per_reading"] is not None)
-        rss = [b["rss_mb"] for b in f["per_board"] if b["rss_mb"] is not None]
-        if per and rss:
-            ax2.scatter(per, sorted(rss)[:len(per)] if len(rss) != len(per) else rss, s=8,
+        both = [(b["cpu_ms_per_reading"], b["rss_mb"]) for b in f["per_board"]
+                if b["cpu_ms_per_reading"] is not None and b["rss_mb"] is not None]
+        if both:
+            ax2.scatter([c for c, _ in both], [r for _, r in both], s=8,
                         label="%s, %d boards" % (f["runtime"], f["boards"]))
     ax2.set_xlabel("CPU ms per reading (board, boot excluded)")
     ax2.set_ylabel("peak RSS MB (board)")
@@ -232,8 +231,10 @@ def plot(sampler_rows, runs, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    p.add_argument("--boards", type=int, default=200, help="CPython fleet size (200)")
-    p.add_argument("--mp-boards", type=int, default=200, help="MicroPython fleet size (200)")
+    p.add_argument("--boards", default="100,200",
+                   help="CPython fleet sizes, comma-separated (100,200; 0: none)")
+    p.add_argument("--mp-boards", default="100,200",
+                   help="MicroPython fleet sizes, comma-separated (100,200; 0: none)")
     p.add_argument("--readings", type=int, default=20)
     p.add_argument("--start-rate", type=float, default=3, help="boards started per second")
     p.add_argument("--interval-ms", type=int, default=5000)
@@ -242,7 +243,7 @@ def main(argv=None):
     p.add_argument("--skip-fleet", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.boards, args.mp_boards, args.readings, args.sampler_reads = 10, 4, 6, 10
+        args.boards, args.mp_boards, args.readings, args.sampler_reads = "10", "4", 6, 10
         args.interval_ms, args.start_rate = 1000, 10
     sampler_rows = []
     if not args.skip_sampler:
@@ -258,10 +259,10 @@ def main(argv=None):
     if not args.skip_fleet:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            make_certs(tmp / "certs", max(args.boards, args.mp_boards))
-            for runtime, boards in (("cpython", args.boards), ("micropython", args.mp_boards)):
-                if boards <= 0:
-                    continue
+            sizes = [("cpython", int(n)) for n in args.boards.split(",") if int(n) > 0]
+            sizes += [("micropython", int(n)) for n in args.mp_boards.split(",") if int(n) > 0]
+            make_certs(tmp / "certs", max(n for _, n in sizes))
+            for runtime, boards in sizes:
                 f = run_fleet(runtime, boards, args.readings, args.interval_ms,
                               args.start_rate, tmp / "certs", tmp)
                 f["start_rate"] = args.start_rate

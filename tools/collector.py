@@ -2,10 +2,11 @@
 
 Two ways in, one store:
 - MQTTS (tools/collector_mqtt.py): subscribes to ``devices/+/readings`` and
-  ``devices/+/status`` with its own client certificate (paho-mqtt), QoS 1, a persistent
-  session (clean_session false; the broker keys it by the certificate's CN) and manual
-  acknowledgement: the PUBACK goes to the broker only after the message is committed or kept
-  as a reject, so a collector killed mid-stream loses nothing the broker handed it.
+  ``devices/+/status`` with its own client certificate, QoS 1, a persistent session
+  (clean_session false; the broker keys it by the certificate's CN), batches of up to
+  ``--batch-max`` messages in one transaction, and PUBACKs only after that commit, so a
+  collector killed mid-stream loses nothing the broker handed it. ``--share-group`` lets
+  several collectors (each with its own certificate) split one stream.
 - JSON lines over TLS (``--jsonl-port``, tools/collector_jsonl.py: one asyncio loop, a
   connection cap, handshake/line/idle deadlines): one reading per line, answered ``{"ack": seq}``
   (or ``{"nack": seq, "reason": ...}`` when it is refused and kept as a reject); a status
@@ -189,7 +190,7 @@ def build_parser():
                         "acknowledged (500)")
     s.add_argument("--batch-wait-ms", type=_non_negative(float), default=0.0,
                    help="MQTT: how long a batch may wait for more messages; 0 (default) "
-                        "commits whatever arrived during the previous commit. Above 0 it "
+                        "commits what the connection holds at that moment. Above 0 it "
                         "needs the broker to send that many unacknowledged (Mosquitto: "
                         "max_inflight_messages >= --batch-max)")
     s.add_argument("--share-group", type=_share_group,

@@ -170,29 +170,34 @@ from securenode import settings
 settings.preload()
 from securenode import app
 
-_n = [0, 0]
-_deliver = app.Node._deliver
+_n = [0, 0, 0, 0]  # next heap mark, alloc at the start, acked at the start, done
+_due = app.Node._sample_if_due
 
 
-def _measured(self, seq, payload):
-    _deliver(self, seq, payload)
-    n = _n[0] = _n[0] + 1
-    if %(alloc)r and n == %(warm)d:
+def _measured(self):
+    # Every loop of every state comes through here; self.acked counts acknowledged
+    # readings whichever way the link sends them (one at a time or a window in flight).
+    n = self.acked
+    if %(alloc)r and not _n[3]:
+        if not _n[1] and n >= %(warm)d:
+            gc.collect()
+            gc.disable()
+            _n[1], _n[2] = gc.mem_alloc(), n
+        elif _n[1] and n >= _n[2] + %(count)d:
+            used = gc.mem_alloc() - _n[1]
+            gc.enable()
+            _n[3] = 1
+            print(json.dumps({"event": "bench_alloc", "readings": n - _n[2], "bytes": used}))
+    if n >= _n[0] + %(every)d:
+        _n[0] = n - n %% %(every)d
         gc.collect()
-        gc.disable()
-        _n[1] = gc.mem_alloc()
-    elif %(alloc)r and n == %(warm)d + %(count)d:
-        used = gc.mem_alloc() - _n[1]
-        gc.enable()
-        print(json.dumps({"event": "bench_alloc", "readings": %(count)d, "bytes": used}))
-    if n %% %(every)d == 0:
-        gc.collect()
-        print(json.dumps({"event": "bench_heap", "n": n, "alloc": gc.mem_alloc(),
+        print(json.dumps({"event": "bench_heap", "n": _n[0], "alloc": gc.mem_alloc(),
                           "free": gc.mem_free()}))
+    return _due(self)
 
 
 if %(probe)r:
-    app.Node._deliver = _measured
+    app.Node._sample_if_due = _measured
 app.main()
 '''
 

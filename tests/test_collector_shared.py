@@ -158,13 +158,23 @@ def test_two_collectors_writing_overlapping_batches_never_deadlock(postgres):
             results[i] = handle_batch(stores[i], "mqtt", orders[i])
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    for s in stores:
-        s.close()
+    # Each row takes 5 ms to insert, so the two batches' INSERTs surely overlap.
+    with psycopg.connect(postgres.url, autocommit=True) as db:
+        db.execute("CREATE OR REPLACE FUNCTION slow_row() RETURNS trigger AS "
+                   "$$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$ LANGUAGE plpgsql")
+        db.execute("CREATE TRIGGER slow_rows BEFORE INSERT ON readings FOR EACH ROW "
+                   "EXECUTE FUNCTION slow_row()")
+    try:
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for s in stores:
+            s.close()
+        with psycopg.connect(postgres.url, autocommit=True) as db:
+            db.execute("DROP TRIGGER slow_rows ON readings")
     assert errors == [], errors
     assert sorted(r["stored"] for r in results) == [0, 100]   # one stored all, one none
     for d in devices:

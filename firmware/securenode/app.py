@@ -216,16 +216,21 @@ class Node:
         self._send_status(link, flight)
         while True:
             watchdog.feed()
-            self._sample_if_due()
+            # Refill first, then sample: the window is in flight during the sampling window
+            # (~100 ms of busy-wait) instead of idling behind it.
             while len(flight) < window and not self._limit_in_flight(flight):
                 record = box.next_unsent()
                 if record is None:
                     break
                 flight.append([record[0], self._send_reading(record[0], record[1])])
+            if self._sample_if_due():
+                continue  # the fresh reading may fit in the window now
             if (self.outbox.dropped != self.status_dropped and len(flight) < window
                     and self._status_sent is None):
                 self._send_status(link, flight)
             if flight:
+                if self._sample_early(link):
+                    continue
                 # Wait for a PUBACK, but never past the next sample's due time.
                 link.wait_acks(max(0, min(50, time.ticks_diff(self.due, time.ticks_ms()))))
                 if self._retire(link, flight):
@@ -233,6 +238,18 @@ class Node:
                 continue
             last_check = self._keep_alive(link, keepalive_ms, last_check)
             time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
+
+    def _sample_early(self, link):
+        # A reading due before the next PUBACK is expected is sampled now: its busy-wait
+        # (sample.window_ms) overlaps the round trip instead of holding the acknowledgements
+        # up. Its slot is kept: the next one is due an interval after this one was.
+        expected = link.ack_expected_in_ms()
+        until_due = time.ticks_diff(self.due, time.ticks_ms())
+        if expected is None or not 0 < until_due < expected:
+            return False
+        self.due = time.ticks_add(self.due, self.interval_ms)
+        self._sample()
+        return True
 
     def _limit_in_flight(self, flight):
         # A run of max_readings sends no reading beyond it: a clean stop leaves none in flight.

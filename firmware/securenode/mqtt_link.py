@@ -100,6 +100,7 @@ class MqttLink:
         self.ids = mc.PacketIds(window)
         self._sent_ms = []   # when each id in self.ids.inflight was sent, in the same order
         self.acks = 0        # fresh PUBACKs on this link, ever
+        self.srtt_ms = None  # smoothed PUBLISH -> PUBACK time (RFC 6298's 1/8 gain)
         self.unsolicited = 0
         self.last_rx_ms = self.last_tx_ms = time.ticks_ms()
 
@@ -201,6 +202,16 @@ class MqttLink:
         if self._will is None:
             return None
         return self.send_publish(self._will[0], payload, retain=True)
+
+    def ack_expected_in_ms(self):
+        """Milliseconds until the oldest PUBLISH in flight should be acknowledged (its send
+        time plus the smoothed round trip); None with nothing in flight or no estimate yet.
+
+        Example: ``if link.ack_expected_in_ms() > 100: sample_now()``
+        """
+        if not self._sent_ms or self.srtt_ms is None:
+            return None
+        return time.ticks_diff(time.ticks_add(self._sent_ms[0], self.srtt_ms), time.ticks_ms())
 
     def wait_acks(self, wait_ms):
         """Handle what arrives until a PUBACK did or ``wait_ms`` passed; return the PUBACKs
@@ -332,7 +343,8 @@ class MqttLink:
         if kind == mc.PUBACK:
             inflight = self.ids.inflight
             if packet[1] in inflight:
-                self._sent_ms.pop(inflight.index(packet[1]))
+                rtt = time.ticks_diff(time.ticks_ms(), self._sent_ms.pop(inflight.index(packet[1])))
+                self.srtt_ms = rtt if self.srtt_ms is None else (7 * self.srtt_ms + rtt) // 8
             try:
                 fresh = self.ids.acked(packet[1])
             except mc.ProtocolError as exc:

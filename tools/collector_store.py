@@ -38,10 +38,11 @@ SCHEMA = [
 
 
 # unnest keeps the arrays' order, so rows go in sorted by (device_id, seq) as on SQLite.
+# %b: the arrays travel in binary, with no per-element quoting of text.
 _PG_INSERT_MANY = (
     "INSERT INTO readings (device_id, seq, created_at, saved_at, voltage, frequency, status)"
-    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::float8[],"
-    " %s::float8[], %s::float8[], %s::integer[])"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::float8[],"
+    " %b::float8[], %b::float8[], %b::integer[])"
     " ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id")
 
 

@@ -272,7 +272,10 @@ def test_full_outbox_drops_oldest_counts_them_and_the_report_shows_it(rigs, brok
                             and d["last_seq"] >= last else None)(
         device_report(col.db, rig.device_id)), 20, "report with the drop count")
     missing = sum(b - a + 1 for a, b in d["gaps"])
-    assert missing == total, "the gaps are exactly the dropped readings"
+    # The gaps are the dropped readings, less any that reached the broker while in flight
+    # (the link went down before their PUBACK came back: up to mqtt.inflight of them).
+    inflight = 8
+    assert total - inflight <= missing <= total, (missing, total)
     # Oldest first: every gap lies before every reading sampled after the drops.
     assert status and d["gaps"][0][0] >= 3
 

@@ -223,8 +223,9 @@ class Node:
                 if record is None:
                     break
                 flight.append([record[0], self._send_reading(record[0], record[1])])
-            if self._sample_if_due():
-                continue  # the fresh reading may fit in the window now
+            # Never `continue` from here: on a slow flash a sample may be due on every pass,
+            # and the PUBACKs must still be read below.
+            self._sample_if_due()
             if (self.outbox.dropped != self.status_dropped and len(flight) < window
                     and self._status_sent is None):
                 self._send_status(link, flight)

@@ -394,19 +394,23 @@ def test_mpy_target_follows_the_boards_mpy_word_and_old_boards_are_refused(tmp_p
 
 
 def test_permission_denied_on_the_serial_device_is_one_line(device_dir):
-    # As a user outside the dialout group sees it: the port belongs to root, mode 0600.
+    # As a user outside the dialout group sees it: the port belongs to someone else, mode
+    # 0600. The tool runs as root without the capabilities that bypass file modes (so it can
+    # still read a checkout that only root may enter, as CI's clone may be).
     import shutil
     import subprocess
     import sys
     from board_fixtures import BOARD_PY
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the tool as another user")
+        pytest.skip("needs root and setpriv to run the tool without DAC override")
+    no_dac = "-dac_override,-dac_read_search"
     master, slave = os.openpty()
     try:
         port = os.ttyname(slave)
+        os.chown(port, 65534, 65534)
         os.chmod(port, 0o600)
         for command in (["monitor"], ["deploy", "--dir", device_dir], ["repl"]):
-            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+            r = subprocess.run(["setpriv", "--inh-caps=" + no_dac, "--bounding-set=" + no_dac,
                                 sys.executable, str(BOARD_PY)] + command + ["--port", port],
                                capture_output=True, text=True, timeout=60, cwd="/tmp")
             assert r.returncode == 1, r.stdout + r.stderr

@@ -76,6 +76,20 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of the test module's own (initdb in a temp dir); stopped after it."""
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+def reading_payload(device, seq):
+    """A valid reading as a board publishes it, for feeding a collector directly."""
+    return json.dumps({"id": device, "seq": seq, "timestamp": 1795600000, "status": 0,
+                       "voltage": 230.0, "freq": 50.0}).encode()
+
+
 class CollectorProcess:
     """tools/collector.py serve, as its own process (so a test can kill and restart it)."""
 

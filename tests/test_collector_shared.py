@@ -12,7 +12,8 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from collector_fixtures import CollectorProcess, Postgres, device_report, wait_until
+from collector_fixtures import (CollectorProcess, device_report, postgres,  # noqa: F401
+                                reading_payload, wait_until)
 from conftest import SUBSCRIBER
 from host_sim.servers.mosquitto import Broker
 from tools.collector_store import Store
@@ -28,18 +29,6 @@ def shared_broker(pki):
                 subscribers=[SUBSCRIBER] + list(MEMBERS), persistence=True,
                 max_inflight=500) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
-
-
-def reading(device, seq):
-    return json.dumps({"id": device, "seq": seq, "timestamp": 1795600000, "status": 0,
-                       "voltage": 230.0, "freq": 50.0}).encode()
 
 
 def member(name, pki, broker, url):
@@ -71,7 +60,7 @@ def publisher(pki, port, device):
 
 
 def publish(c, device, seqs):
-    infos = [c.publish("devices/%s/readings" % device, reading(device, s), qos=1) for s in seqs]
+    infos = [c.publish("devices/%s/readings" % device, reading_payload(device, s), qos=1) for s in seqs]
     for info in infos:
         info.wait_for_publish(30)
 
@@ -145,7 +134,7 @@ def test_two_collectors_writing_overlapping_batches_never_deadlock(postgres):
     from tools.collector_store import handle_batch
 
     devices = ["overlap-a", "overlap-b"]
-    messages = [("devices/%s/readings" % d, reading(d, s)) for d in devices
+    messages = [("devices/%s/readings" % d, reading_payload(d, s)) for d in devices
                 for s in range(1, 51)]
     # The same readings (a redelivery to the other collector), the devices the other way round.
     orders = [messages, messages[50:] + messages[:50]]

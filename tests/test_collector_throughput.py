@@ -3,7 +3,6 @@ is committed: a collector that dies before the commit loses nothing (the broker 
 that dies after the commit but before the PUBACKs stores nothing twice, and a message the
 database refuses becomes a reject without taking its batch with it."""
 
-import json
 import os
 import signal
 import threading
@@ -12,7 +11,8 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from collector_fixtures import CollectorProcess, Postgres, wait_until
+from collector_fixtures import (CollectorProcess, postgres,  # noqa: F401 (fixture)
+                                reading_payload, wait_until)
 from conftest import SUBSCRIBER
 from host_sim.servers.mosquitto import Broker
 from tools import collector_store
@@ -30,18 +30,6 @@ def batch_broker(pki):
         yield running
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    pg = Postgres().start()
-    yield pg
-    pg.stop()
-
-
-def reading(device, seq):
-    return json.dumps({"id": device, "seq": seq, "timestamp": 1795600000, "status": 0,
-                       "voltage": 230.0, "freq": 50.0}).encode()
-
-
 def publish(pki, port, device, seqs):
     dev = pki.device(device)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
@@ -52,7 +40,7 @@ def publish(pki, port, device, seqs):
     c.connect("localhost", port)
     c.loop_start()
     try:
-        infos = [c.publish("devices/%s/readings" % device, reading(device, s), qos=1)
+        infos = [c.publish("devices/%s/readings" % device, reading_payload(device, s), qos=1)
                  for s in seqs]
         for info in infos:
             info.wait_for_publish(30)
@@ -203,7 +191,7 @@ def test_a_value_the_database_refuses_is_rejected_alone_and_its_batch_is_stored(
             r[field] = value          # past validation, as an unforeseen gap would be
         return r
     monkeypatch.setattr(collector_store, "validate", validate)
-    counts = handle_batch(store, "mqtt", [("devices/b1/readings", reading("b1", s))
+    counts = handle_batch(store, "mqtt", [("devices/b1/readings", reading_payload("b1", s))
                                           for s in range(1, 6)])
     assert counts == {"stored": 4, "duplicate": 0, "status": 0, "rejected": 1}
     assert store.seqs("b1") == [1, 2, 4, 5]
@@ -225,9 +213,9 @@ def test_a_publish_of_1_5_mb_is_skipped_as_it_streams_kept_as_a_reject_and_ackno
         c.connect("localhost", batch_broker.port)
         c.loop_start()
         topic = "devices/%s/readings" % device
-        c.publish(topic, reading(device, 1), qos=1).wait_for_publish(10)
+        c.publish(topic, reading_payload(device, 1), qos=1).wait_for_publish(10)
         c.publish(topic, b"[" * 1500000, qos=1).wait_for_publish(30)
-        c.publish(topic, reading(device, 2), qos=1).wait_for_publish(10)
+        c.publish(topic, reading_payload(device, 2), qos=1).wait_for_publish(10)
         c.disconnect()
         c.loop_stop()
         wait_until(lambda: store.seqs(device) == [1, 2], 20, "the readings around it")

@@ -330,12 +330,7 @@ class Decoder:
         """The packet completed by ``feed``, or None; the decoder moves on to the next."""
         packet = self._packet
         if packet is not None:
-            self._first = -1
-            self._length = 0
-            self._length_count = 0
-            self._in_length = True
-            self._got = 0
-            self._packet = None
+            self.reset()
         return packet
 
     def _name(self):

@@ -42,13 +42,27 @@ class SessionSubscriber:
                             keyfile=str(pki.subscriber.key_pem))
         self.client.reconnect_delay_set(1, 2)
         self.ready = threading.Event()
-        self.client.on_connect = lambda c, u, f, rc, p: (
-            c.subscribe("devices/+/readings", qos=1), self.ready.set())
+        self.connects = 0
+        self.client.on_connect = self._connected
         self.client.on_message = self._message
         self.client.connect("localhost", port)
         self.client.loop_start()
         assert self.ready.wait(10), "subscriber could not connect"
-        time.sleep(0.3)
+        # The broker saves sessions every second (autosave_interval 1): wait until this
+        # subscription is on disk, or a SIGKILL before the first save forgets it.
+        time.sleep(1.5)
+
+    def _connected(self, client, userdata, flags, rc, properties):
+        client.subscribe("devices/+/readings", qos=1)
+        self.connects += 1
+        self.ready.set()
+
+    def wait_reconnected(self, connects, timeout_s=20):
+        """Wait until the subscriber has connected more than ``connects`` times."""
+        deadline = time.monotonic() + timeout_s
+        while self.connects <= connects and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.connects > connects
 
     def _message(self, client, userdata, msg):
         reading = json.loads(msg.payload)
@@ -84,16 +98,21 @@ def test_broker_killed_and_restarted_mid_run_every_reading_arrives_once(mp_launc
             while (set(e["seq"] for e in board.of("acked")) - set(sub.seqs)
                    and time.monotonic() < deadline):
                 time.sleep(0.02)
+            connects = sub.connects
             broker.stop(sig)
             time.sleep(1.0)          # readings pile up in the outbox meanwhile
             broker.start()
+            assert sub.wait_reconnected(connects), "the subscriber did not come back"
         board.wait_for("halted", timeout=90, reason="done")
         acked = [e["seq"] for e in board.of("acked")]
         assert sorted(acked) == list(range(1, readings + 1)) and len(set(acked)) == readings
         deadline = time.monotonic() + 15
         while len(sub.seqs) < readings and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert sorted(sub.seqs) == list(range(1, readings + 1))
+        missing = sorted(set(range(1, readings + 1)) - set(sub.seqs))
+        assert not missing, "acked by the broker but never delivered: %s (subscriber " \
+            "connected %d times); broker log tail:\n%s" % (
+                missing, sub.connects, broker.log()[-3000:])
         sent = {e["seq"]: json.loads(e["payload"]) for e in board.of("published")}
         assert all(sub.seqs[s] == sent[s] for s in sub.seqs)
         assert len(board.of("mqtt_connected")) >= 3

@@ -308,9 +308,13 @@ def test_connection_caps_refuse_a_flood_before_tls_and_serve_other_addresses(tmp
         extra.close()
         # Another address is still served while 127.0.0.1 is at its cap.
         assert _send_reading(pki, port, "jsonl-cap", 1, source="127.0.0.2")[0] == {"ack": 1}
+        # That client has closed; the server frees its place once it reads the EOF. Until
+        # then it still counts, and would refuse one of the three below instead of the 9th.
+        time.sleep(1.0)
         held += [socket.create_connection(("127.0.0.1", port), timeout=5,
                                           source_address=("127.0.0.3", 0)) for _ in range(3)]
         time.sleep(0.3)
+        assert not any(_closed_by_peer(s, 0.2) for s in held), "8 in all are within the cap"
         over = socket.create_connection(("127.0.0.1", port), timeout=5,
                                         source_address=("127.0.0.4", 0))
         assert _closed_by_peer(over, 2), "a 9th connection in all was kept"

@@ -242,7 +242,7 @@ def test_status_is_online_with_counters_then_the_last_will_says_offline(tmp_path
 def test_docstring_examples_of_the_collector_and_ingest_run():
     import doctest
 
-    from tools import collector_store, ingest
-    for module in (collector_store, ingest):
+    from tools import cli_args, collector_store, connection_caps, ingest
+    for module in (collector_store, ingest, cli_args, connection_caps):
         failures, tried = doctest.testmod(module, verbose=False)
-        assert failures == 0 and tried >= 3, (module.__name__, failures, tried)
+        assert failures == 0 and tried >= 2, (module.__name__, failures, tried)

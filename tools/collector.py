@@ -37,6 +37,7 @@ import time
 if __package__ in (None, ""):  # run as `python tools/collector.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools.cli_args import non_negative, positive  # noqa: E402
 from tools.collector_store import (  # noqa: E402  (re-exported: the collector's API)
     MAX_PAYLOAD_BYTES, CollectorError, Rejected, Store, StoreError, gaps, handle_message,
     validate, validate_status)
@@ -120,30 +121,6 @@ def cmd_serve(args):
     return 0
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not 0 < value < 1e9:  # also refuses nan and inf
-            raise argparse.ArgumentTypeError("expected a positive number, got %r" % text)
-        return value
-    return parse
-
-
-def _non_negative(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not 0 <= value < 1e9:
-            raise argparse.ArgumentTypeError("expected a number >= 0, got %r" % text)
-        return value
-    return parse
-
-
 def _share_group(text):
     # MQTT 5 4.8.2: a share name holds no "/", "+" or "#".
     if not text or any(c in text for c in "/+#"):
@@ -185,10 +162,10 @@ def build_parser():
     s.add_argument("--client-id", default="collector",
                    help="MQTT client id; brokers that bind ids to certificates (ours) key the "
                         "persistent session by the certificate's CN instead")
-    s.add_argument("--batch-max", type=_positive(int), default=500,
+    s.add_argument("--batch-max", type=positive(int), default=500,
                    help="MQTT: messages stored in one transaction at most, then each one "
                         "acknowledged (500)")
-    s.add_argument("--batch-wait-ms", type=_non_negative(float), default=0.0,
+    s.add_argument("--batch-wait-ms", type=non_negative(float), default=0.0,
                    help="MQTT: how long a batch may wait for more messages; 0 (default) "
                         "commits what the connection holds at that moment. Above 0 it "
                         "needs the broker to send that many unacknowledged (Mosquitto: "
@@ -200,16 +177,16 @@ def build_parser():
     s.add_argument("--jsonl-host", help="address for the JSON-line listener (default 127.0.0.1)")
     s.add_argument("--server-cert", help="server certificate for the JSON-line listener")
     s.add_argument("--server-key", help="its private key")
-    s.add_argument("--jsonl-max-clients", type=_positive(int), default=128,
+    s.add_argument("--jsonl-max-clients", type=positive(int), default=128,
                    help="JSON lines: connections at once, each ~300 KiB with its TLS "
                         "buffers; more are closed at once (128)")
-    s.add_argument("--jsonl-max-per-address", type=_positive(int), default=16,
+    s.add_argument("--jsonl-max-per-address", type=positive(int), default=16,
                    help="JSON lines: connections at once from one address (16)")
-    s.add_argument("--jsonl-handshake-s", type=_positive(float), default=10.0,
+    s.add_argument("--jsonl-handshake-s", type=positive(float), default=10.0,
                    help="JSON lines: seconds for the TLS handshake (10)")
-    s.add_argument("--jsonl-line-s", type=_positive(float), default=30.0,
+    s.add_argument("--jsonl-line-s", type=positive(float), default=30.0,
                    help="JSON lines: seconds from a line's first byte to its end (30)")
-    s.add_argument("--jsonl-idle-s", type=_positive(float), default=300.0,
+    s.add_argument("--jsonl-idle-s", type=positive(float), default=300.0,
                    help="JSON lines: seconds a connection may stay silent (300)")
     s.set_defaults(func=cmd_serve)
     r = sub.add_parser("report", help="per device: stored, duplicates, gaps, dropped, last seen")

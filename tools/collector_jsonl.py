@@ -25,6 +25,7 @@ import json
 import ssl
 import threading
 
+from tools.connection_caps import ConnectionCaps
 from tools.collector_store import CollectorError, MAX_PAYLOAD_BYTES, StoreError, handle_message
 
 MAX_LINE_BYTES = MAX_PAYLOAD_BYTES
@@ -49,8 +50,7 @@ class JsonlServer:
         self.failed = threading.Event()
         self.failure = None
         self.refused = collections.Counter()    # why connections were cut: counts only
-        self._per_address = collections.Counter()
-        self._clients = 0
+        self._caps = ConnectionCaps(max_clients, max_per_address)
         self._store_worker = concurrent.futures.ThreadPoolExecutor(1, "jsonl-store")
         self._loop = None
         self._server = None
@@ -59,7 +59,7 @@ class JsonlServer:
 
     @property
     def clients(self):
-        return self._clients
+        return self._caps.open
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self, timeout_s=10):
@@ -101,12 +101,9 @@ class JsonlServer:
     # --- one client ----------------------------------------------------------------------
     async def _client(self, reader, writer):
         address = (writer.get_extra_info("peername") or ("?",))[0]
-        if self._clients >= self.max_clients:
-            return self._refuse(writer, "max_clients")
-        if self._per_address[address] >= self.max_per_address:
-            return self._refuse(writer, "max_per_address")
-        self._clients += 1
-        self._per_address[address] += 1
+        over = self._caps.take(address)
+        if over is not None:
+            return self._refuse(writer, "max_clients" if over == "max_open" else over)
         try:
             await writer.start_tls(self.context, ssl_handshake_timeout=self.handshake_s)
             subject = writer.get_extra_info("peercert")["subject"]
@@ -119,10 +116,7 @@ class JsonlServer:
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ConnectionError):
             self.refused["broken"] += 1
         finally:
-            self._clients -= 1
-            self._per_address[address] -= 1
-            if not self._per_address[address]:
-                del self._per_address[address]
+            self._caps.release(address)
             writer.transport.abort()
 
     def _refuse(self, writer, why):

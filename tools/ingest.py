@@ -38,12 +38,17 @@ import socket
 import ssl
 import sys
 import threading
-import time
 from http import HTTPStatus
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python tools/ingest.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
+
+from tools.cli_args import positive  # noqa: E402
+from tools.connection_caps import ConnectionCaps  # noqa: E402
 
 PATH_PREFIX = "/ingest/"
 DEVICE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -140,30 +145,24 @@ class CappedListener(socket.socket):
     def __init__(self, max_open, max_per_address, family=socket.AF_INET):
         # proto TCP, as getaddrinfo gives: asyncio sets TCP_NODELAY only on such sockets.
         super().__init__(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.max_open, self.max_per_address = max_open, max_per_address
-        self.open = 0
-        self.per_address = collections.Counter()
+        self.caps = ConnectionCaps(max_open, max_per_address)
         self.refused = 0
+
+    @property
+    def open(self):
+        return self.caps.open
 
     def accept(self):
         while True:
             conn, address = super().accept()  # BlockingIOError when none is waiting
             host = address[0]
-            if self.open < self.max_open and self.per_address[host] < self.max_per_address:
+            if self.caps.take(host) is None:
                 break
             self.refused += 1
             conn.close()
         counted = _CountedSocket(self.family, self.type, self.proto, fileno=conn.detach())
-        counted.release = lambda: self._release(host)
-        self.open += 1
-        self.per_address[host] += 1
+        counted.release = lambda: self.caps.release(host)
         return counted, address
-
-    def _release(self, host):
-        self.open -= 1
-        self.per_address[host] -= 1
-        if not self.per_address[host]:
-            del self.per_address[host]
 
 
 class _CountedSocket(socket.socket):
@@ -448,18 +447,6 @@ def cmd_token(args):
 COMMANDS = {"serve": cmd_serve, "token": cmd_token}
 
 
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not 0 < value < 1e9:  # also refuses nan and inf
-            raise argparse.ArgumentTypeError("expected a positive number, got %r" % text)
-        return value
-    return parse
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="python tools/ingest.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -473,16 +460,16 @@ def build_parser():
     p.add_argument("--port", type=int, default=8443, help="port (default 8443)")
     p.add_argument("--interval-ms", type=int, default=0,
                    help="send set_interval with this value to each board as it connects")
-    p.add_argument("--max-connections", type=_positive(int), default=256,
+    p.add_argument("--max-connections", type=positive(int), default=256,
                    help="TCP connections at once, ~300 KiB each with TLS (256); more are "
                         "closed at the accept")
-    p.add_argument("--max-per-address", type=_positive(int), default=32,
+    p.add_argument("--max-per-address", type=positive(int), default=32,
                    help="TCP connections at once from one address (32)")
-    p.add_argument("--max-size", type=_positive(int), default=4096,
+    p.add_argument("--max-size", type=positive(int), default=4096,
                    help="largest message in bytes (4096); a larger one closes with 1009")
-    p.add_argument("--keep", type=_positive(int), default=1000,
+    p.add_argument("--keep", type=positive(int), default=1000,
                    help="readings, acks and refusals kept in memory per device (1000)")
-    p.add_argument("--open-timeout-s", type=_positive(float), default=10.0,
+    p.add_argument("--open-timeout-s", type=positive(float), default=10.0,
                    help="seconds for the TLS handshake, and again for the WebSocket one (10)")
     p = sub.add_parser("token", help="issue a token for a device",
                        description="Add a fresh random token for DEVICE_ID to the tokens file.")

@@ -1,5 +1,5 @@
 # A LittleFS block device over an image file (runs under MicroPython; used by deploy.py and
-# run_board.py). It implements the extended block protocol of MicroPython's vfs
+# boot_board.py). It implements the extended block protocol of MicroPython's vfs
 # (docs: library/vfs.html "Block devices": readblocks/writeblocks with an offset, ioctl
 # 4 = block count, 5 = block size, 6 = erase), so vfs.VfsLfs2 on top is the real LittleFS a
 # board runs. Every write reaches the file at once (the unix port's files are unbuffered),

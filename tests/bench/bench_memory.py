@@ -155,15 +155,10 @@ def kept_per_module(work):
 # heap while the firmware runs. Here they are Python stand-ins (host_sim/mp/port), so they are
 # imported first, on an empty heap, where the launcher's fixed allowance covers them.
 _PRELUDE = "import machine, network, ntptime  # C or frozen on a board\n"
-# ROMFS as on a ROMFS board: /rom first on sys.path, the package's bytecode runs in place.
-# The unix port has no flash partition, so the image is read into a bytes object; its size
-# is added to the heap cap and never counted as the firmware's.
-_ROMFS_MOUNT = """import sys, vfs
-with open("romfs.img", "rb") as _f:
-    _image = _f.read()
-vfs.mount(vfs.VfsRom(_image), "/rom")
-sys.path.insert(0, "/rom")
-"""
+# ROMFS as on a ROMFS board: a romfs.img in the flash directory is the board's ROMFS
+# partition (host_sim/mp/launcher.py): mounted at /rom, first on sys.path, the package's
+# bytecode runs in place. The unix port has no flash partition, so the launcher reads the
+# image into a bytes object and adds its size to the heap cap: never counted as the firmware's.
 _PROBE_MAIN = r'''# bench main.py: the firmware's boot (as firmware/main.py), measured from outside it.
 import gc, json
 from securenode import settings
@@ -264,7 +259,7 @@ class Peers:
         device_id = "mem-wss" if transport == "wss" else "mem-%s" % transport.replace("_", "")
         device = self.pki.device(device_id)
         flash = Path(tempfile.mkdtemp(dir=self.tmp)) / "flash"
-        main = _PRELUDE + (_ROMFS_MOUNT if romfs else "") + (
+        main = _PRELUDE + (
             _PROBE_MAIN % {"warm": ALLOC_WARMUP, "count": ALLOC_COUNT, "every": every,
                            "probe": True, "alloc": probe == "alloc"} if probe else (FIRMWARE / "main.py").read_text())
         files = {"ca.der": self.pki.ca.cert_der, "device.crt.der": device.cert_der,
@@ -272,8 +267,10 @@ class Peers:
         if romfs:
             files["romfs.img"] = romfs
         prepare_flash(flash, self.config(transport, device_id, readings, interval_ms), files)
+        if romfs:
+            shutil.rmtree(flash / "securenode")  # the package exists only in the image
         board = Board(device_id, board_command(
-            flash, runtime="micropython", heap=str(heap + len(romfs or b"")), bytecode="mpy",
+            flash, runtime="micropython", heap=str(heap), bytecode="mpy",
             ntp="127.0.0.1:%d" % self.ntp.address[1], device_seed=device_id), verbose=False)
         deadline = time.monotonic() + timeout_s
         try:

@@ -23,12 +23,13 @@ app.main()
 print(json.dumps({"event": "modules", "names": sorted(sys.modules)}))
 """
 
-# Every configuration's core: the loop, outbox, sampling, TLS, events, crash containment.
+# Every configuration's core: the loop, outbox, sampling, TLS, events. (crash.py is loaded
+# at boot and when a status carried the last crash, wifi.py while joining: both dropped after.)
 CORE = {"securenode", "securenode.app", "securenode.build", "securenode.clock",
-        "securenode.crash", "securenode.events", "securenode.link_error", "securenode.links",
+        "securenode.events", "securenode.link_error", "securenode.links",
         "securenode.mains", "securenode.net", "securenode.outbox", "securenode.pinned_tls",
         "securenode.reading", "securenode.sensor", "securenode.settings", "securenode.states",
-        "securenode.watchdog", "securenode.wifi"}
+        "securenode.watchdog"}
 TRANSPORT = {
     "mqtts": {"securenode.mqtt_link", "securenode.mqtt_codec"},
     "jsonl": {"securenode.jsonl_link"},
@@ -38,7 +39,7 @@ TRANSPORT = {
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
                     "securenode.provision_codec", "securenode.x509_peek",
-                    "securenode.tls_explain", "umqtt",
+                    "securenode.tls_explain", "securenode.crash", "securenode.wifi", "umqtt",
                     "umqtt.simple"}
 
 

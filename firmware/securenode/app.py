@@ -17,15 +17,17 @@ import os
 import sys
 import time
 
-from securenode import (VERSION, clock, crash, links, outbox, reading, sensor, settings,
-                        states, watchdog, wifi)
+from securenode import (VERSION, clock, links, outbox, reading, sensor, settings, states,
+                        watchdog)
 from securenode.events import emit, error
 from securenode.link_error import LinkError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
 
 # Imported where used, not here: provision and https_client only on a board that must be
-# provisioned (a certificate board never loads them), the validator (config.py) only at boot.
+# provisioned (a certificate board never loads them), the validator (config.py) only at boot,
+# wifi only while joining and crash at boot and after a status carried the last crash (each
+# then forgotten: used again only after an outage, or never).
 
 
 def _read(path):
@@ -69,6 +71,7 @@ class Node:
         emit("state", state=states.state_name(self.state), previous=states.state_name(previous))
 
     def run(self):
+        self._tls_context()
         self._open_outbox()
         self.go(states.START)
         while self.state != states.HALTED:
@@ -79,6 +82,8 @@ class Node:
         return 0 if self.halt_reason == "done" else 1
 
     def join(self):
+        from securenode import wifi
+
         w = self.cfg.wifi
         try:
             ip = wifi.join(w.ssid, w.key, w.timeout_ms)
@@ -86,6 +91,9 @@ class Node:
             error("wifi_" + exc.reason, str(exc))
             self.go(states.WIFI_FAILED)
             return
+        finally:
+            wifi = None
+            settings.forget("securenode.wifi")
         emit("wifi_up", ip=ip)
         self.go(states.WIFI_UP)
 
@@ -114,6 +122,16 @@ class Node:
                                  t.server_hostname, self.cfg.timeouts_ms.handshake,
                                  self.cfg.timeouts_ms.io, t.allow_unverified)
         return self.tls
+
+    def _tls_context(self):
+        # The SSLContext is ~3 KB of GC heap in one piece, kept across connections: made now,
+        # on a heap that holds little but the modules, it never has to be found in the heap
+        # the first readings and the link have fragmented (the smallest heap that connects
+        # fell by KB). A failure here is left for connect() to report, with the right step.
+        try:
+            self._tls().context()
+        except (TlsError, ValueError, OSError, MemoryError):
+            self.tls = None
 
     def connect(self):
         if self._needs_provisioning():
@@ -329,7 +347,11 @@ class Node:
         emit("status", payload=self._status_sent.decode())
         self._status_sent = None
         if self.last_crash is not None:  # the status just acknowledged carried it
+            from securenode import crash
+
             crash.clear()
+            crash = None
+            settings.forget("securenode.crash")
             self.last_crash = None
 
     def apply_command(self, command):
@@ -526,8 +548,12 @@ def _unload_provisioning():
 
 
 def main(config_path="config.json"):
+    from securenode import crash
+
     cause = crash.reset_cause()
     last_crash = crash.recorded()
+    crash = None
+    settings.forget("securenode.crash")
     emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
     try:
         cfg = settings.load(config_path)  # validates, then unloads the validator

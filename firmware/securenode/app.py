@@ -53,6 +53,7 @@ class Node:
         self.synced = False
         self.link = None
         self.tls = None
+        self._spare = None  # the first connection's link, made at boot (_warm_up)
         self.halt_reason = None
         self.creds = None  # MQTT credentials from the base station (provision.py), if any
         self.topic = reading.topic(cfg.device_id)
@@ -71,7 +72,7 @@ class Node:
         emit("state", state=states.state_name(self.state), previous=states.state_name(previous))
 
     def run(self):
-        self._tls_context()
+        self._warm_up()
         self._open_outbox()
         self.go(states.START)
         while self.state != states.HALTED:
@@ -123,15 +124,19 @@ class Node:
                                  self.cfg.timeouts_ms.io, t.allow_unverified)
         return self.tls
 
-    def _tls_context(self):
-        # The SSLContext is ~3 KB of GC heap in one piece, kept across connections: made now,
-        # on a heap that holds little but the modules, it never has to be found in the heap
-        # the first readings and the link have fragmented (the smallest heap that connects
-        # fell by KB). A failure here is left for connect() to report, with the right step.
+    def _warm_up(self):
+        # What the first connection keeps for the rest of the run is made now, on a heap that
+        # holds little but the modules: the SSLContext (~3 KB in one piece, kept across
+        # connections) and the first link (its module and buffers). Made after the first
+        # readings, they had to be found in a heap those had fragmented: the smallest heap
+        # that connects fell by KB. A failure is left for connect() to report, step named.
         try:
-            self._tls().context()
+            tls = self._tls()
+            tls.context()
+            if self.cfg.provisioning is None:  # a provisioned board's link needs credentials
+                self._spare = links.open_link(self.cfg, tls, self.apply_command)
         except (TlsError, ValueError, OSError, MemoryError):
-            self.tls = None
+            self.tls = self._spare = None
 
     def connect(self):
         if self._needs_provisioning():
@@ -143,7 +148,9 @@ class Node:
         m = self.cfg.mqtt
         try:
             tls = self._tls()
-            link = links.open_link(self.cfg, tls, self.apply_command)
+            link, self._spare = self._spare, None  # a link serves one connection only
+            if link is None:
+                link = links.open_link(self.cfg, tls, self.apply_command)
             # The handshake allocates the SSLContext (~3 KB in one piece) and the session's
             # buffers: collect first, so the garbage of the last attempt is not in the way.
             gc.collect()
@@ -243,7 +250,7 @@ class Node:
                 flight.append([record[0], self._send_reading(record[0], record[1])])
             # Never `continue` from here: on a slow flash a sample may be due on every pass,
             # and the PUBACKs must still be read below.
-            self._sample_if_due()
+            sampled = self._sample_if_due()
             if (self.outbox.dropped != self.status_dropped and len(flight) < window
                     and self._status_sent is None):
                 self._send_status(link, flight)
@@ -490,7 +497,7 @@ class Node:
                                               creds["password"])
         self.cfg.tls.server_hostname = creds["server_hostname"]
         self.creds = creds
-        self.tls = None  # rebuilt for the broker's host name
+        self.tls = self._spare = None  # rebuilt for the broker's host name
 
     def _drop_revoked_credentials(self, exc):
         # Credentials that once worked and are now refused were revoked on the base station:

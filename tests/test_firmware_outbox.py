@@ -157,7 +157,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    return run_both(firmware_files("outbox"), VECTORS, tmp_path_factory.mktemp("flash"))
+    return run_both(firmware_files("outbox", "outbox_open"), VECTORS,
+                    tmp_path_factory.mktemp("flash"))
 
 
 def test_cpython_and_micropython_agree(results):
@@ -286,7 +287,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def cursor_results(tmp_path_factory):
-    return run_both(firmware_files("outbox"), CURSOR_VECTORS, tmp_path_factory.mktemp("cursor"))
+    return run_both(firmware_files("outbox", "outbox_open"), CURSOR_VECTORS,
+                    tmp_path_factory.mktemp("cursor"))
 
 
 def test_cursor_vectors_agree_on_cpython_and_micropython(cursor_results):

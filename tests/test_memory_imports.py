@@ -40,7 +40,10 @@ TRANSPORT = {
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
                     "securenode.provision_codec", "securenode.x509_peek",
                     "securenode.tls_explain", "securenode.crash", "securenode.wifi", "umqtt",
-                    "umqtt.simple"}
+                    "umqtt.simple",
+                    # Loaded only to say an MQTT error, to open the outbox, for several pinned
+                    # roots or a failed handshake; then dropped.
+                    "securenode.mqtt_errors", "securenode.outbox_open", "securenode.tls_roots"}
 
 
 def firmware_modules(board):

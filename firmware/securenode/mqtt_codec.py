@@ -1,15 +1,16 @@
 r"""MQTT 3.1.1 packets to bytes and back for a client: pure, bounded, no I/O.
 
 Modelled on AWS coreMQTT's serializer: encoders write into a buffer the caller owns and
-return the length (``ValueError`` when it does not fit, never a silent cut); the
-``Decoder`` takes bytes as a stream hands them over and never asks for more than the
-current packet still needs, so a blocking ``read(decoder.need())`` cannot eat into the
+return the length (``EncodeError``, a ``ValueError``, when it does not fit, never a silent
+cut); the ``Decoder`` takes bytes as a stream hands them over and never asks for more than
+the current packet still needs, so a blocking ``read(decoder.need())`` cannot eat into the
 next packet. The remaining length is at most 4 bytes and checked against the decoder's
 bound before any body byte is taken; the body buffer is allocated once and never grows.
 A client receives only CONNACK, PUBLISH (QoS 0/1), PUBACK and PINGRESP here: every other
 type, and every malformed packet, is a ``ProtocolError`` that names it. ``PacketIds``
 hands out packet ids for several PUBLISHes in flight and tells a duplicate PUBACK (counted,
-ignored) from one for an id never sent (a protocol error).
+ignored) from one for an id never sent (a protocol error). Errors carry a code and values;
+their sentences are in mqtt_errors, loaded only while one is said (``str(exc)``).
 
 Example::
 
@@ -24,6 +25,8 @@ Example::
     (4, 1)
 """
 
+import sys
+
 from micropython import const
 
 CONNECT = const(1)
@@ -37,32 +40,74 @@ DISCONNECT = const(14)
 PINGREQ_BYTES = b"\xc0\x00"
 DISCONNECT_BYTES = b"\xe0\x00"
 
-_NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
-          "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
-          "DISCONNECT", "reserved 15")
 _MAX_REMAINING = const(268435455)  # what 4 length bytes can say (MQTT 3.1.1 2.2.3)
 _MAX_ID = const(65535)
 
-CONNACK_REFUSALS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
+# Error codes: the sentences are in mqtt_errors, loaded only to say one (issue 10).
+# 1..13 take the packet's first byte as their first value.
+_E_LENGTH_5 = const(1)
+_E_QOS3 = const(2)
+_E_QOS2 = const(3)
+_E_DUP_QOS0 = const(4)
+_E_FLAGS = const(5)
+_E_QOS12 = const(6)
+_E_SUB = const(7)
+_E_NOT_MQTT = const(8)
+_E_CLIENT_ONLY = const(9)
+_E_LENGTH_2 = const(10)
+_E_LENGTH_0 = const(11)
+_E_SHORT = const(12)
+_E_BOUND = const(13)
+_E_CONNACK_FLAGS = const(14)
+_E_PUBACK_ID0 = const(15)
+_E_TOPIC = const(16)
+_E_PUBLISH_ID0 = const(17)
+_E_WINDOW = const(18)
+_E_NEVER_SENT = const(19)
+_E_REMAINING = const(20)
+_E_FITS = const(21)
+_E_STR = const(22)
+_E_KEEPALIVE = const(23)
+_E_PASSWORD = const(24)
+_E_WILL_QOS = const(25)
+_E_QOS = const(26)
+_E_PACKET_ID = const(27)
+_E_DUP = const(28)
+_E_WILDCARD = const(29)
+
+
+def _text(exc):
+    # The sentence for (code, values...), from mqtt_errors; the module is dropped again so
+    # a board that recovers keeps none of the words resident.
+    from securenode import mqtt_errors
+
+    try:
+        return mqtt_errors.text(exc.args)
+    finally:
+        forget_errors()
+
+
+def forget_errors():
+    """Unload mqtt_errors (sys.modules and the package's attribute) once it has spoken.
+
+    >>> forget_errors()
+    """
+    sys.modules.pop("securenode.mqtt_errors", None)
+    package = sys.modules.get("securenode")
+    if package is not None and "mqtt_errors" in package.__dict__:
+        delattr(package, "mqtt_errors")
 
 
 class ProtocolError(Exception):
     """The peer broke MQTT 3.1.1; the text names the packet and what was wrong with it."""
 
+    __str__ = _text
 
-def packet_name(kind):
-    """The name of an MQTT control packet type (0..15).
 
-    >>> packet_name(9)
-    'SUBACK'
-    """
-    return _NAMES[kind & 15]
+class EncodeError(ValueError):
+    """A value the encoders cannot put on the wire (the caller's mistake), by name."""
+
+    __str__ = _text
 
 
 def _b(value):
@@ -82,7 +127,7 @@ def put_remaining_length(buf, at, n):
     (2, b'\xc1\x02')
     """
     if not 0 <= n <= _MAX_REMAINING:
-        raise ValueError("remaining length %d outside 0..%d" % (n, _MAX_REMAINING))
+        raise EncodeError(_E_REMAINING, n)
     while True:
         byte = n & 0x7F
         n >>= 7
@@ -102,12 +147,12 @@ def _put_str(buf, at, data):
 
 def _check_fits(buf, total, what):
     if total > len(buf):
-        raise ValueError("%s needs %d bytes, the buffer has %d" % (what, total, len(buf)))
+        raise EncodeError(_E_FITS, what, total, len(buf))
 
 
 def _check_str(data, what):
     if len(data) > _MAX_ID:
-        raise ValueError("%s is %d bytes, more than MQTT's 65535" % (what, len(data)))
+        raise EncodeError(_E_STR, what, len(data))
 
 
 def connect_length(client_id, will_topic=None, will_payload=b"", user=None, password=None):
@@ -142,11 +187,11 @@ def encode_connect(buf, client_id, keepalive_s, clean_session=True, will_topic=N
     """
     client_id = _b(client_id)
     if not 0 <= keepalive_s <= _MAX_ID:
-        raise ValueError("keepalive %d s outside 0..65535" % keepalive_s)
+        raise EncodeError(_E_KEEPALIVE, keepalive_s)
     if password is not None and user is None:
-        raise ValueError("a password needs a user name (MQTT 3.1.1 3.1.2.9)")
+        raise EncodeError(_E_PASSWORD)
     if will_qos not in (0, 1, 2):
-        raise ValueError("will QoS %r is not 0, 1 or 2" % (will_qos,))
+        raise EncodeError(_E_WILL_QOS, will_qos)
     flags = 0x02 if clean_session else 0
     if will_topic is not None:
         will_topic = _b(will_topic)
@@ -202,13 +247,13 @@ def encode_publish(buf, topic, payload, packet_id, qos=1, dup=False, retain=Fals
     """
     topic = _b(topic)
     if qos not in (0, 1):
-        raise ValueError("PUBLISH QoS %r: this client sends 0 or 1" % (qos,))
+        raise EncodeError(_E_QOS, qos)
     if qos and not 1 <= packet_id <= _MAX_ID:
-        raise ValueError("packet id %r outside 1..65535" % (packet_id,))
+        raise EncodeError(_E_PACKET_ID, packet_id)
     if not qos and dup:
-        raise ValueError("DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)")
+        raise EncodeError(_E_DUP)
     if not topic or b"+" in topic or b"#" in topic:
-        raise ValueError("topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)" % (topic,))
+        raise EncodeError(_E_WILDCARD, topic)
     _check_str(topic, "topic")
     n = len(payload)
     body = 2 + len(topic) + (2 if qos else 0) + n
@@ -232,7 +277,7 @@ def encode_puback(buf, packet_id):
     (4, b'@\x02\x01\x02')
     """
     if not 1 <= packet_id <= _MAX_ID:
-        raise ValueError("packet id %r outside 1..65535" % (packet_id,))
+        raise EncodeError(_E_PACKET_ID, packet_id)
     _check_fits(buf, 4, "PUBACK")
     buf[0] = PUBACK << 4
     buf[1] = 2
@@ -277,8 +322,7 @@ class Decoder:
         """Forget any partial packet (after a new connection)."""
         self._first = -1
         self._length = 0
-        self._length_count = 0
-        self._in_length = True
+        self._length_count = 0  # length bytes read; -1 once the length is complete
         self._got = 0
         self._packet = None
 
@@ -288,7 +332,7 @@ class Decoder:
             return 0
         if self._first < 0:
             return 2  # every packet has a first byte and at least one length byte
-        if self._in_length:
+        if self._length_count >= 0:
             return 1
         return self._length - self._got
 
@@ -298,21 +342,20 @@ class Decoder:
         n = len(data)
         while used < n and self._packet is None:
             if self._first < 0:
-                self._first = data[used]
+                self._first = first = data[used]
                 used += 1
-                self._check_type()
-            elif self._in_length:
+                _check_type(first)
+            elif self._length_count >= 0:
                 byte = data[used]
                 used += 1
                 self._length |= (byte & 0x7F) << (7 * self._length_count)
                 self._length_count += 1
                 if byte & 0x80:
                     if self._length_count == 4:
-                        raise ProtocolError("%s: remaining length longer than 4 bytes"
-                                            % self._name())
+                        raise ProtocolError(_E_LENGTH_5, self._first)
                     continue
-                self._in_length = False
-                self._check_length()
+                self._length_count = -1
+                _check_length(self._first, self._length, self.max_remaining)
                 if self._length == 0:
                     self._complete()
             else:
@@ -333,91 +376,80 @@ class Decoder:
             self.reset()
         return packet
 
-    def _name(self):
-        return "%s (first byte 0x%02x)" % (_NAMES[self._first >> 4], self._first)
-
-    def _check_type(self):
-        kind = self._first >> 4
-        flags = self._first & 15
-        if kind == PUBLISH:
-            qos = flags >> 1 & 3
-            if qos == 3:
-                raise ProtocolError("malformed %s: QoS 3" % self._name())
-            if qos == 2:
-                raise ProtocolError("%s with QoS 2: this client subscribes to nothing and "
-                                    "takes QoS 0/1 only" % self._name())
-            if qos == 0 and flags & 8:
-                raise ProtocolError("malformed %s: DUP on QoS 0" % self._name())
-            return
-        if kind in (CONNACK, PUBACK, PINGRESP):
-            if flags:
-                raise ProtocolError("malformed %s: fixed-header flags must be 0"
-                                    % self._name())
-            return
-        if kind in (5, 6, 7):
-            raise ProtocolError("unexpected %s: this client sends QoS 0/1 only"
-                                % self._name())
-        if kind in (9, 11):
-            raise ProtocolError("unexpected %s: this client subscribes to nothing"
-                                % self._name())
-        if kind in (0, 15):
-            raise ProtocolError("%s: not an MQTT packet" % self._name())
-        raise ProtocolError("unexpected %s: only a client sends it" % self._name())
-
-    def _check_length(self):
-        n = self._length
-        kind = self._first >> 4
-        if kind in (CONNACK, PUBACK):
-            if n != 2:
-                raise ProtocolError("malformed %s: remaining length %d, must be 2"
-                                    % (self._name(), n))
-        elif kind == PINGRESP:
-            if n != 0:
-                raise ProtocolError("malformed %s: remaining length %d, must be 0"
-                                    % (self._name(), n))
-        elif n < (5 if self._first & 6 else 3):
-            raise ProtocolError("malformed %s: remaining length %d is too short"
-                                % (self._name(), n))
-        if n > self.max_remaining:
-            # Refused before a single body byte is read: the buffer never grows.
-            raise ProtocolError("%s announces %d bytes, over the bound of %d"
-                                % (self._name(), n, self.max_remaining))
-
     def _complete(self):
-        kind = self._first >> 4
+        first = self._first
+        kind = first >> 4
         body = self._body
         if kind == CONNACK:
             if body[0] & 0xFE:
-                raise ProtocolError("malformed CONNACK: reserved flags 0x%02x" % body[0])
+                raise ProtocolError(_E_CONNACK_FLAGS, body[0])
             self._packet = (CONNACK, body[0] & 1, body[1])
-        elif kind == PUBACK:
+            return
+        if kind == PUBACK:
             packet_id = body[0] << 8 | body[1]
             if not packet_id:
-                raise ProtocolError("malformed PUBACK: packet id 0")
+                raise ProtocolError(_E_PUBACK_ID0)
             self._packet = (PUBACK, packet_id)
-        elif kind == PINGRESP:
+            return
+        if kind == PINGRESP:
             self._packet = (PINGRESP,)
-        else:
-            self._packet = self._publish()
-
-    def _publish(self):
-        flags = self._first & 15
-        qos = flags >> 1 & 3
-        body = self._body
+            return
+        qos = first >> 1 & 3
         n = self._length
         topic_end = 2 + (body[0] << 8 | body[1])
         data_start = topic_end + (2 if qos else 0)
         if topic_end == 2 or data_start > n:
-            raise ProtocolError("malformed PUBLISH: topic of %d bytes in a packet of %d"
-                                % (topic_end - 2, n))
+            raise ProtocolError(_E_TOPIC, topic_end - 2, n)
         packet_id = 0
         if qos:
             packet_id = body[topic_end] << 8 | body[topic_end + 1]
             if not packet_id:
-                raise ProtocolError("malformed PUBLISH: QoS 1 with packet id 0")
+                raise ProtocolError(_E_PUBLISH_ID0)
         view = self._view
-        return (PUBLISH, packet_id, qos, flags >> 3 & 1, flags & 1, view[2:topic_end],
-                view[data_start:n])
+        self._packet = (PUBLISH, packet_id, qos, first >> 3 & 1, first & 1,
+                        view[2:topic_end], view[data_start:n])
+
+
+def _check_type(first):
+    # Only what a client may receive gets past the first byte.
+    kind = first >> 4
+    flags = first & 15
+    if kind == PUBLISH:
+        qos = flags >> 1 & 3
+        if qos == 3:
+            raise ProtocolError(_E_QOS3, first)
+        if qos == 2:
+            raise ProtocolError(_E_QOS2, first)
+        if qos == 0 and flags & 8:
+            raise ProtocolError(_E_DUP_QOS0, first)
+        return
+    if kind == CONNACK or kind == PUBACK or kind == PINGRESP:
+        if flags:
+            raise ProtocolError(_E_FLAGS, first)
+        return
+    if 5 <= kind <= 7:
+        raise ProtocolError(_E_QOS12, first)
+    if kind == 9 or kind == 11:
+        raise ProtocolError(_E_SUB, first)
+    if kind == 0 or kind == 15:
+        raise ProtocolError(_E_NOT_MQTT, first)
+    raise ProtocolError(_E_CLIENT_ONLY, first)
+
+
+def _check_length(first, n, bound):
+    # The remaining length against the packet type and the bound, before any body byte.
+    kind = first >> 4
+    if kind == CONNACK or kind == PUBACK:
+        if n != 2:
+            raise ProtocolError(_E_LENGTH_2, first, n)
+    elif kind == PINGRESP:
+        if n != 0:
+            raise ProtocolError(_E_LENGTH_0, first, n)
+    elif n < (5 if first & 6 else 3):
+        raise ProtocolError(_E_SHORT, first, n)
+    if n > bound:
+        # Refused before a single body byte is read: the buffer never grows.
+        raise ProtocolError(_E_BOUND, first, n, bound)
 
 
 class PacketIds:
@@ -450,7 +482,7 @@ class PacketIds:
     def next(self):
         """A free packet id, now in flight; ValueError when the window is full."""
         if len(self.inflight) >= self.window:
-            raise ValueError("%d PUBLISHes already await PUBACK" % len(self.inflight))
+            raise EncodeError(_E_WINDOW, len(self.inflight))
         while True:
             if self.last >= _MAX_ID:
                 self.last = 0
@@ -468,5 +500,4 @@ class PacketIds:
         if self.wrapped or 0 < packet_id <= self.last:
             self.duplicates += 1
             return False
-        raise ProtocolError("PUBACK for packet id %d, which this session never sent"
-                            % packet_id)
+        raise ProtocolError(_E_NEVER_SENT, packet_id)

@@ -40,13 +40,7 @@ from securenode.link_error import LinkError
 _TX_BYTES = const(256)      # a reading's whole PUBLISH: header, topic, id, ~90 B JSON
 _MAX_PACKET = const(1024)   # largest packet body taken from the broker
 _GOODBYE_MS = const(500)    # how long close() waits for the broker to end the connection
-_QUOTE = const(48)
 _POLL_MAX = const(8)        # packets handled per poll(): a flooding broker cannot stall sampling
-
-
-def _text(data):
-    # Peer bytes in an event: printable ASCII only, cut short.
-    return "".join(chr(b) if 32 <= b < 127 else "?" for b in bytes(data[:_QUOTE]))
 
 
 class TlsStream:
@@ -149,13 +143,9 @@ class MqttLink:
         self._send(buf, n, "CONNACK")
         packet = self._read_packet(time.ticks_add(time.ticks_ms(), self._io_ms), "CONNACK")
         if packet[0] != mc.CONNACK:
-            raise self._fail("protocol", "%s sent %s before CONNACK"
-                             % (self.peer, mc.packet_name(packet[0])))
-        code = packet[2]
-        if code:
-            raise self._fail("connack_refused", "CONNACK refused: %s (%d) by %s"
-                             % (mc.CONNACK_REFUSALS.get(code, "unknown reason"), code,
-                                self.peer))
+            raise self._fail("protocol", "before_connack", None, packet[0])
+        if packet[2]:
+            raise self._fail("connack_refused", "connack_refused", None, packet[2])
 
     def will(self, topic, payload):
         """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
@@ -262,7 +252,7 @@ class MqttLink:
             if data is None:
                 return handled
             if not data:
-                raise self._fail("link_lost", "%s closed the connection" % self.peer)
+                raise self._fail("link_lost", "eof")
             self._feed(data, waiting_for)
             deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
             self._handle(self._read_packet(deadline, waiting_for), waiting_for)
@@ -281,12 +271,10 @@ class MqttLink:
         if (self._ping_sent_ms is not None
                 and time.ticks_diff(now, self._ping_sent_ms) > self._io_ms):
             # Unanswered keepalive: the broker or the path to it is gone (half-open).
-            raise self._fail("link_lost", "no PINGRESP from %s within %d ms (timeouts_ms.io): "
-                             "half-open connection" % (self.peer, self._io_ms))
+            raise self._fail("link_lost", "no_pingresp")
         quiet_ms = time.ticks_diff(now, self.last_rx_ms)
         if dead_after_ms and quiet_ms > dead_after_ms:
-            raise self._fail("link_lost", "nothing from %s for %d ms (> 1.5 x keepalive): "
-                             "half-open connection" % (self.peer, quiet_ms))
+            raise self._fail("link_lost", "quiet", None, quiet_ms)
 
     def idle_ms(self):
         """Milliseconds since we last sent anything (a PINGREQ is due at keepalive / 2)."""
@@ -298,10 +286,6 @@ class MqttLink:
         if self._ping_sent_ms is None:
             self._ping_sent_ms = self.last_tx_ms
         self.poll("PINGRESP")
-
-    @property
-    def duplicate_acks(self):
-        return self.ids.duplicates
 
     # --- packets in and out ---------------------------------------------------------------
     def _send(self, buf, n, waiting_for):
@@ -327,7 +311,7 @@ class MqttLink:
             if data is None:
                 continue
             if not data:
-                raise self._closed(waiting_for)
+                raise self._io_error(None, waiting_for)
             self._feed(data, waiting_for)
 
     def _feed(self, data, waiting_for):
@@ -335,8 +319,7 @@ class MqttLink:
         try:
             self._decoder.feed(data)
         except mc.ProtocolError as exc:
-            raise self._fail("protocol", "%s while we waited for %s from %s"
-                             % (exc, waiting_for, self.peer))
+            raise self._fail("protocol", "feed", waiting_for, exc)
 
     def _handle(self, packet, waiting_for):
         kind = packet[0]
@@ -348,7 +331,7 @@ class MqttLink:
             try:
                 fresh = self.ids.acked(packet[1])
             except mc.ProtocolError as exc:
-                raise self._fail("protocol", "%s: %s" % (self.peer, exc))
+                raise self._fail("protocol", "puback", None, exc)
             if fresh:
                 self.acks += 1
             else:
@@ -362,39 +345,36 @@ class MqttLink:
             self.unsolicited += 1
             if packet[2]:
                 self._send(self._tx, mc.encode_puback(self._tx, packet[1]), waiting_for)
-            emit("mqtt_unsolicited", peer=self.peer, topic=_text(packet[5]), qos=packet[2],
+            # Peer bytes in an event: printable ASCII only, cut short.
+            topic = "".join(chr(b) if 32 <= b < 127 else "?" for b in bytes(packet[5][:48]))
+            emit("mqtt_unsolicited", peer=self.peer, topic=topic, qos=packet[2],
                  bytes=len(packet[6]), count=self.unsolicited)
         else:
-            raise self._fail("protocol", "%s sent %s while we waited for %s"
-                             % (self.peer, mc.packet_name(kind), waiting_for))
+            raise self._fail("protocol", "unexpected", waiting_for, kind)
 
     # --- errors ---------------------------------------------------------------------------
-    def _fail(self, kind, detail):
+    def _fail(self, kind, why, waiting_for=None, cause=None):
+        # The words come from mqtt_errors, loaded for this once: a board keeps none resident.
         self._broken = True  # no DISCONNECT on a broken session: the will should speak
-        return LinkError(kind, detail)
+        from securenode import mqtt_errors
+
+        try:
+            return LinkError(kind, mqtt_errors.link_detail(self, why, waiting_for, cause))
+        finally:
+            mc.forget_errors()
 
     def _timeout(self, waiting_for):
         if waiting_for == "CONNACK":
-            return self._fail("connack_timeout", "%s completed TLS but sent no CONNACK within "
-                              "%d ms (timeouts_ms.io)" % (self.peer, self._io_ms))
-        return self._fail("ack_timeout", "no %s from %s within %d ms (timeouts_ms.io)"
-                          % (waiting_for, self.peer, self._io_ms))
-
-    def _closed(self, waiting_for):
-        if waiting_for == "CONNACK":
-            return self._fail("closed", "%s closed the connection before CONNACK (is this "
-                              "device's certificate accepted there?)" % self.peer)
-        return self._fail("link_lost", "%s closed the connection while we waited for %s"
-                          % (self.peer, waiting_for))
+            return self._fail("connack_timeout", "connack_timeout")
+        return self._fail("ack_timeout", "ack_timeout", waiting_for)
 
     def _io_error(self, exc, waiting_for):
-        if net.is_timeout(exc):
+        # exc None: the peer closed the connection.
+        if exc is not None and net.is_timeout(exc):
             return self._timeout(waiting_for)
         if waiting_for == "CONNACK":
-            return self._fail("closed", "%s: connection failed before CONNACK (%s); is this "
-                              "device's certificate accepted there?" % (self.peer, exc))
-        return self._fail("link_lost", "connection to %s lost while waiting for %s (%s)"
-                          % (self.peer, waiting_for, exc))
+            return self._fail("closed", "closed", None, exc)
+        return self._fail("link_lost", "lost", waiting_for, exc)
 
     # --- closing --------------------------------------------------------------------------
     def close(self):
@@ -406,25 +386,21 @@ class MqttLink:
             return
         try:
             if not self._broken:
-                self._goodbye(stream)
-        finally:
-            self._drop()
-
-    def _goodbye(self, stream):
-        try:
-            for _ in range(_POLL_MAX):
-                if not stream.read(64, 0):
-                    break  # discard what arrived unasked; a closing session answers nothing
-            stream.write(mc.DISCONNECT_BYTES, 2, self._io_ms)
-            until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
-            while True:
-                left = time.ticks_diff(until, time.ticks_ms())
-                if left <= 0 or not stream.read(64, left):
-                    return
+                for _ in range(_POLL_MAX):
+                    if not stream.read(64, 0):
+                        break  # discard what arrived unasked; a closing session answers nothing
+                stream.write(mc.DISCONNECT_BYTES, 2, self._io_ms)
+                until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
+                while True:
+                    left = time.ticks_diff(until, time.ticks_ms())
+                    if left <= 0 or not stream.read(64, left):
+                        break
         except Exception as exc:
             if not isinstance(exc, self._CLOSE_ERRORS):
                 raise
             # Closing either way: a timeout or a reset here only ends the wait.
+        finally:
+            self._drop()
 
     _CLOSE_ERRORS = (OSError,)
 

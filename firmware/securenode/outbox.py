@@ -35,14 +35,12 @@ Example::
 import binascii
 import os
 import struct
+import sys
 
 from micropython import const
 
 _HEADER_BYTES = const(10)
-_STATE_NAME = "state"
-_STATE_TMP = "state.tmp"
-_SEG_SUFFIX = ".seg"
-_STATE_VERSION = const(1)
+_STATE_VERSION = const(1)  # outbox_open reads what _save_state writes: keep both in step
 
 
 class OutboxError(Exception):
@@ -76,8 +74,13 @@ def check_record(header, payload):
     return seq if got == crc else -1
 
 
-def _seg_name(number):
-    return "%08d%s" % (number, _SEG_SUFFIX)
+def seg_name(number):
+    """The file name of segment ``number``.
+
+    >>> seg_name(3)
+    '00000003.seg'
+    """
+    return "%08d.seg" % number
 
 
 class Outbox:
@@ -113,125 +116,28 @@ class Outbox:
 
     # --- opening ---------------------------------------------------------------------
     def open(self):
-        """Read the state, check the tail, and be ready; return [(seq, bytes)] per torn tail."""
+        """Read the state, check the tail, and be ready; return [(seq, bytes)] per torn tail.
+
+        The code for it (outbox_open) is loaded for this and dropped again: once per boot.
+        """
+        from securenode import outbox_open
+
         try:
-            os.mkdir(self.root)
-        except OSError:
-            pass  # exists (errno differs between ports; a real failure shows at the first write)
-        head_seg = self._load_state()
-        numbers = []
-        for name in os.listdir(self.root):
-            if name.endswith(_SEG_SUFFIX) and name[:-len(_SEG_SUFFIX)].isdigit():
-                numbers.append(int(name[:-len(_SEG_SUFFIX)]))
-            elif name == _STATE_TMP:
-                os.remove(self._path(name))  # a replacement that never completed
-        numbers.sort()
-        torn = []
-        highest = self.acked_seq
-        for number in numbers:
-            if number < head_seg:
-                os.remove(self._path(_seg_name(number)))  # deletion interrupted by a reset
-                continue
-            count, good_bytes, last_seq, size = self._scan(number)
-            if last_seq > highest:
-                highest = last_seq
-            if good_bytes < size:
-                # The torn record carried the next seq: it is lost and never reused.
-                highest += 1
-                torn.append((highest, size - good_bytes))
-                self._keep_prefix(number, good_bytes)
-            self._segs.append([number, good_bytes, count])
-        if self._segs and self._segs[0][0] == head_seg:
-            self._skip_acked()
-        else:
-            self._head_off = 0
-        if not self._segs:
-            self._segs.append([max(head_seg, 1), 0, 0])
-        self.next_seq = highest + 1
-        self.torn += len(torn)
-        self.boots += 1
-        self.depth = 0
-        for seg in self._segs:
-            self.depth += seg[2]
-        self.depth -= self._head_index
-        self._save_state()
-        return torn
-
-    def _load_state(self):
-        try:
-            with open(self._path(_STATE_NAME)) as f:
-                fields = f.read().split()
-            if len(fields) != 7 or int(fields[0]) != _STATE_VERSION:
-                raise ValueError
-            values = [int(x) for x in fields[1:]]
-        except (OSError, ValueError):
-            return 0  # no outbox yet (or an unreadable state): the records still give the seq
-        head_seg, self._head_off, self.acked_seq, self.dropped, self.torn, self.boots = values
-        return head_seg
-
-    def _scan(self, number):
-        """(records, bytes of good records, last good seq, file size) of one segment."""
-        count = good = 0
-        last_seq = 0
-        header = self._header
-        with open(self._path(_seg_name(number)), "rb") as f:
-            while True:
-                if f.readinto(header) != _HEADER_BYTES:
-                    break
-                length = header[0] | header[1] << 8
-                if length > self.max_record:
-                    break  # not a length we ever write: garbage from a torn write
-                body = memoryview(self._body)[:length]
-                if f.readinto(body) != length:
-                    break
-                seq = check_record(header, body)
-                if seq < 0:
-                    break
-                count += 1
-                good += _HEADER_BYTES + length
-                last_seq = seq
-            size = f.seek(0, 2)
-        return count, good, last_seq, size
-
-    def _keep_prefix(self, number, good_bytes):
-        # MicroPython has no truncate: copy the good prefix and rename it over the segment,
-        # once per power cut (never per reading).
-        src = self._path(_seg_name(number))
-        tmp = src + ".tmp"
-        with open(src, "rb") as f_in:
-            with open(tmp, "wb") as f_out:
-                left = good_bytes
-                while left:
-                    n = f_in.readinto(memoryview(self._body)[:min(left, self.max_record)])
-                    f_out.write(memoryview(self._body)[:n])
-                    left -= n
-        os.rename(tmp, src)
-        self.bytes_written += good_bytes
-
-    def _skip_acked(self):
-        # Count the records before the persisted head offset, record by record, so that a
-        # stale or damaged offset never lands inside a record.
-        offset = index = 0
-        want = self._head_off
-        number = self._segs[0][0]
-        with open(self._path(_seg_name(number)), "rb") as f:
-            while offset < want and index < self._segs[0][2]:
-                f.readinto(self._header)
-                length = self._header[0] | self._header[1] << 8
-                f.seek(length, 1)
-                offset += _HEADER_BYTES + length
-                index += 1
-        self._head_off = offset
-        self._head_index = index
+            return outbox_open.open_box(self)
+        finally:
+            sys.modules.pop("securenode.outbox_open", None)
+            package = sys.modules.get("securenode")
+            if package is not None and "outbox_open" in package.__dict__:
+                delattr(package, "outbox_open")
 
     # --- state -------------------------------------------------------------------------
     def _save_state(self):
         text = "%d %d %d %d %d %d %d\n" % (_STATE_VERSION, self._segs[0][0], self._head_off,
                                            self.acked_seq, self.dropped, self.torn, self.boots)
-        tmp = self._path(_STATE_TMP)
+        tmp = self._path("state.tmp")
         with open(tmp, "w") as f:
             f.write(text)
-        os.rename(tmp, self._path(_STATE_NAME))  # atomic on LittleFS; FAT replaces in place
+        os.rename(tmp, self._path("state"))  # atomic on LittleFS; FAT replaces in place
         self.bytes_written += len(text)
         self._unsaved_acks = 0
 
@@ -263,7 +169,7 @@ class Outbox:
             total -= self._drop_oldest()
         encode_header(self._header, seq, payload)
         try:
-            with open(self._path(_seg_name(tail[0])), "ab") as f:
+            with open(self._path(seg_name(tail[0])), "ab") as f:
                 f.write(self._header)
                 f.write(payload)
         except OSError as exc:
@@ -288,7 +194,7 @@ class Outbox:
         self._head_index = 0
         self._head = None
         self._save_state()  # first the head moves past it, then the file goes
-        os.remove(self._path(_seg_name(oldest[0])))
+        os.remove(self._path(seg_name(oldest[0])))
         return oldest[1]
 
     # --- delivery ----------------------------------------------------------------------
@@ -302,17 +208,20 @@ class Outbox:
                 return None
             self._next_segment()
             return self.peek()
-        with open(self._path(_seg_name(seg[0])), "rb") as f:
-            f.seek(self._head_off)
+        self._head = self._read(seg[0], self._head_off)
+        return self._head
+
+    def _read(self, number, offset):
+        # The record at offset in segment number, as (seq, payload), checked.
+        with open(self._path(seg_name(number)), "rb") as f:
+            f.seek(offset)
             f.readinto(self._header)
-            length = self._header[0] | self._header[1] << 8
-            payload = f.read(length)
+            payload = f.read(self._header[0] | self._header[1] << 8)
         seq = check_record(self._header, payload)
         if seq < 0:
             raise OutboxError("outbox: record at %s:%d changed on flash"
-                              % (_seg_name(seg[0]), self._head_off))
-        self._head = (seq, payload)
-        return self._head
+                              % (seg_name(number), offset))
+        return seq, payload
 
     def rewind(self):
         """Let next_unsent() start at the head again (a new connection resends what was in
@@ -340,18 +249,10 @@ class Outbox:
                 break
         else:
             return None
-        with open(self._path(_seg_name(cursor[0])), "rb") as f:
-            f.seek(cursor[1])
-            f.readinto(self._header)
-            length = self._header[0] | self._header[1] << 8
-            payload = f.read(length)
-        seq = check_record(self._header, payload)
-        if seq < 0:
-            raise OutboxError("outbox: record at %s:%d changed on flash"
-                              % (_seg_name(cursor[0]), cursor[1]))
-        cursor[1] += _HEADER_BYTES + length
+        record = self._read(cursor[0], cursor[1])
+        cursor[1] += _HEADER_BYTES + len(record[1])
         cursor[2] += 1
-        return seq, payload
+        return record
 
     def ack(self, seq):
         """The peer acknowledged seq (the head): it leaves the outbox."""
@@ -375,4 +276,4 @@ class Outbox:
         self._head_off = 0
         self._head_index = 0
         self._save_state()
-        os.remove(self._path(_seg_name(done[0])))
+        os.remove(self._path(seg_name(done[0])))

@@ -23,18 +23,6 @@ import hashlib
 import ssl
 import sys
 
-from micropython import const
-
-_VERIFY_FAILED = const(-9984)  # MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
-
-# Newer MicroPython raises ValueError carrying mbedTLS's verify text instead of -9984.
-_VERIFY_TEXTS = (
-    ("validity has expired", "cert_expired"),
-    ("validity starts in the future", "cert_not_yet_valid"),
-    ("does not match with the expected CN", "hostname_mismatch"),
-    ("not correctly signed by the trusted CA", "unknown_ca"),
-)
-
 
 class TlsError(Exception):
     """A TLS failure by ``kind``, naming the peer and the pinned root(s) it was judged by."""
@@ -48,12 +36,15 @@ class TlsError(Exception):
         self.peer = peer
 
 
-def port_can_verify():
-    """True when this port's TLS stack checks certificates (mbedTLS), False for axTLS."""
+def port_can_verify(ctx=None):
+    """True when this port's TLS stack checks certificates (mbedTLS), False for axTLS.
+
+    ``ctx`` (a fresh SSLContext) is the one asked, left at CERT_REQUIRED where it can be.
+    """
     required = getattr(ssl, "CERT_REQUIRED", None)
     if required is None:
         return False
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ctx or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not hasattr(ctx, "load_verify_locations"):
         return False
     ctx.verify_mode = required
@@ -65,17 +56,14 @@ def fingerprint(der):
     return binascii.hexlify(hashlib.sha256(der).digest()).decode()
 
 
-def _pem(der):
-    b64 = binascii.b2a_base64(der).replace(b"\n", b"")
-    lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
-    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
-
-
 class PinnedTls:
     def __init__(self, ca_ders, cert_der, key_der, server_hostname, handshake_ms, io_ms,
                  allow_unverified=False):
         self.server_hostname = server_hostname
-        self.verified = port_can_verify()
+        # The context that answers the question is the one the first connection uses: an
+        # SSLContext is ~3 KB of GC heap in one piece, allocated once instead of twice.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.verified = port_can_verify(ctx)
         if not self.verified and not allow_unverified:
             raise TlsError("unverifiable_port", server_hostname,
                            "this port's TLS cannot verify certificates; refusing to connect "
@@ -85,21 +73,18 @@ class PinnedTls:
         self._key = key_der
         self._handshake_s = handshake_ms / 1000
         self._io_s = io_ms / 1000
-        self.root_sets = self._root_sets(ca_ders) if self.verified else [None]
+        if not self.verified:
+            self.root_sets = [None]
+        elif len(ca_ders) == 1:
+            self.root_sets = [ca_ders[0]]
+        else:
+            from securenode import tls_roots  # several roots: how does this port take them?
+
+            self.root_sets = tls_roots.root_sets(ca_ders)
         self.cadata = self.root_sets[0]
         self._ctx = None        # the SSLContext for _ctx_cadata, kept across connections
         self._ctx_cadata = None
-
-    def _root_sets(self, ders):
-        # Before MicroPython 1.29 cadata held one certificate: pin each root in turn there.
-        if len(ders) == 1:
-            return [ders[0]]
-        bundle = b"".join(_pem(der) for der in ders)
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=bundle)
-            return [bundle]
-        except ValueError:
-            return list(ders)
+        self._fresh = ctx       # not loaded yet: context() loads the roots and our key
 
     def context(self):
         # Kept across reconnects: an SSLContext is ~3 KB of GC heap in one piece, which a
@@ -108,7 +93,8 @@ class PinnedTls:
         if self._ctx is not None and self._ctx_cadata is self.cadata:
             return self._ctx
         self._ctx = None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = self._fresh or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self._fresh = None
         if self.verified:
             ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's ssl starts at CERT_NONE
             ctx.load_verify_locations(cadata=self.cadata)
@@ -125,12 +111,11 @@ class PinnedTls:
         return tls
 
     def is_verify_failure(self, exc):
-        if isinstance(exc, OSError):
-            return bool(exc.args) and exc.args[0] == _VERIFY_FAILED
-        if isinstance(exc, ValueError):
-            text = str(exc)
-            return any(needle in text for needle, _ in _VERIFY_TEXTS)
-        return False
+        """True when ``exc`` from wrap_socket says the peer's certificate did not verify
+        (the next pinned root may then be tried); loads tls_roots, only after a failure."""
+        from securenode import tls_roots
+
+        return tls_roots.is_verify_failure(exc)
 
     def explain(self, exc, host, port):
         """The TlsError a failed handshake with ``host:port`` stands for."""
@@ -141,5 +126,6 @@ class PinnedTls:
         try:
             return tls_explain.explain(self, exc, host, port)
         finally:
-            for name in ("securenode.tls_explain", "securenode.x509_peek"):
+            for name in ("securenode.tls_explain", "securenode.x509_peek",
+                         "securenode.tls_roots"):
                 sys.modules.pop(name, None)

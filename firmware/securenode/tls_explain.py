@@ -7,7 +7,8 @@ by pinned_tls: a board that recovers keeps neither resident.
 import ssl
 
 from securenode import clock, net
-from securenode.pinned_tls import _VERIFY_TEXTS, TlsError
+from securenode.pinned_tls import TlsError
+from securenode.tls_roots import VERIFY_TEXTS as _VERIFY_TEXTS
 
 
 def explain(tls, exc, host, port):

@@ -64,7 +64,7 @@ print(json.dumps(rows))
 
 
 def main():
-    files = firmware_files("outbox")
+    files = firmware_files("outbox", "outbox_open")  # open() loads outbox_open
     with tempfile.TemporaryDirectory() as tmp:
         cpython = last_json_line(run_cpython(files, SCRIPT, tmp, timeout_s=300))
     _, out, _ = run_micropython(files, SCRIPT, timeout_s=300)

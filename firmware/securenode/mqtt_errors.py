@@ -1,0 +1,123 @@
+"""The words of the MQTT client's errors: loaded only when one is raised, then dropped.
+
+mqtt_codec and mqtt_link raise with a small code and the values (a few bytes of bytecode
+each); the sentences live here, so a board that never meets a misbehaving broker keeps none
+of them resident (issue 10: each message is a str object of the GC heap while its module
+is loaded). ``text`` turns (code, values...) into the sentence; codes 1..17 take the packet's
+first byte as their first value and name the packet from it.
+
+Example::
+
+    >>> text((13, 0x30, 65, 64))
+    'PUBLISH (first byte 0x30) announces 65 bytes, over the bound of 64'
+"""
+
+_NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
+          "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
+          "DISCONNECT", "reserved 15")
+
+CONNACK_REFUSALS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+# Index = code (mqtt_codec's _E_* constants). "%N" stands for the packet's name and first byte.
+_TEXTS = (
+    None,
+    "%N: remaining length longer than 4 bytes",                                      # 1
+    "malformed %N: QoS 3",
+    "%N with QoS 2: this client subscribes to nothing and takes QoS 0/1 only",
+    "malformed %N: DUP on QoS 0",
+    "malformed %N: fixed-header flags must be 0",                                    # 5
+    "unexpected %N: this client sends QoS 0/1 only",
+    "unexpected %N: this client subscribes to nothing",
+    "%N: not an MQTT packet",
+    "unexpected %N: only a client sends it",
+    "malformed %N: remaining length %d, must be 2",                                  # 10
+    "malformed %N: remaining length %d, must be 0",
+    "malformed %N: remaining length %d is too short",
+    "%N announces %d bytes, over the bound of %d",
+    "malformed CONNACK: reserved flags 0x%02x",
+    "malformed PUBACK: packet id 0",                                                 # 15
+    "malformed PUBLISH: topic of %d bytes in a packet of %d",
+    "malformed PUBLISH: QoS 1 with packet id 0",
+    "%d PUBLISHes already await PUBACK",
+    "PUBACK for packet id %d, which this session never sent",
+    "remaining length %d outside 0..268435455",                                      # 20
+    "%s needs %d bytes, the buffer has %d",
+    "%s is %d bytes, more than MQTT's 65535",
+    "keepalive %d s outside 0..65535",
+    "a password needs a user name (MQTT 3.1.1 3.1.2.9)",
+    "will QoS %r is not 0, 1 or 2",                                                  # 25
+    "PUBLISH QoS %r: this client sends 0 or 1",
+    "packet id %r outside 1..65535",
+    "DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)",
+    "topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)",
+)
+_FIRST_NAMED = 13  # codes up to here name the packet from its first byte (except 14..17)
+
+
+def packet_name(kind):
+    """The name of an MQTT control packet type (0..15).
+
+    >>> packet_name(9)
+    'SUBACK'
+    """
+    return _NAMES[kind & 15]
+
+
+def text(args):
+    """The sentence for an error raised as (code, values...)."""
+    code = args[0]
+    values = args[1:]
+    fmt = _TEXTS[code]
+    if code <= _FIRST_NAMED:
+        first = values[0]
+        fmt = fmt.replace("%N", "%s (first byte 0x%02x)" % (_NAMES[first >> 4], first))
+        values = values[1:]
+    return fmt % values if values else fmt
+
+
+def link_detail(link, kind, waiting_for, cause):
+    """The detail of mqtt_link's LinkError ``kind`` while it waited for ``waiting_for``
+    (a packet name); ``cause`` is what went wrong underneath (an exception, a packet, a
+    CONNACK code, a count of milliseconds), by kind."""
+    peer = link.peer
+    io_ms = link._io_ms
+    if kind == "connack_timeout":
+        return ("%s completed TLS but sent no CONNACK within %d ms (timeouts_ms.io)"
+                % (peer, io_ms))
+    if kind == "ack_timeout":
+        return "no %s from %s within %d ms (timeouts_ms.io)" % (waiting_for, peer, io_ms)
+    if kind == "connack_refused":
+        return "CONNACK refused: %s (%d) by %s" % (
+            CONNACK_REFUSALS.get(cause, "unknown reason"), cause, peer)
+    if kind == "closed":
+        if cause is None:
+            return ("%s closed the connection before CONNACK (is this device's certificate "
+                    "accepted there?)" % peer)
+        return ("%s: connection failed before CONNACK (%s); is this device's certificate "
+                "accepted there?" % (peer, cause))
+    if kind == "lost":
+        if cause is None:
+            return "%s closed the connection while we waited for %s" % (peer, waiting_for)
+        return "connection to %s lost while waiting for %s (%s)" % (peer, waiting_for, cause)
+    if kind == "eof":
+        return "%s closed the connection" % peer
+    if kind == "no_pingresp":
+        return ("no PINGRESP from %s within %d ms (timeouts_ms.io): half-open connection"
+                % (peer, io_ms))
+    if kind == "quiet":
+        return "nothing from %s for %d ms (> 1.5 x keepalive): half-open connection" % (
+            peer, cause)
+    if kind == "before_connack":
+        return "%s sent %s before CONNACK" % (peer, packet_name(cause))
+    if kind == "unexpected":
+        return "%s sent %s while we waited for %s" % (peer, packet_name(cause), waiting_for)
+    if kind == "puback":
+        return "%s: %s" % (peer, cause)
+    # "feed": the decoder's ProtocolError
+    return "%s while we waited for %s from %s" % (cause, waiting_for, peer)

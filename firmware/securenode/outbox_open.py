@@ -1,0 +1,139 @@
+"""Opening an outbox after a boot: read its state, scan the tail for a torn record, resume.
+
+Needed once per boot, so outbox.Outbox.open() loads this module, runs ``open_box`` and
+unloads it again: the readings' steady state keeps only append/peek/ack resident (issue 10).
+
+Example::
+
+    box = outbox.Outbox("outbox")
+    torn = box.open()       # imports this module, calls open_box(box), forgets it
+"""
+
+import os
+
+from micropython import const
+
+from securenode.outbox import check_record, seg_name
+
+_HEADER_BYTES = const(10)
+_STATE_VERSION = const(1)
+
+
+def open_box(box):
+    """Read the state, check the tail, and make ``box`` ready; [(seq, bytes)] per torn tail.
+
+    Example: ``open_box(Outbox("outbox"))`` gives [] for a fresh outbox.
+    """
+    try:
+        os.mkdir(box.root)
+    except OSError:
+        pass  # exists (errno differs between ports; a real failure shows at the first write)
+    head_seg = _load_state(box)
+    numbers = []
+    for name in os.listdir(box.root):
+        if name.endswith(".seg") and name[:-4].isdigit():
+            numbers.append(int(name[:-4]))
+        elif name == "state.tmp":
+            os.remove(box.root + "/" + name)  # a replacement that never completed
+    numbers.sort()
+    torn = []
+    highest = box.acked_seq
+    segs = box._segs
+    for number in numbers:
+        if number < head_seg:
+            os.remove(box.root + "/" + seg_name(number))  # deletion interrupted by a reset
+            continue
+        count, good_bytes, last_seq, size = _scan(box, number)
+        if last_seq > highest:
+            highest = last_seq
+        if good_bytes < size:
+            # The torn record carried the next seq: it is lost and never reused.
+            highest += 1
+            torn.append((highest, size - good_bytes))
+            _keep_prefix(box, number, good_bytes)
+        segs.append([number, good_bytes, count])
+    if segs and segs[0][0] == head_seg:
+        _skip_acked(box)
+    else:
+        box._head_off = 0
+    if not segs:
+        segs.append([max(head_seg, 1), 0, 0])
+    box.next_seq = highest + 1
+    box.torn += len(torn)
+    box.boots += 1
+    box.depth = -box._head_index
+    for seg in segs:
+        box.depth += seg[2]
+    box._save_state()
+    return torn
+
+
+def _load_state(box):
+    try:
+        with open(box.root + "/state") as f:
+            fields = f.read().split()
+        if len(fields) != 7 or int(fields[0]) != _STATE_VERSION:
+            raise ValueError
+        values = [int(x) for x in fields[1:]]
+    except (OSError, ValueError):
+        return 0  # no outbox yet (or an unreadable state): the records still give the seq
+    head_seg, box._head_off, box.acked_seq, box.dropped, box.torn, box.boots = values
+    return head_seg
+
+
+def _scan(box, number):
+    # (records, bytes of good records, last good seq, file size) of one segment.
+    count = good = 0
+    last_seq = 0
+    header = box._header
+    with open(box.root + "/" + seg_name(number), "rb") as f:
+        while True:
+            if f.readinto(header) != _HEADER_BYTES:
+                break
+            length = header[0] | header[1] << 8
+            if length > box.max_record:
+                break  # not a length we ever write: garbage from a torn write
+            body = memoryview(box._body)[:length]
+            if f.readinto(body) != length:
+                break
+            seq = check_record(header, body)
+            if seq < 0:
+                break
+            count += 1
+            good += _HEADER_BYTES + length
+            last_seq = seq
+        size = f.seek(0, 2)
+    return count, good, last_seq, size
+
+
+def _keep_prefix(box, number, good_bytes):
+    # MicroPython has no truncate: copy the good prefix and rename it over the segment,
+    # once per power cut (never per reading).
+    src = box.root + "/" + seg_name(number)
+    tmp = src + ".tmp"
+    with open(src, "rb") as f_in:
+        with open(tmp, "wb") as f_out:
+            left = good_bytes
+            while left:
+                n = f_in.readinto(memoryview(box._body)[:min(left, box.max_record)])
+                f_out.write(memoryview(box._body)[:n])
+                left -= n
+    os.rename(tmp, src)
+    box.bytes_written += good_bytes
+
+
+def _skip_acked(box):
+    # Count the records before the persisted head offset, record by record, so that a
+    # stale or damaged offset never lands inside a record.
+    offset = index = 0
+    want = box._head_off
+    header = box._header
+    with open(box.root + "/" + seg_name(box._segs[0][0]), "rb") as f:
+        while offset < want and index < box._segs[0][2]:
+            f.readinto(header)
+            length = header[0] | header[1] << 8
+            f.seek(length, 1)
+            offset += _HEADER_BYTES + length
+            index += 1
+    box._head_off = offset
+    box._head_index = index

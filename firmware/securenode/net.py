@@ -17,6 +17,8 @@ Example::
 import errno
 import socket
 
+from micropython import const
+
 
 class NetError(Exception):
     """A network step failed: ``step`` is dns or connect; ``peer`` names who."""
@@ -33,8 +35,8 @@ _TIMEOUTS = (errno.ETIMEDOUT, errno.EAGAIN)
 _REFUSED = tuple(getattr(errno, name) for name in ("ECONNREFUSED", "ECONNRESET")
                  if hasattr(errno, name))
 # lwIP and Linux agree on these numbers; the unix port's socket module lacks the names.
-_IPPROTO_TCP = 6
-_TCP_NODELAY = 1
+_IPPROTO_TCP = const(6)
+_TCP_NODELAY = const(1)
 
 
 def is_timeout(exc):

@@ -74,7 +74,8 @@ def preload(path="config.json"):
 
 
 def load(path="config.json"):
-    """Validate ``path`` with config.py, then unload the validator; return the Config."""
+    """Validate ``path`` with config.py, then unload the validator; return the Config
+    (the sections of transports other than cfg.transport are None)."""
     global _early
     if _early is not None and _early[0] == path:
         result = _early[1]
@@ -85,9 +86,15 @@ def load(path="config.json"):
     from securenode import config
 
     try:
-        return config.load(path)
+        cfg = config.load(path)
     finally:
         forget("securenode.config")
+    # Another transport's section is never read once validated: not kept (~0.3 KB each).
+    if cfg.transport != "jsonl":
+        cfg.jsonl = None
+    if cfg.transport not in ("wss", "mqtt_wss"):
+        cfg.wss = None
+    return cfg
 
 
 def forget(name):

@@ -8,9 +8,11 @@ Example::
 
 import time
 
+from micropython import const
+
 import network
 
-_POLL_MS = 50
+_POLL_MS = const(50)
 
 
 class WifiError(Exception):

@@ -19,6 +19,7 @@ port instead (host_sim/mp/launcher.py: LittleFS2 flash image, ``--board`` heap p
 reset and watchdog by the launcher); the event lines on stdout have the same form.
 """
 import argparse
+import gc
 import os
 import sys
 import time as _real_time
@@ -40,6 +41,7 @@ import OpenSSL.crypto  # noqa: F401
 
 from host_sim.mp.launcher import PROFILES as BOARD_PROFILES
 from host_sim.stubs import install
+from host_sim.stubs import time as time_stub
 from host_sim.stubs.board_state import EPOCH_2000_UNIX_S, MPY_VERSIONS, PORTS, BoardState
 
 _ENV_RTC = "SECURENODE_SIM_RTC"        # "<board unix s>:<host unix s>" kept across reset
@@ -198,6 +200,9 @@ def main(argv=None):
         os.execve(sys.executable, sys.orig_argv, env)
 
     cause = int(os.environ.get(_ENV_CAUSE, "1"))
+    # This process is the board: its sampling windows run at real-time priority (see
+    # host_sim/stubs/time.py SamplingPriority) unless the environment says not to.
+    time_stub.RT_SAMPLING = os.environ.get(time_stub.ENV_RT_SAMPLING, "1") != "0"
     state.debug("boot", port=args.port, mpy=args.mpy, reset_cause=cause,
                 board_clock_2000_s=int(state.board_unix_s() - EPOCH_2000_UNIX_S))
     install(state, reset_hook, reset_cause=cause)
@@ -207,6 +212,12 @@ def main(argv=None):
     _hide_host_modules(flash)
     os.chdir(flash)
     sys.path[:] = [flash, os.path.join(flash, "lib")] + _stdlib_path()
+    # The host's objects (cryptography, OpenSSL, the stand-ins: ~100,000 of them) live as
+    # long as the process: frozen, the firmware's gc.collect() before each sampling window
+    # walks only the firmware's objects, as a board's walks only its heap (measured: 3.3 ms
+    # a collect before, under 0.1 ms after). Collection still runs; nothing is disabled.
+    gc.collect()
+    gc.freeze()
     try:
         import main  # noqa: F401  (the firmware runs at import, as on a board)
     except SystemExit:

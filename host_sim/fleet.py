@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from host_sim.flash import board_command, prepare_flash
 from host_sim.servers.mosquitto import Broker, BrokerError
 from host_sim.servers.ntp import NtpServer
-from host_sim.stubs.time import fine_timer_slack, short_slice
+from host_sim.stubs.time import ENV_RT_SAMPLING, fine_timer_slack, short_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each board sees a different grid, so the table shows the maths working, not a constant.
@@ -463,6 +463,21 @@ def _runtime_label(args):
     return "real MicroPython, board %s: %d-byte GC heap" % (args.board, PROFILES[args.board])
 
 
+def rt_sampling_state(args):
+    """How the boards' sampling windows were scheduled: "real-time" (CPython boards, where
+    this host lets a process take SCHED_FIFO), else "normal" and why."""
+    if getattr(args, "runtime", "cpython") == "micropython":
+        return "normal (MicroPython stand-ins)"
+    if not getattr(args, "rt_sampling", True):
+        return "normal (--no-rt-sampling)"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError) as exc:
+        return "normal (not permitted: %s)" % exc
+    return "real-time"
+
+
 def run(args):
     certs = Path(args.certs)
     transport = getattr(args, "transport", "mqtts")
@@ -477,6 +492,9 @@ def run(args):
     # Inherited by every board process (fork and exec keep it): a MicroPython board's
     # sleep_us (usleep) then ends no more than the scheduler's delay late.
     fine_timer_slack()
+    # Each CPython board samples at real-time priority (host_sim/stubs/time.py
+    # SamplingPriority) unless --no-rt-sampling: the boards inherit this environment.
+    os.environ[ENV_RT_SAMPLING] = "1" if getattr(args, "rt_sampling", True) else "0"
     boards, subscriber = [], None
     with NtpServer() as ntp, Broker(certs / "ca.pem", certs / "server-chain.pem"
                                     if (certs / "server-chain.pem").exists()
@@ -562,6 +580,7 @@ def run(args):
         summary["runtime"] = runtime
         summary["board_profile"] = args.board if runtime == "micropython" else None
         summary["readings_per_board"] = args.readings
+        summary["rt_sampling"] = rt_sampling_state(args)
         summary["per_board"] = [dict(zip(("cpu_s", "cpu_ms_per_reading", "rss_mb"),
                                          board_usage(b)), board=b.device_id,
                                      started_unix_s=b.started_unix_s,
@@ -594,6 +613,9 @@ def main(argv=None):
                         help="cpython: the firmware under CPython with stand-ins (default); "
                              "micropython: under the real MicroPython unix port (real socket, "
                              "ssl on Mbed TLS, LittleFS2 flash)")
+    parser.add_argument("--no-rt-sampling", dest="rt_sampling", action="store_false",
+                        help="CPython boards sample at normal priority, not real-time (to "
+                             "measure the simulator without it; see host_sim/stubs/time.py)")
     parser.add_argument("--board", choices=("esp32", "esp32-spiram", "esp8266"),
                         default="esp32-spiram",
                         help="GC heap profile for --runtime micropython (default esp32-spiram: "

@@ -262,8 +262,19 @@ class Node:
                 if self._retire(link, flight):
                     return
                 continue
+            if sampled:
+                continue  # nothing in flight: the new reading goes out (loop top) before a wait
             last_check = self._keep_alive(link, keepalive_ms, last_check)
-            time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
+            # Idle: wait in poll() on the socket until the next reading is due or bytes come
+            # (a command, a PINGRESP, a hang-up), not in 50 ms naps: a board's CPU sleeps
+            # there, and 200 simulated boards waking 20 times a second cost a host more than
+            # their sampling. Bounded by the next PINGREQ and by keepalive/20 (at most 1 s),
+            # so check() still finds a silent broker within 1.5 x keepalive.
+            wait = min(1000, max(0, time.ticks_diff(self.due, time.ticks_ms())))
+            if keepalive_ms:
+                wait = min(wait, keepalive_ms // 20,
+                           max(0, keepalive_ms - keepalive_ms // 20 - link.idle_ms()))
+            link.wait_acks(wait)
 
     def _sample_early(self, link):
         # A reading due before the next PUBACK is expected is sampled now: its busy-wait

@@ -21,6 +21,12 @@ _SLACK_NS = 1000
 # slice EEVDF gives the task (Linux 6.12+, clamped to 0.1-100 ms, no privilege needed).
 _SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274}.get(platform.machine())
 _SLICE_NS = 100000
+# The sampling window's real-time priority (see SamplingPriority): host_sim.board turns it on
+# in a board's own process unless SECURENODE_SIM_RT_SAMPLING=0 (to measure without it); off
+# in any other process that builds the stand-ins (tests), so none is left real-time.
+ENV_RT_SAMPLING = "SECURENODE_SIM_RT_SAMPLING"
+RT_SAMPLING = False
+_RT_PRIORITY = 1            # the lowest SCHED_FIFO priority: above every normal task, no more
 
 
 class _SchedAttr(ctypes.Structure):
@@ -73,6 +79,50 @@ def short_slice(pid=0):
         return False
 
 
+class SamplingPriority:
+    """Real-time priority for this board's thread while it samples, as a board's sampler
+    has its core: on a board sleep_us is a busy-wait in C that nothing on that core preempts
+    (ports/esp32/mphalport.c mp_hal_delay_us); on a host with 200 boards on 2 cores a woken
+    sampler queues behind other boards' TLS and imports, and its samples come late.
+
+    enter() at each sleep_us puts the calling thread in SCHED_FIFO at the lowest real-time
+    priority (sched_setscheduler(2); every normal task yields to it when it wakes, and other
+    boards' samplers at the same priority take turns); leave() at the board's first other
+    clock call (ticks_ms, time, sleep_ms: the window and its ~0.1 ms analysis are over) puts
+    it back to SCHED_OTHER. Only the window: booting, TLS and publishing stay normal tasks.
+    Falls back to nothing (and says so once in ``denied``) where not permitted (needs
+    CAP_SYS_NICE or RLIMIT_RTPRIO), or when not ``enabled`` (see RT_SAMPLING).
+
+    >>> p = SamplingPriority(True); p.enter(); p.leave()
+    """
+
+    def __init__(self, enabled):
+        self.active = False
+        self.windows = 0
+        self.denied = None
+        self._on = enabled and hasattr(os, "sched_setscheduler")
+        if self._on and os.sched_getscheduler(0) != os.SCHED_OTHER:
+            # A reset re-executes the board: a policy set mid-window survives execve.
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+    def enter(self):
+        if self.active or not self._on:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_RT_PRIORITY))
+        except OSError as exc:
+            self._on = False
+            self.denied = str(exc)
+            return
+        self.active = True
+        self.windows += 1
+
+    def leave(self):
+        if self.active:
+            self.active = False
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def ticks_add(ticks, delta):
     return (ticks + delta) & TICKS_MAX
 
@@ -92,12 +142,21 @@ def _tuple8(board_s):
 def make_module(state):
     fine_timer_slack()    # this process is the board: its sleep_us should end on time
     slice_asked = []
+    priority = SamplingPriority(RT_SAMPLING)
+    state_ticks_ms = state.ticks_ms
     mod = types.ModuleType("time")
     mod.__dict__.update({k: v for k, v in vars(_real_time).items()
                          if k not in ("__name__", "__loader__", "__spec__")})
     mod.__doc__ = __doc__
 
+    def ticks_ms():
+        if priority.active:
+            priority.leave()
+        return state_ticks_ms()
+
     def time():
+        if priority.active:
+            priority.leave()
         # esp32/esp8266 return whole seconds (an int); the unix port returns a float
         # (MicroPython's ports/unix/modtime.c uses the C double): --float-time models it.
         if state.float_time:
@@ -122,6 +181,8 @@ def make_module(state):
 
     def sleep_ms(ms):
         ms = _int_arg(ms)
+        if priority.active:
+            priority.leave()
         if ms > 0:
             _real_time.sleep(ms / 1000.0)
 
@@ -134,10 +195,12 @@ def make_module(state):
         # sleep that frees the CPU, like the unix port's usleep, and ends late by the
         # scheduler's wake-up latency (tens of us on a quiet host; the slack is cut and
         # a short slice asked for), which the sampler absorbs: each sample
-        # carries its own time, and one over 1 ms late has the window taken again.
+        # carries its own time, and one over 1 ms late has the window taken again. While
+        # it samples, the board's thread runs at real-time priority (SamplingPriority).
         us = _int_arg(us)
         if not slice_asked:
             slice_asked.append(short_slice())   # sampling from now on: see short_slice
+        priority.enter()
         if us > 0:
             _real_time.sleep(us / 1e6)
 
@@ -148,7 +211,8 @@ def make_module(state):
     mod.mktime = mktime
     mod.sleep_ms = sleep_ms
     mod.sleep_us = sleep_us
-    mod.ticks_ms = state.ticks_ms
+    mod.ticks_ms = ticks_ms
+    state.sampling_priority = priority    # the simulator's, not the board's: for tests
     mod.ticks_us = state.ticks_us
     mod.ticks_cpu = state.ticks_us
     mod.ticks_add = ticks_add

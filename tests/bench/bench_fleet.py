@@ -14,8 +14,13 @@ Two parts, both host figures (a shared machine: the load average while each ran 
   "the chip", plus the interpreter with its GC heap).
 
     .venv/bin/python tests/bench/bench_fleet.py [--quick] [--boards 100,200] [--mp-boards 100]
+    .venv/bin/python tests/bench/bench_fleet.py --only micropython:200,cpython:200
+    .venv/bin/python tests/bench/bench_fleet.py --only cpython:200 --no-rt-sampling
 
-Writes tests/bench/results/fleet.md and fleet.png.
+Writes tests/bench/results/fleet.md and fleet.png, and every row's figures to fleet.json:
+``--only`` runs just the fleet rows named (no sampler part) and replaces those rows in
+fleet.json (same runtime, boards and sampling priority), keeping the others, then rewrites
+fleet.md and fleet.png from all of them.
 """
 
 import argparse
@@ -134,7 +139,8 @@ def make_certs(directory, boards):
         certs_tool.make_device(directory, "board-%d" % (i + 1))
 
 
-def run_fleet(runtime, boards, readings, interval_ms, start_rate, certs, workdir):
+def run_fleet(runtime, boards, readings, interval_ms, start_rate, certs, workdir,
+              rt_sampling=True):
     out_json = workdir / ("fleet-%s-%d.json" % (runtime, boards))
     load0 = loadavg()
     t0 = time.monotonic()
@@ -143,7 +149,7 @@ def run_fleet(runtime, boards, readings, interval_ms, start_rate, certs, workdir
          "--readings", str(readings), "--interval-ms", str(interval_ms), "--runtime", runtime,
          "--start-rate", str(start_rate),
          "--certs", str(certs), "--workdir", str(workdir / runtime), "--json", str(out_json),
-         "--timeout", str(600 + boards * 3)],
+         "--timeout", str(600 + boards * 3)] + ([] if rt_sampling else ["--no-rt-sampling"]),
         cwd=ROOT, capture_output=True, text=True, timeout=1800 + boards * 5)
     if not out_json.exists():
         raise SystemExit("fleet %s x%d wrote no summary (exit %d):\n%s" % (
@@ -152,7 +158,31 @@ def run_fleet(runtime, boards, readings, interval_ms, start_rate, certs, workdir
     f["exit"] = proc.returncode
     f["wall_s"] = time.monotonic() - t0
     f["load"] = (load0 + loadavg()) / 2
+    f["start_rate"] = start_rate
     return f
+
+
+def row_key(f):
+    return (f["runtime"], f["boards"], f.get("rt_sampling", "normal").startswith("real"))
+
+
+def merge_rows(old, new):
+    """old rows with each new one in place of the old row of the same key, new ones last."""
+    fresh = {row_key(f): f for f in new}
+    out = [fresh.pop(row_key(f), f) for f in old]
+    return out + [f for f in new if row_key(f) in fresh]
+
+
+def parse_only(text):
+    """``cpython:200,micropython:100`` -> [("cpython", 200), ("micropython", 100)]."""
+    out = []
+    for item in text.split(","):
+        runtime, _, n = item.strip().partition(":")
+        if runtime not in ("cpython", "micropython") or not n.isdigit() or int(n) < 1:
+            raise SystemExit("--only: %r is not RUNTIME:BOARDS (cpython or micropython, "
+                             "a positive count), e.g. micropython:200" % item)
+        out.append((runtime, int(n)))
+    return out
 
 
 def fmt(v, spec="%.1f", none="-"):
@@ -175,17 +205,18 @@ def sampler_table(rows):
 
 
 def fleet_table(runs):
-    lines = ["| runtime | boards, started at | readings x interval | sampling at once | all sampling for | "
+    lines = ["| runtime | sampling window | boards, started at | readings x interval | sampling at once | all sampling for | "
              "disturbed (run) | disturbed (all sampling) | cadence median / worst (all "
              "sampling) | CPU ms / reading (median) | CPU s total | peak RSS per board "
              "(median) | RSS summed | delivered | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in runs:
         run, every = f["run"], f["all_sampling"]
         lines.append(
-            "| %s | %d, %g/s | %d x %.1f s | %d | %.0f s | %s (%d of %d) | %s (%d of %d) | %s / %s | "
+            "| %s | %s | %d, %g/s | %d x %.1f s | %d | %.0f s | %s (%d of %d) | %s (%d of %d) | %s / %s | "
             "%s | %.0f | %s MB | %.1f GB | %s | %.1f |" % (
-                f["runtime"], f["boards"], f["start_rate"], f["readings_per_board"],
+                f["runtime"], f.get("rt_sampling", "normal").split(" (")[0],
+                f["boards"], f["start_rate"], f["readings_per_board"],
                 f["interval_ms"] / 1000,
                 f["alive_at_once"], f["all_sampling_s"],
                 fmt(run["disturbed_pct"], "%.1f%%"), run["disturbed"], run["readings"],
@@ -241,7 +272,18 @@ def main(argv=None):
     p.add_argument("--sampler-reads", type=int, default=30)
     p.add_argument("--skip-sampler", action="store_true")
     p.add_argument("--skip-fleet", action="store_true")
+    p.add_argument("--only", metavar="RUNTIME:N,...",
+                   help="run only these fleet rows (e.g. micropython:200) and replace them in "
+                        "fleet.json; the other rows and the sampler table are kept")
+    p.add_argument("--no-rt-sampling", dest="rt_sampling", action="store_false",
+                   help="CPython boards sample at normal priority (see host_sim/stubs/time.py)")
     args = p.parse_args(argv)
+    only = parse_only(args.only) if args.only else None
+    saved = {}
+    if only:
+        args.skip_sampler = True
+        if (RESULTS / "fleet.json").exists():
+            saved = json.loads((RESULTS / "fleet.json").read_text())
     if args.quick:
         args.boards, args.mp_boards, args.readings, args.sampler_reads = "10", "4", 6, 10
         args.interval_ms, args.start_rate = 1000, 10
@@ -261,19 +303,24 @@ def main(argv=None):
             tmp = Path(tmp)
             sizes = [("cpython", int(n)) for n in args.boards.split(",") if int(n) > 0]
             sizes += [("micropython", int(n)) for n in args.mp_boards.split(",") if int(n) > 0]
+            sizes = only or sizes
             make_certs(tmp / "certs", max(n for _, n in sizes))
             for runtime, boards in sizes:
+                t0 = time.monotonic()
                 f = run_fleet(runtime, boards, args.readings, args.interval_ms,
-                              args.start_rate, tmp / "certs", tmp)
-                f["start_rate"] = args.start_rate
+                              args.start_rate, tmp / "certs", tmp, args.rt_sampling)
                 runs.append(f)
-                print("fleet %-11s x%d: %d at once, disturbed %s%% (all sampling %s%%), "
+                print("fleet %-11s x%d (%s, %.0f s): %d at once, disturbed %s%% (all sampling %s%%), "
                       "cadence worst %s%%, %s ms CPU/reading, RSS %s MB/board, load %.1f"
-                      % (runtime, boards, f["alive_at_once"], f["run"]["disturbed_pct"],
+                      % (runtime, boards, f["rt_sampling"], time.monotonic() - t0,
+                         f["alive_at_once"], f["run"]["disturbed_pct"],
                          f["all_sampling"]["disturbed_pct"],
                          f["all_sampling"]["cadence_pct_worst"],
                          f["cpu_ms_per_reading_median"], f["rss_mb_median"], f["load"]),
                       flush=True)
+    if only:
+        sampler_rows = saved.get("sampler", [])
+        runs = merge_rows(saved.get("fleet", []), runs)
     lines = ["# The fleet on 2 cores, and what each board's sampling costs", "",
              "Host figures on a 2-core machine shared with other work: the load average "
              "(1 min) while each ran is in the last column; above ~2 the other work competed "
@@ -301,6 +348,10 @@ def main(argv=None):
     out = "\n".join(lines)
     if not args.quick:
         (RESULTS / "fleet.md").write_text(out)
+        for f in runs:
+            f.pop("per_board_readings", None)
+        (RESULTS / "fleet.json").write_text(json.dumps({"sampler": sampler_rows,
+                                                        "fleet": runs}, indent=1))
         if sampler_rows or runs:
             plot(sampler_rows, runs, RESULTS / "fleet.png")
     print(out)

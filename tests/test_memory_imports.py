@@ -35,7 +35,7 @@ TRANSPORT = {
     "jsonl": {"securenode.jsonl_link"},
     "wss": {"securenode.wss_link", "securenode.wss_client", "securenode.ws_frame"},
     "mqtt_wss": {"securenode.mqtt_wss_link", "securenode.mqtt_link", "securenode.mqtt_codec",
-                 "securenode.wss_client", "securenode.ws_frame", "securenode.wss_link"},
+                 "securenode.wss_client", "securenode.ws_frame"},
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
                     "securenode.provision_codec", "securenode.x509_peek",
@@ -43,7 +43,9 @@ NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.htt
                     "umqtt.simple",
                     # Loaded only to say an MQTT error, to open the outbox, for several pinned
                     # roots or a failed handshake; then dropped.
-                    "securenode.mqtt_errors", "securenode.outbox_open", "securenode.tls_roots"}
+                    "securenode.mqtt_errors", "securenode.outbox_open", "securenode.tls_roots",
+                    # The WebSocket upgrade: loaded while connecting, dropped after.
+                    "securenode.ws_upgrade"}
 
 
 def firmware_modules(board):

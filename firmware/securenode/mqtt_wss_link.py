@@ -7,6 +7,10 @@ packets across messages). TCP connect, TLS handshake and the upgrade have their 
 deadlines in wss_client; CONNACK and PUBACK wait for timeouts_ms.io here, as on MQTTS
 (a single WebSocket read is bounded by the same io deadline inside wss_client).
 
+Errors: a read that timed out reaches the MQTT session as the timeout it names (no
+PUBACK, no CONNACK ...); every other WebSocket failure leaves as the WssError it is (a
+LinkError with its ws kind and close code), and the session is not told goodbye.
+
 Example::
 
     link = MqttWssLink(b"board-1", "broker.local", 443, "/mqtt", tls, keepalive_s=60,
@@ -16,12 +20,16 @@ Example::
     link.publish(b"devices/board-1/readings", payload)   # returns once PUBACK arrived
 """
 
+from micropython import const
+
 from securenode import ws_frame
 from securenode.events import emit
 from securenode.link_error import LinkError
 from securenode.mqtt_link import MqttLink
 from securenode.wss_client import WssClient, WssError
-from securenode.wss_link import link_error
+
+_ETIMEDOUT = const(110)  # what a socket timeout is on a board
+_ENOTCONN = const(107)
 
 
 class WsStream:
@@ -35,28 +43,42 @@ class WsStream:
     def read(self, n, timeout_ms):
         """Up to n bytes of the current message; with timeout_ms 0, None when no frame has
         begun to arrive. Blocking reads are bounded by the wss client's io deadline."""
+        client = self.client
+        if not client.open:
+            # Dropped after a WebSocket error: the session may still try to say goodbye.
+            raise OSError(_ENOTCONN)
         while self._pos >= len(self._msg):
-            got = self.client.poll() if timeout_ms == 0 else self.client.recv()
+            try:
+                got = client.poll() if timeout_ms == 0 else client.recv()
+            except WssError as exc:
+                if exc.kind == "ws_timeout":
+                    raise OSError(_ETIMEDOUT)  # the session names what it waited for
+                raise
             if got is None:
                 return None
             opcode, payload = got
             if opcode == ws_frame.OP_BINARY:
-                # Copied: the client reuses its buffer on the next recv().
-                self._msg = bytes(payload)
+                # A view of the client's buffer, not a copy: the next data message is read
+                # only once this one is used up, and the decoder copies what it takes.
+                self._msg = payload
                 self._pos = 0
             elif opcode == ws_frame.OP_TEXT:
-                self.client.close(1003, "MQTT needs binary messages")
-                raise WssError("ws_protocol", self.client.peer,
-                               "text message on an MQTT stream", 1003)
+                client.close(1003, "MQTT needs binary messages")
+                raise WssError("ws_protocol", client.peer, "text message on an MQTT stream",
+                               1003)
             # ping (already answered) or pong: nothing for MQTT
         k = min(n, len(self._msg) - self._pos)
-        data = self._msg[self._pos:self._pos + k]
         self._pos += k
-        return data
+        return self._msg[self._pos - k:self._pos]
 
     def write(self, buf, n, timeout_ms):
         """buf[:n] as one binary message (one MQTT packet per message)."""
-        self.client.send(memoryview(buf)[:n], ws_frame.OP_BINARY)
+        try:
+            self.client.send(memoryview(buf)[:n], ws_frame.OP_BINARY)
+        except WssError as exc:
+            if exc.kind == "ws_timeout":
+                raise OSError(_ETIMEDOUT)
+            raise
 
     def close(self):
         self.client.close()
@@ -75,10 +97,7 @@ class MqttWssLink(MqttLink):
         ws = WssClient(self.host, self.port, self.path, self._tls, self._connect_ms,
                        self._io_ms, self._handshake_ms, self._max_message_bytes,
                        subprotocols=("mqtt",))
-        try:
-            ws.connect()
-        except WssError as exc:
-            raise link_error(exc)
+        ws.connect()
         if ws.subprotocol != "mqtt":
             ws.close(1002, "no subprotocol")
             raise LinkError("ws_handshake", "%s accepted the upgrade without choosing the "
@@ -86,34 +105,5 @@ class MqttWssLink(MqttLink):
         emit("wss_connected", peer=self.peer, path=self.path, subprotocol=ws.subprotocol)
         return WsStream(ws)
 
-    def _send(self, buf, n, waiting_for):
-        try:
-            MqttLink._send(self, buf, n, waiting_for)
-        except WssError as exc:
-            raise self._wss_error(exc, waiting_for)
-
-    def _read_packet(self, deadline, waiting_for):
-        try:
-            return MqttLink._read_packet(self, deadline, waiting_for)
-        except WssError as exc:
-            raise self._wss_error(exc, waiting_for)
-
-    def poll(self, waiting_for="a packet"):
-        try:
-            return MqttLink.poll(self, waiting_for)
-        except WssError as exc:
-            raise self._wss_error(exc, waiting_for)
-
-    def _wss_error(self, exc, waiting_for):
-        self._broken = True
-        if exc.kind == "ws_timeout":
-            return self._timeout(waiting_for)
-        return link_error(exc, waiting_for)
-
+    # While closing, the broker ending the WebSocket (a close frame, or TCP) ends the wait.
     _CLOSE_ERRORS = (OSError, WssError)
-
-    def _drop(self):
-        try:
-            MqttLink._drop(self)
-        except WssError:
-            pass  # closing either way

@@ -311,12 +311,12 @@ class MessageReader:
 
     def __init__(self, max_message_bytes):
         self.max_message_bytes = max_message_bytes
-        self._hdr = bytearray(_MAX_HEADER)
-        self._hdr_view = memoryview(self._hdr)
-        self._ctl = bytearray(_MAX_CONTROL)
-        self._ctl_view = memoryview(self._ctl)
-        self._data = bytearray(0)
-        self._data_view = memoryview(self._data)
+        # One buffer for a frame header (``hdr``: wss_client skips frames with it while
+        # closing) and a control frame's payload.
+        buf = memoryview(bytearray(_MAX_HEADER + _MAX_CONTROL))
+        self.hdr = buf[:_MAX_HEADER]
+        self._ctl = buf[_MAX_HEADER:]
+        self._data = memoryview(bytearray(0))
         self.reset()
 
     def reset(self):
@@ -352,20 +352,19 @@ class MessageReader:
             # A board must survive this: refuse the message (1009), keep running.
             raise WsProtocolError(CLOSE_TOO_BIG, "no memory for a message of %d bytes so "
                                   "far (limit %d bytes)" % (size, self.max_message_bytes))
-        fresh[:self._size] = self._data_view[:self._size]
-        self._data = fresh
-        self._data_view = memoryview(fresh)
+        fresh[:self._size] = self._data[:self._size]
+        self._data = memoryview(fresh)
 
     def read(self, stream):
         while True:
-            hv = self._hdr_view
+            hv = self.hdr
             if self._first >= 0:
-                self._hdr[0] = self._first
+                hv[0] = self._first
                 self._first = -1
                 _read_exact(stream, hv[1:2])
             else:
                 _read_exact(stream, hv[:2])
-            need = header_length(self._hdr[1])
+            need = header_length(hv[1])
             if need > 2:
                 _read_exact(stream, hv[2:need])
             # Until the payload is in, a closing client must skip this many bytes to reach
@@ -374,7 +373,7 @@ class MessageReader:
             fin, opcode, _, length, _ = parse_header(hv[:need], self.max_message_bytes,
                                                      self._opcode is not None, self._size)
             if opcode >= OP_CLOSE:
-                view = self._ctl_view[:length]
+                view = self._ctl[:length]
                 _read_exact(stream, view)
                 self.unread = 0
                 return opcode, view
@@ -384,7 +383,7 @@ class MessageReader:
                 self._utf8 = 0
             start = self._size
             self._ensure(start + length)
-            piece = self._data_view[start:start + length]
+            piece = self._data[start:start + length]
             _read_exact(stream, piece)
             self.unread = 0
             self._size += length
@@ -405,4 +404,4 @@ class MessageReader:
             if truncated:
                 raise WsProtocolError(CLOSE_BAD_DATA, "text message ends inside a UTF-8 "
                                       "character")
-            return opcode, self._data_view[:size]
+            return opcode, self._data[:size]

@@ -1,11 +1,11 @@
 """A WebSocket client over the pinned, host-name-checked TLS stream (RFC 6455, wss://).
 
-What it checks that small MicroPython clients skip: the 101 status, ``Upgrade`` and
-``Connection`` headers, ``Sec-WebSocket-Accept`` = base64(SHA-1(key + GUID)) for a key
-from ``os.urandom``, a subprotocol only from those offered, no extension we did not ask
-for; every frame length against ``max_message_bytes`` before a buffer grows; UTF-8 in
-text; a deadline on the upgrade and on every read. Extra headers (``Authorization:
-Bearer ...``) are sent but never appear in errors: anything a peer echoes is scrubbed.
+What it checks that small MicroPython clients skip: the whole upgrade (ws_upgrade.py,
+loaded only while connecting: 101, Upgrade, Connection, Sec-WebSocket-Accept from a key
+out of ``os.urandom``, subprotocol, no extension); every frame length against
+``max_message_bytes`` before a buffer grows; UTF-8 in text, fragment by fragment; a
+deadline on the upgrade and on every read. Extra headers (``Authorization: Bearer ...``)
+are sent but never appear in errors: anything a peer echoes is scrubbed.
 
 Example::
 
@@ -18,268 +18,150 @@ Example::
     ws.close()
 """
 
-import binascii
-import hashlib
 import os
 import time
 
 from micropython import const
 
-from securenode import net, ws_frame
+from securenode import net, settings, ws_frame
+from securenode.link_error import LinkError
 from securenode.pinned_tls import TlsError
 from securenode.ws_frame import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WsProtocolError
 
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_MAX_LINE = const(1024)        # one response header line
-_MAX_RESPONSE = const(8192)    # the whole upgrade response
-_MAX_HEADERS = const(64)
-_CHUNK = const(512)            # masked payload is written in pieces of this size
+# Frames go out masked in pieces of 512 bytes; while connecting, the same buffer holds one
+# line of the upgrade response (so a line may be up to 526 bytes).
+_OUT = const(14 + 512)
 _QUOTE_CHARS = const(80)
 
 
-class WssError(Exception):
+class WssError(LinkError):
     """A wss failure with ``peer``: ``kind`` is a stable name, ``close_code`` the code
-    sent or received (None when there was none). The text quotes what came back."""
+    sent or received (None when there was none). The text quotes what came back.
+
+    A LinkError, so the app and the links handle it as every other link failure.
+    """
 
     def __init__(self, kind, peer, detail, close_code=None):
-        self.detail = "%s (peer %s)" % (detail, peer)
-        super().__init__("%s: %s" % (kind, self.detail))
-        self.kind = kind
+        LinkError.__init__(self, kind, "%s (peer %s)" % (detail, peer))
         self.peer = peer
         self.close_code = close_code
-
-
-def accept_for(key):
-    """The Sec-WebSocket-Accept a server must answer to ``key`` (base64 text, bytes).
-
-    >>> accept_for(b"dGhlIHNhbXBsZSBub25jZQ==")
-    b's3pPLMBiTxaQ9kYGzzhZRbK+xOo='
-    """
-    sha1 = getattr(hashlib, "sha1", None)
-    if sha1 is None:
-        # Without SHA-1 the server's answer cannot be checked: refuse rather than trust.
-        raise WssError("ws_handshake", "-", "this port's hashlib has no sha1")
-    return binascii.b2a_base64(sha1(key + _GUID).digest()).strip()
-
-
-def _text(line):
-    # Header bytes as printable ASCII; ports differ in what bytes.decode accepts.
-    return "".join(chr(b) if 32 <= b < 127 else (" " if b == 9 else "?") for b in line)
 
 
 class WssClient:
     def __init__(self, host, port, path, tls, connect_ms, io_ms, handshake_ms,
                  max_message_bytes, subprotocols=(), headers=()):
+        # Public names: ws_upgrade.py reads them while connecting.
         self.host = host
         self.port = port
         self.path = path
         self.peer = "%s:%d" % (host, port)
         self.subprotocol = None
-        self._tls = tls
-        self._connect_ms = connect_ms
-        self._io_s = io_ms / 1000
-        self._handshake_ms = handshake_ms
-        self._offered = tuple(subprotocols)
-        self._headers = tuple(headers)
-        # Values a hostile peer might echo back; never let them into error text.
-        self._secrets = [v for n, v in self._headers if n.lower() == "authorization"]
-        self._reader = ws_frame.MessageReader(max_message_bytes)
-        self._out = bytearray(14 + _CHUNK)
-        self._raw = None
-        self._sock = None
+        self.tls = tls
+        self.connect_ms = connect_ms
+        self.io_ms = io_ms
+        self._io_s = io_ms / 1000  # one float, not one per poll
+        self.handshake_ms = handshake_ms
+        self.offered = tuple(subprotocols)
+        self.headers = tuple(headers)
+        self.reader = ws_frame.MessageReader(max_message_bytes)
+        self.out = bytearray(_OUT)
+        self._one = bytearray(1)
+        self.raw = None
+        self.sock = None
         self.open = False
 
-    # --- connection -------------------------------------------------------------------
     def connect(self):
         """TCP, pinned TLS (trying each root where the port needs it), then the upgrade."""
-        self._reader.reset()
-        self._reader.reset()
-        roots = self._tls.root_sets
+        self.reader.reset()
+        roots = self.tls.root_sets
         for index, cadata in enumerate(roots):
-            self._tls.cadata = cadata
-            raw = net.open_tcp(self.host, self.port, self._connect_ms)
+            self.tls.cadata = cadata
+            raw = net.open_tcp(self.host, self.port, self.connect_ms)
             try:
-                sock = self._tls.wrap_socket(raw)
+                sock = self.tls.wrap_socket(raw)
             except Exception as exc:
                 raw.close()
-                if index + 1 < len(roots) and self._tls.is_verify_failure(exc):
+                if index + 1 < len(roots) and self.tls.is_verify_failure(exc):
                     continue
                 if isinstance(exc, TlsError):
                     raise
-                raise self._tls.explain(exc, self.host, self.port)
-            self._raw = raw
-            self._sock = sock
+                raise self.tls.explain(exc, self.host, self.port)
+            self.raw = raw
+            self.sock = sock
             break
+        # The handshake code is needed once per connection: loaded for it, dropped after.
+        from securenode import ws_upgrade
         try:
-            self._upgrade()
+            ws_upgrade.upgrade(self)
         except Exception:
             self._drop()
             raise
+        finally:
+            ws_upgrade = None
+            settings.forget("securenode.ws_upgrade")
         self.open = True
 
-    def _request(self, key):
-        host = self.host if self.port == 443 else self.peer
-        lines = ["GET %s HTTP/1.1" % self.path, "Host: %s" % host, "Upgrade: websocket",
-                 "Connection: Upgrade", "Sec-WebSocket-Key: %s" % key.decode(),
-                 "Sec-WebSocket-Version: 13"]
-        if self._offered:
-            lines.append("Sec-WebSocket-Protocol: %s" % ", ".join(self._offered))
-        for name, value in self._headers:
-            lines.append("%s: %s" % (name, value))
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-    def _upgrade(self):
-        key = binascii.b2a_base64(os.urandom(16)).strip()
-        try:
-            expected = accept_for(key)
-        except WssError:
-            raise WssError("ws_handshake", self.peer, "this port's hashlib has no sha1, so "
-                           "Sec-WebSocket-Accept cannot be checked; refusing")
-        self._write_all(self._request(key))
-        started = time.ticks_ms()
-        status = self._line(started)
-        headers = {}
-        total = len(status)
-        while True:
-            line = self._line(started)
-            total += len(line)
-            if not line:
-                break
-            if total > _MAX_RESPONSE or len(headers) >= _MAX_HEADERS:
-                raise WssError("ws_handshake", self.peer, "upgrade response too large")
-            colon = line.find(":")
-            if colon <= 0:
-                raise WssError("ws_handshake", self.peer,
-                               "malformed header line %s" % self._quote(line))
-            name = line[:colon].strip().lower()
-            value = line[colon + 1:].strip()
-            # Repeated headers fold into one comma-separated value (RFC 9110 5.3).
-            headers[name] = headers[name] + ", " + value if name in headers else value
-        self._check_response(status, headers, expected)
-
-    def _check_response(self, status, headers, expected):
-        parts = status.split(" ", 2)
-        code = parts[1] if len(parts) > 1 else ""
-        if not parts[0].startswith("HTTP/1.") or code != "101":
-            kind = "ws_refused" if code in ("401", "403") else "ws_handshake"
-            raise WssError(kind, self.peer, "expected HTTP 101, got %s" % self._quote(status))
-        upgrade = headers.get("upgrade", "")
-        if upgrade.lower() != "websocket":
-            raise WssError("ws_handshake", self.peer,
-                           "Upgrade header is %s, not websocket" % self._quote(upgrade))
-        tokens = [t.strip().lower() for t in headers.get("connection", "").split(",")]
-        if "upgrade" not in tokens:
-            raise WssError("ws_handshake", self.peer, "Connection header is %s, not Upgrade"
-                           % self._quote(headers.get("connection", "")))
-        accept = headers.get("sec-websocket-accept", "")
-        if accept.encode() != expected:
-            raise WssError("ws_handshake", self.peer,
-                           "Sec-WebSocket-Accept is %s, expected %s"
-                           % (self._quote(accept), expected.decode()))
-        if "sec-websocket-extensions" in headers:
-            raise WssError("ws_handshake", self.peer, "server chose extensions %s we did not "
-                           "offer" % self._quote(headers["sec-websocket-extensions"]))
-        chosen = headers.get("sec-websocket-protocol")
-        if chosen is not None and chosen not in self._offered:
-            raise WssError("ws_handshake", self.peer, "server chose subprotocol %s; we offered "
-                           "%s" % (self._quote(chosen), ", ".join(self._offered) or "none"))
-        self.subprotocol = chosen
-
-    def _line(self, started):
-        # Byte by byte: the upgrade is read once per connection, and nothing past the
-        # blank line may be consumed (frames can follow in the same TLS record).
-        line = bytearray()
-        while True:
-            left = self._handshake_ms - time.ticks_diff(time.ticks_ms(), started)
-            if left <= 0:
-                raise WssError("ws_handshake_timeout", self.peer, "no complete upgrade "
-                               "response within %d ms" % self._handshake_ms)
-            self._raw.settimeout(min(left / 1000, self._io_s))
-            try:
-                byte = self._sock.read(1)
-            except OSError as exc:
-                if net.is_timeout(exc):
-                    raise WssError("ws_handshake_timeout", self.peer, "upgrade response "
-                                   "stalled after %d ms (deadline %d ms, %d ms per read)"
-                                   % (time.ticks_diff(time.ticks_ms(), started),
-                                      self._handshake_ms, int(self._io_s * 1000)))
-                raise WssError("ws_handshake", self.peer, "connection lost during the "
-                               "upgrade (%s)" % (exc,))
-            if not byte:
-                raise WssError("ws_handshake", self.peer, "connection closed during the "
-                               "upgrade after %s" % self._quote(_text(line) or "nothing"))
-            if byte == b"\n":
-                break
-            line += byte
-            if len(line) > _MAX_LINE:
-                raise WssError("ws_handshake", self.peer, "upgrade response line over %d "
-                               "bytes" % _MAX_LINE)
-        self._raw.settimeout(self._io_s)
-        if line and line[-1] == 13:
-            line = line[:-1]
-        return _text(line)
-
-    def _quote(self, text):
-        for secret in self._secrets:
-            if secret:
+    def quote(self, text):
+        """``text`` for an error message: the token hidden, printable ASCII, cut short."""
+        for name, secret in self.headers:
+            if name.lower() == "authorization" and secret:
                 text = text.replace(secret, "<hidden>")
                 token = secret.split(" ")[-1]
                 if token:
                     text = text.replace(token, "<hidden>")
-        out = []
-        for ch in text[:_QUOTE_CHARS]:
-            out.append(ch if " " <= ch <= "~" else "?")
-        return '"%s"%s' % ("".join(out), "..." if len(text) > _QUOTE_CHARS else "")
+        out = "".join(ch if " " <= ch <= "~" else "?" for ch in text[:_QUOTE_CHARS])
+        return '"%s"%s' % (out, "..." if len(text) > _QUOTE_CHARS else "")
 
     # --- messages ---------------------------------------------------------------------
     def send(self, payload, opcode=OP_TEXT):
-        """Send one message (one frame) masked with a fresh key from os.urandom."""
-        self._require_open()
+        """Send one message (one frame; OP_PING for a ping, its pong comes from recv())
+        masked with a fresh key from os.urandom."""
+        if not self.open:
+            raise WssError("ws_closed", self.peer, "connection is not open")
         self._frame(opcode, payload)
+
+    def ping(self, payload=b""):
+        """Send a ping; its pong comes back from recv() as (OP_PONG, payload)."""
+        self.send(payload, OP_PING)
 
     def _frame(self, opcode, payload):
         mask = os.urandom(4)
-        out = self._out
+        out = self.out
         n = len(payload)
         i = ws_frame.header_into(out, opcode, n, mask)
         done = 0
         while True:
             k = min(n - done, len(out) - i)
             ws_frame.mask_into(out, i, payload, mask, done, k)
-            self._write(out, i + k)
+            self.write(out, i + k)
             done += k
             i = 0
             if done >= n:
                 return
 
-    def ping(self, payload=b""):
-        """Send a ping; its pong comes back from recv() as (OP_PONG, payload)."""
-        self._require_open()
-        self._frame(OP_PING, payload)
-
     def poll(self):
         """Like recv(), but None at once when no frame has begun to arrive."""
-        self._require_open()
-        self._raw.settimeout(0)
+        if not self.open:
+            raise WssError("ws_closed", self.peer, "connection is not open")
+        self.raw.settimeout(0)
         try:
-            first = self._sock.read(1)
+            k = self.sock.readinto(self._one)
         except OSError as exc:
-            if net.is_timeout(exc):
-                first = None  # EAGAIN: nothing there
-            else:
+            if not net.is_timeout(exc):
                 self._drop()
                 raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
                                ws_frame.CLOSE_ABNORMAL)
+            k = None  # EAGAIN: nothing there
         finally:
-            if self._raw is not None:
-                self._raw.settimeout(self._io_s)
-        if first is None:
+            if self.raw is not None:
+                self.raw.settimeout(self._io_s)
+        if k is None:
             return None
-        if not first:
+        if not k:
             self._drop()
             raise WssError("ws_closed", self.peer, "connection closed without a close frame",
                            ws_frame.CLOSE_ABNORMAL)
-        self._reader.push_first(first[0])
+        self.reader.push_first(self._one[0])
         return self.recv()
 
     def recv(self):
@@ -289,9 +171,10 @@ class WssClient:
         answered, OP_PONG as received. A close from the server is answered and raised
         as WssError("ws_closed"). The payload is valid until the next recv().
         """
-        self._require_open()
+        if not self.open:
+            raise WssError("ws_closed", self.peer, "connection is not open")
         try:
-            opcode, payload = self._reader.read(self._sock)
+            opcode, payload = self.reader.read(self.sock)
         except WsProtocolError as exc:
             if exc.code == ws_frame.CLOSE_ABNORMAL:
                 self._drop()
@@ -300,8 +183,7 @@ class WssClient:
         except OSError as exc:
             self._drop()
             if net.is_timeout(exc):
-                raise WssError("ws_timeout", self.peer, "nothing within %d ms"
-                               % int(self._io_s * 1000))
+                raise WssError("ws_timeout", self.peer, "nothing within %d ms" % self.io_ms)
             raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
                            ws_frame.CLOSE_ABNORMAL)
         if opcode == OP_PING:
@@ -324,7 +206,7 @@ class WssClient:
             self._finish_close(True)  # the server ends TCP first (RFC 6455 7.1.1)
         self._drop()
         raise WssError("ws_closed", self.peer, "server closed with %d %s"
-                       % (code, self._quote(reason)), code)
+                       % (code, self.quote(reason)), code)
 
     def _fail(self, code, detail):
         # Tell the peer why, finish the close handshake, drop (RFC 6455 7.1.7).
@@ -339,15 +221,12 @@ class WssClient:
 
     def close(self, code=ws_frame.CLOSE_NORMAL, reason=""):
         """Close handshake: send close, wait (one io deadline) for the server's, drop."""
-        if not self.open:
-            self._drop()
-            return
-        try:
-            self._frame(OP_CLOSE, ws_frame.close_payload(code, reason))
-        except WssError:
-            self._drop()
-            return
-        self._finish_close(False)
+        if self.open:
+            try:
+                self._frame(OP_CLOSE, ws_frame.close_payload(code, reason))
+            except WssError:
+                return  # dropped already
+            self._finish_close(False)
         self._drop()
 
     def _finish_close(self, peer_closed):
@@ -361,75 +240,63 @@ class WssClient:
         # MicroPython ports a read that ends at TLS close_notify returns the bytes before
         # it, and the end of the stream is then never reported again.
         started = time.ticks_ms()
-        limit_ms = int(self._io_s * 1000)
-        hdr = self._reader._hdr_view
-        scratch = memoryview(self._out)  # no frame is sent after a close: it is free
-        skip = self._reader.unread
-        self._reader.reset()
+        hdr = self.reader.hdr
+        scratch = memoryview(self.out)  # no frame is sent after a close: it is free
+        skip = self.reader.unread
+        self.reader.reset()
         try:
-            while not peer_closed:
+            while True:
                 while skip > 0:
                     k = min(skip, len(scratch))
-                    if not self._drain_exact(scratch[:k], started, limit_ms):
+                    if not self._drain_exact(scratch[:k], started):
                         return
                     skip -= k
-                if not self._drain_exact(hdr[:2], started, limit_ms):
+                if peer_closed:
+                    break
+                if not self._drain_exact(hdr[:2], started):
                     return
                 need = ws_frame.header_length(hdr[1])
-                if need > 2 and not self._drain_exact(hdr[2:need], started, limit_ms):
+                if need > 2 and not self._drain_exact(hdr[2:need], started):
                     return
                 skip = ws_frame.announced_length(hdr)
                 peer_closed = (hdr[0] & 0x0F) == OP_CLOSE
-            while skip > 0:  # the server's close payload
-                k = min(skip, len(scratch))
-                if not self._drain_exact(scratch[:k], started, limit_ms):
-                    return
-                skip -= k
             # Nothing follows a close frame but the end of the stream: wait for it.
-            while self._drain_exact(scratch, started, limit_ms):
+            while self._drain_exact(scratch, started):
                 pass
         except (OSError, WsProtocolError):
             pass  # timeout, reset, TLS alert: closing either way
 
-    def _drain_exact(self, view, started, limit_ms):
+    def _drain_exact(self, view, started):
         # Fill view within what is left of the close deadline; False at EOF or deadline.
-        left = limit_ms - time.ticks_diff(time.ticks_ms(), started)
+        left = self.io_ms - time.ticks_diff(time.ticks_ms(), started)
         if left <= 0:
             return False
-        self._raw.settimeout(left / 1000)
+        self.raw.settimeout(left / 1000)
         got = 0
         while got < len(view):
-            k = self._sock.readinto(view[got:])
+            k = self.sock.readinto(view[got:])
             if not k:
                 return False
             got += k
         return True
 
-    def _require_open(self):
-        if not self.open:
-            raise WssError("ws_closed", self.peer, "connection is not open")
-
-    def _write(self, buf, n):
+    def write(self, buf, n):
         try:
-            self._sock.write(buf, n)
+            self.sock.write(buf, n)
         except OSError as exc:
             self._drop()
             if net.is_timeout(exc):
-                raise WssError("ws_timeout", self.peer, "write blocked for %d ms"
-                               % int(self._io_s * 1000))
+                raise WssError("ws_timeout", self.peer, "write blocked for %d ms" % self.io_ms)
             raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
                            ws_frame.CLOSE_ABNORMAL)
 
-    def _write_all(self, data):
-        self._write(data, len(data))
-
     def _drop(self):
         self.open = False
-        for s in (self._sock, self._raw):
+        for s in (self.sock, self.raw):
             if s is not None:
                 try:
                     s.close()
                 except OSError:
                     pass
-        self._sock = None
-        self._raw = None
+        self.sock = None
+        self.raw = None

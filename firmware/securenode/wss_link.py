@@ -6,8 +6,9 @@ path names the device, the token must belong to it), answers each reading with
 "interval_ms": 5000, "id": 7}``. A command is handed to the app's callback and answered
 with ``{"cmd_ack": 7, "ok": true}`` (or ``"ok": false, "detail": "..."``).
 
-Errors leave as ``LinkError`` with the wss kind (the app handles every link's failures
-as that one class): ws_refused, ws_handshake, ws_protocol, ws_closed, ack_timeout, ...
+Errors leave as ``LinkError`` (WssError is one) with the wss kind (the app handles every
+link's failures as that one class): ws_refused, ws_handshake, ws_protocol, ws_closed,
+ack_timeout, ...
 
 Example::
 
@@ -27,13 +28,11 @@ from securenode.link_error import LinkError
 from securenode.wss_client import WssClient, WssError
 
 
-def link_error(exc, waiting_for=None):
-    """The LinkError the app handles, for a WssError (timeouts named as ack timeouts)."""
-    if exc.kind == "ws_timeout" and waiting_for:
+def _named(exc, waiting_for):
+    # A read that timed out while we waited for an answer is that answer's timeout.
+    if exc.kind == "ws_timeout":
         return LinkError("ack_timeout", "no %s from %s: %s" % (waiting_for, exc.peer, exc))
-    err = LinkError(exc.kind, exc.detail)  # LinkError names the kind itself
-    err.close_code = exc.close_code
-    return err
+    return exc
 
 
 class WssLink:
@@ -50,10 +49,7 @@ class WssLink:
                              headers=(("Authorization", "Bearer " + token),))
 
     def connect(self):
-        try:
-            self._ws.connect()
-        except WssError as exc:
-            raise link_error(exc)
+        self._ws.connect()
         emit("wss_connected", peer=self.peer, path=self._ws.path)
 
     def publish(self, topic, payload, dup=False):
@@ -65,7 +61,7 @@ class WssLink:
             self._ws.send(payload)
             self._wait(seq)
         except WssError as exc:
-            raise link_error(exc, "ack for seq %d" % seq)
+            raise _named(exc, "ack for seq %d" % seq)
 
     def publish_status(self, payload):
         """The ingest protocol carries readings only: nothing is sent; False."""
@@ -75,10 +71,10 @@ class WssLink:
         """WebSocket ping; returns once the pong came back (commands are handled meanwhile)."""
         self._last_tx_ms = time.ticks_ms()
         try:
-            self._ws.ping(b"k")
+            self._ws.send(b"k", ws_frame.OP_PING)
             self._wait(None)
         except WssError as exc:
-            raise link_error(exc, "pong")
+            raise _named(exc, "pong")
 
     def idle_ms(self):
         return time.ticks_diff(time.ticks_ms(), self._last_tx_ms)
@@ -86,14 +82,11 @@ class WssLink:
     def check(self, dead_after_ms):
         """Handle what the endpoint sent between readings (commands) without blocking; a
         dead link shows as a ping without pong within the io deadline."""
-        try:
-            while True:
-                got = self._ws.poll()
-                if got is None:
-                    return
-                self._handle(got[0], got[1])
-        except WssError as exc:
-            raise link_error(exc)
+        while True:
+            got = self._ws.poll()
+            if got is None:
+                return
+            self._handle(got[0], got[1])
 
     def _wait(self, seq):
         # seq None: wait for a pong. The overall deadline holds even if the peer keeps

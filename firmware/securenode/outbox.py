@@ -95,7 +95,6 @@ class Outbox:
         self.max_record = max_record
         self.ack_batch = ack_batch
         self._header = bytearray(_HEADER_BYTES)
-        self._body = bytearray(max_record)
         # [segment number, size in bytes, records] oldest first; the last one takes appends.
         self._segs = []
         self._head_off = 0       # byte offset of the oldest unacked record in _segs[0]

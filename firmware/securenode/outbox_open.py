@@ -36,6 +36,9 @@ def open_box(box):
         elif name == "state.tmp":
             os.remove(box.root + "/" + name)  # a replacement that never completed
     numbers.sort()
+    # One record's buffer for the scan, garbage once the box is open: the steady state reads
+    # records with their exact length and needs none (issue 10).
+    body = bytearray(box.max_record)
     torn = []
     highest = box.acked_seq
     segs = box._segs
@@ -43,14 +46,14 @@ def open_box(box):
         if number < head_seg:
             os.remove(box.root + "/" + seg_name(number))  # deletion interrupted by a reset
             continue
-        count, good_bytes, last_seq, size = _scan(box, number)
+        count, good_bytes, last_seq, size = _scan(box, number, body)
         if last_seq > highest:
             highest = last_seq
         if good_bytes < size:
             # The torn record carried the next seq: it is lost and never reused.
             highest += 1
             torn.append((highest, size - good_bytes))
-            _keep_prefix(box, number, good_bytes)
+            _keep_prefix(box, number, good_bytes, body)
         segs.append([number, good_bytes, count])
     if segs and segs[0][0] == head_seg:
         _skip_acked(box)
@@ -81,7 +84,7 @@ def _load_state(box):
     return head_seg
 
 
-def _scan(box, number):
+def _scan(box, number, buf):
     # (records, bytes of good records, last good seq, file size) of one segment.
     count = good = 0
     last_seq = 0
@@ -93,7 +96,7 @@ def _scan(box, number):
             length = header[0] | header[1] << 8
             if length > box.max_record:
                 break  # not a length we ever write: garbage from a torn write
-            body = memoryview(box._body)[:length]
+            body = memoryview(buf)[:length]
             if f.readinto(body) != length:
                 break
             seq = check_record(header, body)
@@ -106,7 +109,7 @@ def _scan(box, number):
     return count, good, last_seq, size
 
 
-def _keep_prefix(box, number, good_bytes):
+def _keep_prefix(box, number, good_bytes, buf):
     # MicroPython has no truncate: copy the good prefix and rename it over the segment,
     # once per power cut (never per reading).
     src = box.root + "/" + seg_name(number)
@@ -115,8 +118,8 @@ def _keep_prefix(box, number, good_bytes):
         with open(tmp, "wb") as f_out:
             left = good_bytes
             while left:
-                n = f_in.readinto(memoryview(box._body)[:min(left, box.max_record)])
-                f_out.write(memoryview(box._body)[:n])
+                n = f_in.readinto(memoryview(buf)[:min(left, len(buf))])
+                f_out.write(memoryview(buf)[:n])
                 left -= n
     os.rename(tmp, src)
     box.bytes_written += good_bytes

@@ -95,7 +95,7 @@ def test_a_batch_is_acknowledged_only_after_its_commit(pki, batch_broker, postgr
         # The collector has the readings and is stuck in its batch's INSERT.
         wait_until(lambda: blocker.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query LIKE 'INSERT INTO readings%'").fetchone()[0] > 0, 20,
+            " AND query LIKE 'COPY readings%'").fetchone()[0] > 0, 20,
             "the collector waiting on the lock")
         os.killpg(col.proc.pid, signal.SIGKILL)
         col.proc.wait(10)

@@ -2,14 +2,26 @@
 
 The broker binds the session to the certificate (``use_username_as_clientid``): whatever
 client id is asked for, the session is the CN's, and no other certificate can resume or
-wipe it. One thread reads whatever the TLS connection has (tools/collector_mqtt_codec.py
-splits it into packets), stores up to ``batch_max`` messages in one transaction (those
-that arrived while the previous commit ran, or more if ``batch_wait_ms`` lets it linger),
-and only then acknowledges each one, all PUBACKs in one write. A poison message becomes a
-reject on its own without losing the rest of its batch (collector_store.handle_batch). If
-the store fails, nothing more is acknowledged: the consumer records why in ``failure``,
-sets ``failed``, and the collector process exits non-zero (a supervisor restarts it; the
-broker resends what was not acknowledged). A lost connection is retried with backoff.
+wipe it.
+
+Two threads per connection, so that the socket is read while the database commits:
+- the reader owns the TLS connection: it takes whatever the connection has
+  (tools/collector_mqtt_codec.py splits it into packets), validates each message
+  (collector_store.route) and hands it to the writer; it sends the PUBACKs the writer
+  releases, and the PINGREQs. While ``2 x batch_max`` messages wait for the writer it stops
+  reading (the broker holds the rest: memory stays bounded however fast they come).
+- the writer stores up to ``batch_max`` waiting messages in one transaction (all that
+  arrived while the previous commit ran, or more if ``batch_wait_ms`` lets it linger) and
+  only after the commit releases their packet ids for the reader to acknowledge, all
+  PUBACKs in one write. A lone reading is committed as soon as the writer is free (after
+  ``batch_wait_ms``, 0 by default).
+A poison message becomes a reject on its own without losing the rest of its batch
+(collector_store.store_routed). If the store fails, nothing more is acknowledged: the
+consumer records why in ``failure``, sets ``failed``, and the collector process exits
+non-zero (a supervisor restarts it; the broker resends what was not acknowledged). A lost
+connection is retried with backoff; what its writer had not committed is dropped (the
+broker resends it on the next connection) and the acknowledgements it owed die with it
+(what was committed comes back as a duplicate, absorbed by UNIQUE (device_id, seq)).
 
 With ``group`` several collectors share ``$share/<group>/devices/+/...``: the broker hands
 each message to one of them.
@@ -18,19 +30,21 @@ each message to one of them.
     ingest.failed.wait()        # set only if the consumer died
 """
 
+import select
 import socket
 import ssl
 import threading
 import time
 
 from tools import collector_mqtt_codec as codec
-from tools.collector_store import MAX_PAYLOAD_BYTES, CollectorError, handle_batch
+from tools.collector_store import MAX_PAYLOAD_BYTES, CollectorError, route, store_routed
 
 TOPICS = ["devices/+/readings", "devices/+/status"]
 # A PUBLISH above this is skipped as it streams in (never buffered) and kept as a reject.
 MAX_PACKET_BYTES = 1 << 20
 _READ_BYTES = 256 * 1024
 _TICK_S = 0.25      # how often an idle consumer looks at stop() and the keepalive
+_PENDING_BATCHES = 2    # the reader stops reading while this many batches wait
 
 
 def topics(group=None):
@@ -47,17 +61,24 @@ class _Lost(Exception):
     """The connection ended or the broker misbehaved: reconnect."""
 
 
+class _WriterDied(Exception):
+    """The writer failed (its failure is already recorded): stop, acknowledge nothing."""
+
+
 class _Tls:
     """TLS over a plain socket through memory BIOs.
 
     Mosquitto writes each PUBLISH as its own TLS record, and an ssl.SSLSocket returns one
     record per recv() with two system calls under it: per message, that cost more than all
     the rest. Here one recv() hands OpenSSL everything the kernel holds, and the records
-    are decrypted from memory.
+    are decrypted from memory. Only the reader thread touches it.
     """
 
     def __init__(self, raw, context, host):
         self.raw = raw
+        self.raw.settimeout(10)     # bounds sendall; recv only follows poll() saying readable
+        self._poll = select.poll()
+        self._poll.register(raw, select.POLLIN)
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = context.wrap_bio(self._in, self._out, server_hostname=host)
         while True:
@@ -70,25 +91,29 @@ class _Tls:
                     raise _Lost("no TLS handshake within 10 s") from None
         self._flush()
 
+    def watch(self, wake):
+        """Let bytes on the socket wake end a wait in recv() early."""
+        self._wake = wake.fileno()
+        self._poll.register(wake, select.POLLIN)
+
     def _flush(self):
         data = self._out.read()
         if data:
-            self.raw.settimeout(10)
             self.raw.sendall(data)
 
     def _fill(self, timeout_s):
-        self.raw.settimeout(timeout_s)
-        try:
-            data = self.raw.recv(_READ_BYTES)
-        except (socket.timeout, BlockingIOError):
-            return False
+        ready = [fd for fd, _ in self._poll.poll(max(0, int(timeout_s * 1000)))]
+        if self.raw.fileno() not in ready:
+            return False        # nothing within timeout_s, or woken
+        data = self.raw.recv(_READ_BYTES)
         if not data:
             raise _Lost("the broker closed the connection")
         self._in.write(data)
         return True
 
     def recv(self, timeout_s):
-        """The plaintext that is there now or comes within timeout_s; b"" if none."""
+        """The plaintext that is there now or comes within timeout_s; b"" if none (or if
+        woken by the socket given to watch())."""
         chunks = []
         while True:
             try:
@@ -109,8 +134,100 @@ class _Tls:
         self._flush()
 
 
+class _Writer:
+    """Commits what the reader hands it, batch by batch, on its own thread (one per
+    connection), and releases each batch's packet ids only after its commit.
+
+    pending holds (route result, payload, packet id) in arrival order; acks the packet ids
+    committed and not yet sent. The reader is woken through wake whenever there is room
+    again or something to acknowledge.
+    """
+
+    def __init__(self, ingest, wake):
+        self.ingest = ingest
+        self.wake = wake
+        self.max_pending = _PENDING_BATCHES * ingest.batch_max
+        self.cond = threading.Condition()
+        self.pending = []
+        self.acks = []
+        self.closing = False
+        self.failed = False
+        self.thread = threading.Thread(target=self._run, name="mqtt-writer", daemon=True)
+        self.thread.start()
+
+    def room(self):
+        """How many more messages the reader may hand over now."""
+        return self.max_pending - len(self.pending)
+
+    def hand(self, items):
+        with self.cond:
+            self.pending += items
+            if len(self.pending) > self.ingest.held_max:
+                self.ingest.held_max = len(self.pending)
+            self.cond.notify()
+
+    def take_acks(self):
+        with self.cond:
+            acks, self.acks = self.acks, []
+        return acks
+
+    def close(self, commit_pending, timeout_s=None):
+        """Stop after the batch under way; commit what waits first if commit_pending."""
+        with self.cond:
+            self.closing = True
+            if not commit_pending:
+                self.pending.clear()
+            self.cond.notify()
+        self.thread.join(timeout_s)
+
+    def _wake_reader(self):
+        try:
+            self.wake.send(b"w")
+        except OSError:     # full (a wake is already due) or closed (the reader is gone)
+            pass
+
+    def _take(self):
+        """The next batch, after waiting for one to begin; [] once closed and empty."""
+        ingest = self.ingest
+        with self.cond:
+            while not self.pending and not self.closing:
+                self.cond.wait()
+            if ingest.batch_wait_s and not self.closing:
+                deadline = time.monotonic() + ingest.batch_wait_s
+                while len(self.pending) < ingest.batch_max and not self.closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
+            batch = self.pending[:ingest.batch_max]
+            del self.pending[:ingest.batch_max]
+        return batch
+
+    def _run(self):
+        ingest = self.ingest
+        try:
+            while True:
+                batch = self._take()
+                if not batch:
+                    return
+                self._wake_reader()         # room again
+                # What escapes store_routed is the store failing: then no PUBACK at all,
+                # the broker keeps the batch for the next collector.
+                counts = store_routed(ingest.store, "mqtt", [(r, p) for r, p, _ in batch])
+                ingest.batches += 1
+                for result, n in counts.items():
+                    ingest.counts[result] = ingest.counts.get(result, 0) + n
+                with self.cond:
+                    self.acks += [pid for _, _, pid in batch if pid]
+                self._wake_reader()
+        except BaseException as exc:  # noqa: BLE001 - the store failed: report, exit
+            ingest._fail("MQTT consumer stopped: %s: %s" % (type(exc).__name__, exc))
+            self.failed = True
+            self._wake_reader()
+
+
 class MqttIngest:
-    """One consumer thread, watched: it never dies silently."""
+    """The consumer: a reader and a writer thread, watched: it never dies silently."""
 
     def __init__(self, store, host, port, ca, cert, key, client_id="collector",
                  batch_max=500, batch_wait_ms=0, group=None, keepalive_s=10):
@@ -121,6 +238,7 @@ class MqttIngest:
         self.last_error = None
         self.counts = {}
         self.batches = 0
+        self.held_max = 0       # most messages waiting for the writer at once (<= 2 batches)
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.topics = topics(group)
@@ -154,7 +272,7 @@ class MqttIngest:
 
     def _run(self):
         delay_s = 0.1
-        while not self._stopping:
+        while not self._stopping and not self.failed.is_set():
             try:
                 self._session()
                 delay_s = 0.1
@@ -165,116 +283,129 @@ class MqttIngest:
                 return
             finally:
                 self.ready.clear()
-            if not self._stopping:
+            if not self._stopping and not self.failed.is_set():
                 time.sleep(delay_s)
                 delay_s = min(2.0, delay_s * 2)
 
     def _session(self):
         raw = socket.create_connection((self.host, self.port), timeout=10)
+        wake_in, wake_out = socket.socketpair()
         try:
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._serve(_Tls(raw, self.context, self.host))
+            wake_in.setblocking(False)
+            wake_out.setblocking(False)
+            sock = _Tls(raw, self.context, self.host)
+            sock.watch(wake_in)
+            writer = _Writer(self, wake_out)
+            clean = False
+            try:
+                self._read(sock, writer, wake_in)
+                clean = True
+            finally:
+                # A clean stop commits what was handed over; a lost connection drops it
+                # (the broker resends it). Either way the batch under way ends first.
+                writer.close(commit_pending=clean)
+            if clean and not writer.failed:
+                acks = writer.take_acks()
+                if acks:
+                    sock.sendall(codec.puback_packets(acks))
+                sock.sendall(codec.DISCONNECT)
         finally:
             raw.close()
+            wake_in.close()
+            wake_out.close()
 
-    def _serve(self, sock):
+    def _read(self, sock, writer, wake):
         sock.sendall(codec.connect_packet(self.client_id, self.keepalive_s))
         sock.sendall(codec.subscribe_packet(1, self.topics))
         buf = bytearray()
         skip = 0                        # bytes of an oversized PUBLISH still to drop
-        last_in = last_out = time.monotonic()
+        last_out = time.monotonic()
         ping_sent = None
         while not self._stopping:
-            batch, acks = [], []
-            # Wait for the first bytes, then take what is already there (and, with
-            # batch_wait_ms, what comes within it) up to batch_max messages.
-            deadline = None
-            while len(batch) < self.batch_max:
-                data = sock.recv(_TICK_S if deadline is None
-                                 else max(0.0, deadline - time.monotonic()))
-                if not data:
-                    if batch or deadline is not None:
-                        break
-                    now = time.monotonic()
-                    if ping_sent is not None and now - ping_sent > self.keepalive_s:
-                        raise _Lost("no PINGRESP within %d s" % self.keepalive_s)
-                    if ping_sent is None and now - max(last_in, last_out) \
-                            > self.keepalive_s / 2:
-                        sock.sendall(codec.PINGREQ)
-                        ping_sent = last_out = now
-                    if self._stopping:
-                        break
-                    continue
-                last_in = time.monotonic()
+            if writer.failed:
+                raise _WriterDied(self.failure)
+            acks = writer.take_acks()
+            if acks:
+                sock.sendall(codec.puback_packets(acks))
+                last_out = time.monotonic()
+            now = time.monotonic()
+            if ping_sent is not None and now - ping_sent > self.keepalive_s:
+                raise _Lost("no PINGRESP within %d s" % self.keepalive_s)
+            if ping_sent is None and now - last_out > self.keepalive_s / 2:
+                # Nothing of ours for half the keepalive (idle, only QoS 0, or waiting on
+                # the database): show the broker we are alive, and learn whether it is.
+                sock.sendall(codec.PINGREQ)
+                ping_sent = last_out = now
+            room = writer.room()
+            if room <= 0:
+                # Backpressure: read nothing until the writer takes a batch; the broker
+                # keeps the rest. A PINGRESP may wait unread meanwhile: not a dead link.
+                ping_sent = None
+                _drain(wake, _TICK_S)
+                continue
+            # At most a batch at a time, so the writer may start on it while we go on.
+            packets, used = codec.parse(buf, 0, MAX_PACKET_BYTES, min(room, self.batch_max))
+            del buf[:used]
+            if not packets:     # no complete packet buffered: read
+                data = sock.recv(_TICK_S)
+                _drain(wake, 0)
                 if skip:
                     dropped = min(skip, len(data))
                     skip -= dropped
                     data = data[dropped:]
                 buf += data
-                while True:
-                    packets, used = codec.parse(buf, 0, MAX_PACKET_BYTES)
-                    del buf[:used]
-                    for packet in packets:
-                        kind = packet[0]
-                        if kind == codec.PUBLISH:
-                            batch.append(packet[1:4])    # topic, payload, packet id (0: QoS 0)
-                        elif kind == codec.OVERSIZE:
-                            _, topic, pid, qos, length, skip = packet
-                            dropped = min(skip, len(buf))
-                            skip -= dropped
-                            del buf[:dropped]
-                            self._oversize(topic, length)
-                            if qos:
-                                acks.append(pid)
-                        elif kind == codec.CONNACK:
-                            if packet[2]:
-                                raise CollectorError("the broker refused the connection: %s"
-                                                     % codec.CONNACK_REFUSALS.get(
-                                                         packet[2], "code %d" % packet[2]))
-                        elif kind == codec.SUBACK:
-                            refused = [t for (t, _), code in zip(self.topics, packet[2])
-                                       if code == 0x80]
-                            if refused:
-                                raise CollectorError("the broker refused the subscription to "
-                                                     "%s (its ACL?)" % ", ".join(refused))
-                            self.ready.set()
-                        elif kind == codec.PINGRESP:
-                            ping_sent = None
-                    if not (packets and packets[-1][0] == codec.OVERSIZE and buf):
-                        break
-                if deadline is None:
-                    deadline = time.monotonic() + self.batch_wait_s
-            # One read may bring a few hundred messages past batch_max: commit them in
-            # transactions of at most batch_max. What escapes handle_batch is the store
-            # failing: then no PUBACK at all, the broker keeps them for the next collector.
-            for at in range(0, len(batch), self.batch_max):
-                part = batch[at:at + self.batch_max]
-                counts = handle_batch(self.store, "mqtt", [(t, p) for t, p, _ in part])
-                self.batches += 1
-                for result, n in counts.items():
-                    self.counts[result] = self.counts.get(result, 0) + n
-                acks += [pid for _, _, pid in part if pid]
-            if acks:
-                sock.sendall(codec.puback_packets(acks))
-                last_out = time.monotonic()
-            elif ping_sent is None and time.monotonic() - last_out > self.keepalive_s / 2:
-                # Only QoS 0 coming in: nothing else of ours shows the broker we are alive.
-                sock.sendall(codec.PINGREQ)
-                ping_sent = last_out = time.monotonic()
-        try:
-            sock.sendall(codec.DISCONNECT)
-        except OSError:
-            pass
+                continue
+            items = []
+            for packet in packets:
+                kind = packet[0]
+                if kind == codec.PUBLISH:
+                    _, topic, payload, pid, _ = packet
+                    # All a reject keeps of a payload: what waits stays bounded.
+                    items.append((route(topic, payload), payload[:MAX_PAYLOAD_BYTES], pid))
+                elif kind == codec.OVERSIZE:
+                    _, topic, pid, qos, length, skip = packet
+                    dropped = min(skip, len(buf))
+                    skip -= dropped
+                    del buf[:dropped]
+                    items.append((self._oversize(topic, length), b"", pid if qos else 0))
+                elif kind == codec.CONNACK:
+                    if packet[2]:
+                        raise CollectorError("the broker refused the connection: %s"
+                                             % codec.CONNACK_REFUSALS.get(
+                                                 packet[2], "code %d" % packet[2]))
+                elif kind == codec.SUBACK:
+                    refused = [t for (t, _), code in zip(self.topics, packet[2])
+                               if code == 0x80]
+                    if refused:
+                        raise CollectorError("the broker refused the subscription to "
+                                             "%s (its ACL?)" % ", ".join(refused))
+                    self.ready.set()
+                elif kind == codec.PINGRESP:
+                    ping_sent = None
+            if items:
+                writer.hand(items)
 
-    def _oversize(self, topic, length):
+    @staticmethod
+    def _oversize(topic, length):
+        """The route result that keeps an oversized PUBLISH as a reject."""
         parts = topic.split("/")
         device_id = parts[1] if len(parts) == 3 and parts[0] == "devices" else None
-        self.store.add_reject("mqtt", device_id, b"",
-                              "PUBLISH of %d bytes exceeds %d (payloads are at most %d)"
-                              % (length, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES))
-        self.counts["rejected"] = self.counts.get("rejected", 0) + 1
+        return ("reject", device_id, "PUBLISH of %d bytes exceeds %d (payloads are at most %d)"
+                % (length, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES))
 
     def stop(self):
         self._stopping = True
         if self._thread is not None:
             self._thread.join(10)
+
+
+def _drain(wake, timeout_s):
+    """Wait up to timeout_s for the writer's wake-up, and clear it."""
+    if timeout_s and not select.select([wake], [], [], timeout_s)[0]:
+        return
+    try:
+        while wake.recv(4096):
+            pass
+    except BlockingIOError:
+        pass

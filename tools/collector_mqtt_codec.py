@@ -75,17 +75,23 @@ def puback_packets(packet_ids):
     return b"".join(_PUBACK.pack(0x40, 2, pid) for pid in packet_ids)
 
 
-def parse(buf, pos, max_packet):
-    """Every complete packet in buf from pos: ([packet, ...], position after the last one).
+def parse(buf, pos, max_packet, max_packets=None):
+    """Every complete packet in buf from pos, or the first max_packets of them: ([packet,
+    ...], position after the last one).
 
     Packets: (CONNACK, session_present, return_code), (PUBLISH, topic, payload, packet_id,
     qos) with packet_id 0 at QoS 0, (SUBACK, packet_id, [return codes]), (PINGRESP,), and
     (OVERSIZE, topic, packet_id, qos, body_bytes, skip) for a PUBLISH whose remaining
     length exceeds max_packet: the caller drops ``skip`` bytes from the returned position.
+
+    >>> parse(b"\xd0\x00\xd0\x00", 0, 1024, max_packets=1)
+    ([(13,)], 2)
     """
     out = []
     end = len(buf)
-    while pos + 2 <= end:
+    if max_packets is None:
+        max_packets = end      # every packet takes at least 2 bytes
+    while pos + 2 <= end and len(out) < max_packets:
         first = buf[pos]
         kind = first >> 4
         length, shift, at = 0, 0, pos + 1

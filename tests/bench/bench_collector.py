@@ -18,11 +18,13 @@ Store only: the same readings into the store from one thread, one transaction ea
 before batching) and in batches of 500.
 
 PostgreSQL is a throwaway server (fsync off, as in the tests): an upper bound for a tuned
-server on the same machine.
+server on the same machine. Each table gives the 1-minute load average seen during its runs.
 
     .venv/bin/python tests/bench/bench_collector.py      # writes results/collector.md + .png
+    .venv/bin/python tests/bench/bench_collector.py --only postgres --runs 3  # prints only
 """
 
+import argparse
 import json
 import os
 import statistics
@@ -46,7 +48,13 @@ from tools.collector_store import Store, handle_batch, handle_message  # noqa: E
 
 N = 30000            # readings per run
 PUBLISHERS = 3       # mosquitto_pub processes, one device each
-RUNS = int(os.environ.get("BENCH_RUNS", 3))
+RUNS = int(os.environ.get("BENCH_RUNS", 5))
+# Which consumers each subset runs; mosquitto_sub (live and backlog) is always the reference.
+SUBSETS = {
+    "all": ("sub", "paho", "sqlite", "pg", "shared", "drain-sub", "drain-sqlite", "drain-pg"),
+    "postgres": ("sub", "pg", "shared", "drain-sub", "drain-pg"),
+    "sqlite": ("sub", "sqlite", "drain-sub", "drain-sqlite"),
+}
 STORE_N = 5000
 RESULTS = HERE / "results"
 SINGLE = "bench-collector"
@@ -299,8 +307,9 @@ def ratio(values, reference):
     return "%.2f (%.2f-%.2f)" % (statistics.median(each), min(each), max(each))
 
 
-def spread(values):
-    return "%.0f (%.0f-%.0f)" % (statistics.median(values), min(values), max(values))
+def spread(values, fmt="%.0f"):
+    return ("%s (%s-%s)" % (fmt, fmt, fmt)) % (statistics.median(values), min(values),
+                                                max(values))
 
 
 def plot(path, groups):
@@ -325,27 +334,41 @@ def plot(path, groups):
     plt.close(fig)
 
 
-def main():
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", choices=sorted(SUBSETS), default="all",
+                   help="run only these consumers (with mosquitto_sub as the reference); "
+                        "anything but 'all' prints the tables and leaves results/ alone")
+    p.add_argument("--runs", type=int, default=RUNS, help="runs of each (default %d)" % RUNS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    kinds = SUBSETS[args.only]
+    t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         pki = Pki(tmp)
         pg = Postgres().start()
         sqlite_url = str(tmp / "bench.db")
-        rates = {k: [] for k in ("pub", "sub", "paho", "sqlite", "pg", "shared", "drain-sub",
-                                 "drain-sqlite", "drain-pg")}
+        rates = {k: [] for k in SUBSETS["all"] + ("pub",)}
+        loads = {"live": [], "backlog": []}
         batches = {"sqlite": [], "pg": [], "shared": []}
+        store = {}
         try:
             broker = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
                             subscribers=[SUBSCRIBER, SINGLE] + list(SHARED),
                             persistence=True,
                             max_inflight=1000)
             with broker:
-                store_sqlite = store_rates(str(tmp / "store.db"))
-                store_pg = store_rates(pg.url)
+                if "sqlite" in kinds:
+                    store["SQLite (WAL)"] = store_rates(str(tmp / "store.db"))
+                if "pg" in kinds:
+                    store["PostgreSQL 15"] = store_rates(pg.url)
                 run = 0
-                for _ in range(RUNS):
-                    for kind in ("sub", "paho", "sqlite", "pg", "shared", "drain-sub",
-                                 "drain-sqlite", "drain-pg"):
+                for _ in range(args.runs):
+                    for kind in kinds:
                         run += 1
                         if kind == "drain-sub":
                             rates[kind].append(drain_mosquitto_sub(pki, broker, run))
@@ -365,13 +388,16 @@ def main():
                                                        shared=kind == "shared")
                             rates[kind].append(rate)
                             batches[kind].append(made)
-                        print(kind, "%.0f/s" % rates[kind][-1], flush=True)
+                        loads["backlog" if kind.startswith("drain-") else "live"].append(
+                            os.getloadavg()[0])
+                        print(kind, "%.0f/s" % rates[kind][-1], "load %.1f" % os.getloadavg()[0],
+                              flush=True)
         finally:
             pg.stop()
-    reference = statistics.median(rates["sub"])
-    rows = [("mosquitto_sub (C)", rates["sub"]), ("bare paho, no storage", rates["paho"]),
-            ("collector, SQLite", rates["sqlite"]), ("collector, PostgreSQL", rates["pg"]),
-            ("2 collectors ($share), PostgreSQL", rates["shared"])]
+    names = {"sub": "mosquitto_sub (C)", "paho": "bare paho, no storage",
+             "sqlite": "collector, SQLite", "pg": "collector, PostgreSQL",
+             "shared": "2 collectors ($share), PostgreSQL"}
+    rows = [(names[k], rates[k]) for k in ("sub", "paho", "sqlite", "pg", "shared") if k in kinds]
 
     def per_batch(kind):
         made = [m for run in batches[kind] for m in run]
@@ -382,50 +408,55 @@ def main():
         "%d QoS 1 readings per run from %d `mosquitto_pub -q 1 -M 1000` processes over the "
         "TLS listener (client certificates, persistence, max_inflight_messages 1000); rate = "
         "readings / (publishers' start -> consumer has the last). %d runs each, alternating; "
-        "median (min-max). In the mosquitto_sub runs the publishers finish at %s "
-        "readings/s, together with it: it keeps pace with them, so its figure here is a "
-        "lower bound of Mosquitto's rate (the backlog table below has no publisher at "
-        "all)." % (
-            N, PUBLISHERS, RUNS, spread(rates["pub"])), "",
+        "median (min-max); load average (1 min) %s. In the mosquitto_sub runs the publishers "
+        "finish at %s readings/s, together with it: it keeps pace with them, so its figure "
+        "here is a lower bound of Mosquitto's rate (the backlog table below has no publisher "
+        "at all)." % (N, PUBLISHERS, args.runs, spread(loads["live"], "%.1f"),
+                      spread(rates["pub"])), "",
         "| consumer | readings/s | x mosquitto_sub, run by run | readings per transaction |",
         "|---|---|---|---|"]
-    extra = {"collector, SQLite": "%.0f" % per_batch("sqlite"),
-             "collector, PostgreSQL": "%.0f" % per_batch("pg"),
-             "2 collectors ($share), PostgreSQL": "%.0f" % per_batch("shared")}
+    extra = {names[k]: "%.0f" % per_batch(k) for k in ("sqlite", "pg", "shared") if k in kinds}
     for name, values in rows:
         lines.append("| %s | %s | %s | %s |" % (name, spread(values),
                                                  ratio(values, rates["sub"]),
                                                  extra.get(name, "-")))
     drain_ref = statistics.median(rates["drain-sub"])
+    drains = [(names[k[6:]] if k != "drain-sub" else names["sub"], k)
+              for k in ("drain-sub", "drain-sqlite", "drain-pg") if k in kinds]
     lines += ["", "A backlog of %d readings queued in a persistent session (no publisher "
               "running), then taken by the consumer; rate from its first reading to its "
-              "last:" % N, "", "| consumer | readings/s | x mosquitto_sub, run by run |",
-              "|---|---|---|"]
-    for name, kind in (("mosquitto_sub (C)", "drain-sub"), ("collector, SQLite", "drain-sqlite"),
-                       ("collector, PostgreSQL", "drain-pg")):
+              "last; load average %s:" % (N, spread(loads["backlog"], "%.1f")), "",
+              "| consumer | readings/s | x mosquitto_sub, run by run |", "|---|---|---|"]
+    for name, kind in drains:
         lines.append("| %s | %s | %s |" % (name, spread(rates[kind]),
                                            ratio(rates[kind], rates["drain-sub"])))
-    shared = [m for run in batches["shared"] for m in run]
-    lines += ["", "Two collectors sharing the subscription stored %s of the readings each "
-              "(per run: collector-a/collector-b)." % ", ".join(
-                  "%d/%d" % (shared[i][0], shared[i + 1][0]) for i in range(0, len(shared), 2)),
-              "", "Store only, %d readings, one thread:" % STORE_N, "",
+    if "shared" in kinds:
+        shared = [m for run in batches["shared"] for m in run]
+        lines += ["", "Two collectors sharing the subscription stored %s of the readings "
+                  "each (per run: collector-a/collector-b)." % ", ".join(
+                      "%d/%d" % (shared[i][0], shared[i + 1][0])
+                      for i in range(0, len(shared), 2))]
+    lines += ["", "Store only, %d readings, one thread:" % STORE_N, "",
               "| database | one transaction each, readings/s | batches of 500, readings/s |",
-              "|---|---|---|",
-              "| SQLite (WAL) | %.0f | %.0f |" % store_sqlite,
-              "| PostgreSQL 15 | %.0f | %.0f |" % store_pg,
-              "", "![ingest rates](collector.png)"]
+              "|---|---|---|"]
+    lines += ["| %s | %.0f | %.0f |" % ((name,) + pair) for name, pair in store.items()]
+    lines += ["", "![ingest rates](collector.png)"]
     text = "\n".join(lines) + "\n"
     print(text)
+    print("bench took %.0f s" % (time.monotonic() - t_start))
+    if args.only != "all":
+        return 0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "collector.md").write_text(text)
     plot(RESULTS / "collector.png", [
-        ("live: %d mosquitto_pub processes -> consumer" % PUBLISHERS, rows, reference),
+        ("live: %d mosquitto_pub processes -> consumer" % PUBLISHERS, rows, reference_of(rows)),
         ("backlog of %d queued in the session -> consumer" % N,
-         [("mosquitto_sub (C)", rates["drain-sub"]), ("collector, SQLite",
-                                                      rates["drain-sqlite"]),
-          ("collector, PostgreSQL", rates["drain-pg"])], drain_ref)])
+         [(name, rates[kind]) for name, kind in drains], drain_ref)])
     return 0
+
+
+def reference_of(rows):
+    return statistics.median(rows[0][1])
 
 
 if __name__ == "__main__":

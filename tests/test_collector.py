@@ -8,6 +8,8 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector_fixtures import CollectorProcess, Postgres, device_report, report, wait_until
 from tools import collector
@@ -239,10 +241,32 @@ def test_status_is_online_with_counters_then_the_last_will_says_offline(tmp_path
         col.stop()
 
 
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(alphabet=" \t\n\r{}[]\":,.-+0123456789eEtrufalsn\\x"),
+                 st.recursive(st.none() | st.booleans() | st.floats() | st.integers()
+                              | st.text(max_size=5),
+                              lambda inner: st.lists(inner, max_size=3)
+                              | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+                              max_leaves=8).map(json.dumps)),
+       st.sampled_from(["", " ", "\n\t", "  \r\n"]), st.sampled_from(["", " ", "\n", " x"]))
+def test_the_fast_json_decoder_agrees_with_json_loads_on_values_and_errors(text, before, after):
+    from tools.collector_store import _json
+    payload = (before + text + after).encode()
+    try:
+        expected = ("value", json.loads(payload))
+    except ValueError as exc:
+        expected = ("error", str(exc))
+    try:
+        got = ("value", _json(payload))
+    except ValueError as exc:
+        got = ("error", str(exc))
+    assert repr(got) == repr(expected)      # repr: NaN == NaN
+
+
 def test_docstring_examples_of_the_collector_and_ingest_run():
     import doctest
 
-    from tools import cli_args, collector_store, connection_caps, ingest
-    for module in (collector_store, ingest, cli_args, connection_caps):
+    from tools import cli_args, collector_mqtt_codec, collector_store, connection_caps, ingest
+    for module in (collector_store, ingest, cli_args, connection_caps, collector_mqtt_codec):
         failures, tried = doctest.testmod(module, verbose=False)
         assert failures == 0 and tried >= 2, (module.__name__, failures, tried)

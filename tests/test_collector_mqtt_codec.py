@@ -33,6 +33,17 @@ def test_each_packet_a_subscriber_receives_is_parsed():
                        (codec.PINGRESP,)]
 
 
+def test_parse_stops_after_max_packets_and_returns_where_the_next_one_starts():
+    # The consumer takes at most what its writer has room for; the rest stays buffered.
+    stream = publish("a/b", b"1", 1) + publish("a/b", b"2", 2) + b"\xd0\x00"
+    first = len(publish("a/b", b"1", 1))
+    assert codec.parse(stream, 0, 1024, max_packets=1) == (
+        [(codec.PUBLISH, "a/b", b"1", 1, 1)], first)
+    packets, end = codec.parse(stream, first, 1024, max_packets=5)
+    assert [p[0] for p in packets] == [codec.PUBLISH, codec.PINGRESP] and end == len(stream)
+    assert codec.parse(stream, 0, 1024, max_packets=0) == ([], 0)
+
+
 @pytest.mark.parametrize("stream, reason", [
     (b"\x30\xff\xff\xff\xff\x01", "remaining length longer than 4 bytes"),
     (b"\x34\x05\x00\x01a\x00\x01", "QoS 2"),

@@ -1,11 +1,14 @@
 """The collector commits MQTT readings in batches and acknowledges each only after its batch
 is committed: a collector that dies before the commit loses nothing (the broker resends), one
 that dies after the commit but before the PUBACKs stores nothing twice, and a message the
-database refuses becomes a reject without taking its batch with it."""
+database refuses becomes a reject without taking its batch with it. Its reader goes on
+reading while a batch commits, but stops while two batches wait (bounded memory), and a
+lone reading is committed within the batch deadline."""
 
 import os
 import signal
 import threading
+import time
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -16,7 +19,7 @@ from collector_fixtures import (CollectorProcess, postgres,  # noqa: F401 (fixtu
 from conftest import SUBSCRIBER
 from host_sim.servers.mosquitto import Broker
 from tools import collector_store
-from tools.collector_mqtt import MqttIngest
+from tools.collector_mqtt import _READ_BYTES, MqttIngest
 from tools.collector_store import Store, handle_batch
 
 IDENTITY = "collector-batch"      # its own certificate: its own persistent session
@@ -107,6 +110,102 @@ def test_a_batch_is_acknowledged_only_after_its_commit(pki, batch_broker, postgr
     finally:
         blocker.close()
         col.stop()
+
+
+class Held(Store):
+    """A database that stops answering at its first batch until released."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def add_batch(self, source, routed):
+        self.entered.set()
+        self.release.wait(30)
+        return super().add_batch(source, routed)
+
+
+def test_the_reader_stops_reading_while_two_batches_wait_for_the_database(tmp_path, pki):
+    """With no broker window at all (max_inflight_messages 0: unlimited), a hung database
+    holds the consumer at two batches of messages and one read of bytes; the rest waits
+    in the kernel and the broker, and all of it arrives once the database answers."""
+    device, total = "batch-backpressure", 8000      # ~1.1 MB of PUBLISH packets
+    store = Held(str(tmp_path / "r.db"))
+    with Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
+                subscribers=[IDENTITY], persistence=True, max_inflight=0) as unlimited:
+        col = ingest(pki, unlimited, store, batch_max=20)
+        try:
+            publish(pki, unlimited.port, device, range(1, total + 1))
+            wait_until(store.entered.is_set, 20, "the first batch at the database")
+            wait_until(lambda: col.held_max >= 40, 20, "two batches of 20 waiting")
+            time.sleep(1.0)     # time to read on, were it not held back
+            assert col.held_max == 40, "%d messages held" % col.held_max
+            assert col.bytes_in < 2 * _READ_BYTES, "%d bytes read while the database hung" \
+                % col.bytes_in
+            store.release.set()
+            wait_until(lambda: store.seqs(device) == list(range(1, total + 1)), 60,
+                       "all %d once the database answers" % total)
+            assert col.held_max == 40 and col.counts["stored"] == total
+            assert col.bytes_in > total * 100
+        finally:
+            store.release.set()
+            col.stop()
+            store.close()
+
+
+def test_a_lone_reading_is_committed_at_the_batch_deadline(tmp_path, pki, batch_broker):
+    device = "batch-lone"
+    store = Store(str(tmp_path / "r.db"))
+    col = ingest(pki, batch_broker, store, batch_max=500, batch_wait_ms=300)
+    try:
+        t0 = time.monotonic()
+        publish(pki, batch_broker.port, device, [1])
+        wait_until(lambda: store.seqs(device) == [1], 10, "the lone reading")
+        waited_s = time.monotonic() - t0
+        # It waited for company (the deadline), then went in alone: 1 of up to 500.
+        assert 0.3 <= waited_s < 5, waited_s
+        assert col.batches == 1
+    finally:
+        col.stop()
+        store.close()
+
+
+def test_a_database_dying_mid_stream_loses_nothing_and_only_the_unacknowledged_come_back(
+        pki, batch_broker, postgres):
+    """PostgreSQL stops while batches are read ahead of the commit: what was read but not
+    committed was never acknowledged, so the broker hands it to the next consumer, and what
+    was committed comes back at most once more (its PUBACKs were due after the commit)."""
+    device, total, batch = "batch-pg-dies", 3000, 100
+    Store(postgres.url).close()
+    store = Store(postgres.url)
+    col = ingest(pki, batch_broker, store, batch_max=batch)
+    sender = threading.Thread(target=publish, args=(pki, batch_broker.port, device,
+                                                    range(1, total + 1)))
+    sender.start()
+    try:
+        wait_until(lambda: col.counts.get("stored", 0) >= 300, 20, "the stream under way")
+        postgres.pause()
+        wait_until(col.failed.is_set, 20, "the consumer stopping on the dead database")
+        assert col.failure.startswith("MQTT consumer stopped: StoreError"), col.failure
+        col.stop()
+        store.close()
+        sender.join(60)
+    finally:
+        postgres.resume()
+    committed = len(seqs(postgres.url, device))
+    assert 300 <= committed < total, committed
+    store = Store(postgres.url)
+    col = ingest(pki, batch_broker, store)
+    try:
+        wait_until(lambda: store.seqs(device) == list(range(1, total + 1)), 30,
+                   "all %d after the database came back" % total)
+        # Resent: everything not acknowledged. Of that, already stored: at most the
+        # batches committed while their PUBACKs were still to go out.
+        assert col.counts["stored"] == total - committed
+        assert col.counts.get("duplicate", 0) <= 2 * batch, col.counts
+    finally:
+        col.stop()
+        store.close()
 
 
 class DiesAfterCommit(Store):

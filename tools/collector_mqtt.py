@@ -239,6 +239,7 @@ class MqttIngest:
         self.counts = {}
         self.batches = 0
         self.held_max = 0       # most messages waiting for the writer at once (<= 2 batches)
+        self.bytes_in = 0       # MQTT bytes taken from the connection
         self.batch_max = batch_max
         self.batch_wait_s = batch_wait_ms / 1000.0
         self.topics = topics(group)
@@ -350,6 +351,7 @@ class MqttIngest:
             if not packets:     # no complete packet buffered: read
                 data = sock.recv(_TICK_S)
                 _drain(wake, 0)
+                self.bytes_in += len(data)
                 if skip:
                     dropped = min(skip, len(data))
                     skip -= dropped

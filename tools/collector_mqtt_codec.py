@@ -84,7 +84,7 @@ def parse(buf, pos, max_packet, max_packets=None):
     (OVERSIZE, topic, packet_id, qos, body_bytes, skip) for a PUBLISH whose remaining
     length exceeds max_packet: the caller drops ``skip`` bytes from the returned position.
 
-    >>> parse(b"\xd0\x00\xd0\x00", 0, 1024, max_packets=1)
+    >>> parse(b"\\xd0\\x00\\xd0\\x00", 0, 1024, max_packets=1)
     ([(13,)], 2)
     """
     out = []

@@ -155,8 +155,11 @@ class BoardProcess:
     then releases them all at once.
     """
 
-    def __init__(self, device_id, argv, verbose, track_usage=False, held=False):
+    def __init__(self, device_id, argv, verbose, track_usage=False, held=False,
+                 rt_after_boot=False):
         self.device_id = device_id
+        self.rt_after_boot = rt_after_boot
+        self._rt_done = False
         self.events = []
         self.arrived = []
         self.usage = []          # (host monotonic s, cpu s, rss KB, peak rss KB, event)
@@ -190,6 +193,11 @@ class BoardProcess:
                     # wakes a sampler on time (host_sim/stubs/time.py short_slice).
                     for pid in _tree_pids(self.proc.pid):
                         short_slice(pid)
+                if (event.get("event") == "acked" and self.rt_after_boot
+                        and not self._rt_done):
+                    # Online (the first reading is sampled at boot, before the handshake):
+                    # booting and the TLS handshake stayed normal tasks.
+                    self._rt_done = interpreter_real_time(self.proc.pid) or True
                 if event.get("event") in ("stored", "halted"):
                     self.note_usage(now, event["event"])
                 self.arrived.append(now)
@@ -231,6 +239,28 @@ class BoardProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(2)
+
+
+def interpreter_real_time(launcher_pid):
+    """SCHED_FIFO priority 1 for a MicroPython board's interpreter (the launcher's children),
+    from its first acknowledged reading on; True if set.
+
+    The CPython stand-ins raise a board's priority for each sampling window only
+    (host_sim/stubs/time.py SamplingPriority); the unix port cannot change its own policy
+    (no ffi in this build), so the fleet does it from outside, once the board booted: a
+    board has its own CPU, and a woken sampler then waits for no normal task (booting
+    boards, the host's other work), only for another board's running Python. Booting
+    (imports, the TLS handshake) stays a normal task; a reset starts a new, normal
+    interpreter.
+    """
+    done = False
+    for pid in _tree_pids(launcher_pid)[1:]:
+        try:
+            os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(1))
+            done = True
+        except (OSError, AttributeError):
+            pass
+    return done
 
 
 def _brief(event):
@@ -464,10 +494,9 @@ def _runtime_label(args):
 
 
 def rt_sampling_state(args):
-    """How the boards' sampling windows were scheduled: "real-time" (CPython boards, where
-    this host lets a process take SCHED_FIFO), else "normal" and why."""
-    if getattr(args, "runtime", "cpython") == "micropython":
-        return "normal (MicroPython stand-ins)"
+    """How the boards' sampling was scheduled: "real-time (...)" where this host lets a
+    process take SCHED_FIFO (CPython: each window; MicroPython: the interpreter once booted),
+    else "normal (why)"."""
     if not getattr(args, "rt_sampling", True):
         return "normal (--no-rt-sampling)"
     try:
@@ -475,7 +504,9 @@ def rt_sampling_state(args):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except (OSError, AttributeError) as exc:
         return "normal (not permitted: %s)" % exc
-    return "real-time"
+    if getattr(args, "runtime", "cpython") == "micropython":
+        return "real-time (the interpreter, after boot)"
+    return "real-time (the window)"
 
 
 def run(args):
@@ -541,8 +572,10 @@ def run(args):
             # spawning, and 200 took 33 s to start.
             started = time.monotonic()
             for device_id, volts, hz, argv in argvs:
-                boards.append(BoardProcess(device_id, argv, args.verbose, track_usage=True,
-                                           held=True))
+                boards.append(BoardProcess(
+                    device_id, argv, args.verbose, track_usage=True, held=True,
+                    rt_after_boot=runtime == "micropython" and getattr(args, "rt_sampling",
+                                                                       True)))
             # Released at --start-rate a second: all at once, 200 boards booting on two
             # cores (TLS handshakes, imports) took so long that their handshakes and
             # CONNACKs timed out and the retries fed the storm.
@@ -614,8 +647,9 @@ def main(argv=None):
                              "micropython: under the real MicroPython unix port (real socket, "
                              "ssl on Mbed TLS, LittleFS2 flash)")
     parser.add_argument("--no-rt-sampling", dest="rt_sampling", action="store_false",
-                        help="CPython boards sample at normal priority, not real-time (to "
-                             "measure the simulator without it; see host_sim/stubs/time.py)")
+                        help="boards sample at normal priority, not real-time (CPython: the "
+                             "sampling window, host_sim/stubs/time.py; MicroPython: the "
+                             "interpreter once booted); to measure the simulator without it")
     parser.add_argument("--board", choices=("esp32", "esp32-spiram", "esp8266"),
                         default="esp32-spiram",
                         help="GC heap profile for --runtime micropython (default esp32-spiram: "

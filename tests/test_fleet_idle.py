@@ -143,3 +143,25 @@ def test_cpython_board_freezes_the_host_objects_and_samples_real_time(tmp_path, 
     want = os.SCHED_FIFO if rt == "1" and _fifo_permitted() else os.SCHED_OTHER
     assert int(words[words.index("policy") + 1]) == want, out.stdout
     assert int(words[words.index("after") + 1]) == os.SCHED_OTHER, out.stdout
+
+
+def test_fleet_raises_a_micropython_interpreter_but_not_its_launcher():
+    # A MicroPython board is a launcher and, below it, the interpreter: the fleet makes the
+    # interpreter real-time once the board has booted (the port cannot do it per window).
+    launcher = subprocess.Popen([sys.executable, "-c", "import subprocess, sys\n"
+                                 "subprocess.run([sys.executable, '-c', "
+                                 "'import time; time.sleep(60)'])\n"])
+    try:
+        deadline = time.monotonic() + 20
+        while len(fleet._tree_pids(launcher.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        interpreter = fleet._tree_pids(launcher.pid)[1]
+        done = fleet.interpreter_real_time(launcher.pid)
+        assert done == _fifo_permitted()
+        assert os.sched_getscheduler(interpreter) == (os.SCHED_FIFO if done
+                                                      else os.SCHED_OTHER)
+        assert os.sched_getscheduler(launcher.pid) == os.SCHED_OTHER
+    finally:
+        for pid in fleet._tree_pids(launcher.pid)[1:]:
+            os.kill(pid, 9)
+        launcher.wait()

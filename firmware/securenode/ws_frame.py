@@ -138,7 +138,8 @@ def announced_length(buf):
 
 
 def parse_header(buf, max_bytes, in_message=False, gathered=0):
-    """Decode a server frame header from ``buf`` (at least ``header_length(buf[1])`` bytes).
+    """Decode a server frame header from ``buf`` (the ``header_length(buf[1])`` bytes of a
+    complete header: the caller reads that many before it asks).
 
     Returns (fin, opcode, masked, length, header_len), or raises WsProtocolError.
     ``in_message``: a fragmented data message is being reassembled, ``gathered`` bytes of
@@ -147,17 +148,12 @@ def parse_header(buf, max_bytes, in_message=False, gathered=0):
     >>> parse_header(b"\\x81\\x05", 4096)
     (True, 1, False, 5, 2)
     """
-    if len(buf) < 2:
-        raise WsProtocolError(CLOSE_PROTOCOL, "frame header shorter than 2 bytes")
     b0 = buf[0]
     b1 = buf[1]
     fin = bool(b0 & _FIN)
     opcode = b0 & 0x0F
     masked = bool(b1 & _MASKED)
     need = header_length(b1)
-    if len(buf) < need:
-        raise WsProtocolError(CLOSE_PROTOCOL, "frame header needs %d bytes, got %d"
-                              % (need, len(buf)))
     if b0 & _RSV:
         # No extension was negotiated, so RSV1-3 must be zero (RFC 6455 5.2).
         raise WsProtocolError(CLOSE_PROTOCOL, "reserved bits set (0x%02x)" % (b0 & _RSV))

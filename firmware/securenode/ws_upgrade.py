@@ -1,9 +1,10 @@
 """The WebSocket upgrade (RFC 6455 4.1): loaded by wss_client only while connecting.
 
 A board upgrades once per connection, so this code is imported for the handshake and
-dropped right after (wss_client.connect): it never stays resident beside the readings.
-The response is read line by line into the client's frame buffer (no allocation per byte),
-and only the five headers a client must judge are kept.
+dropped right after (wss_client.connect): it never stays resident beside the readings,
+and it is kept small because it is loaded at the connection's peak. The response is read
+line by line into the client's frame buffer (no allocation per byte), and only the five
+headers a client must judge are kept.
 
 Checked: the 101 status, ``Upgrade: websocket``, ``Connection`` holding ``Upgrade``,
 ``Sec-WebSocket-Accept`` = base64(SHA-1(key + GUID)) for a key from ``os.urandom``, a
@@ -42,97 +43,84 @@ def accept_for(key):
     return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest()).strip()
 
 
-def request(client, key):
-    """The upgrade request's bytes (headers such as the bearer token included)."""
-    host = client.host if client.port == 443 else client.peer
+def upgrade(client):
+    """Send the upgrade request on the client's TLS stream and judge the answer."""
+    peer = client.peer
+    if not hasattr(hashlib, "sha1"):
+        # Without SHA-1 the server's answer cannot be checked: refuse rather than trust.
+        raise WssError("ws_handshake", peer, "this port's hashlib has no sha1, so "
+                       "Sec-WebSocket-Accept cannot be checked; refusing")
+    key = binascii.b2a_base64(os.urandom(16)).strip()
     text = ("GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-            % (client.path, host, key.decode()))
+            % (client.path, client.host if client.port == 443 else peer, key.decode()))
     if client.offered:
         text += "Sec-WebSocket-Protocol: %s\r\n" % ", ".join(client.offered)
     for name, value in client.headers:
         text += "%s: %s\r\n" % (name, value)
-    return (text + "\r\n").encode()
-
-
-def upgrade(client):
-    """Send the upgrade request on the client's TLS stream and judge the answer."""
-    if not hasattr(hashlib, "sha1"):
-        # Without SHA-1 the server's answer cannot be checked: refuse rather than trust.
-        raise WssError("ws_handshake", client.peer, "this port's hashlib has no sha1, so "
-                       "Sec-WebSocket-Accept cannot be checked; refusing")
-    key = binascii.b2a_base64(os.urandom(16)).strip()
-    data = request(client, key)
-    client.write(data, len(data))
-    data = None
+    text = (text + "\r\n").encode()
+    client.write(text, len(text))
+    text = None
     started = time.ticks_ms()
     one = bytearray(1)
-    status = _line(client, started, one)
-    parts = status.split(" ", 2)
-    code = parts[1] if len(parts) > 1 else ""
-    if not parts[0].startswith("HTTP/1.") or code != "101":
-        raise WssError("ws_refused" if code in ("401", "403") else "ws_handshake", client.peer,
-                       "expected HTTP 101, got %s" % client.quote(status))
     got = [None] * len(_WANTED)
-    total = len(status)
-    lines = 0
-    buf = client.out
+    total = lines = 0
     while True:
-        n = _read_line(client, started, one)
-        if not n:
+        line = _read_line(client, started, one)
+        if not line:
             break
-        total += n
+        total += len(line)
         lines += 1
+        if lines == 1:
+            # The status line: "HTTP/1.1 101 ...".
+            parts = line.split(b" ", 2)
+            code = parts[1] if len(parts) > 1 else b""
+            if not parts[0].startswith(b"HTTP/1.") or code != b"101":
+                raise WssError("ws_refused" if code in (b"401", b"403") else "ws_handshake",
+                               peer, "expected HTTP 101, got %s" % client.quote(_text(line)))
+            continue
         if total > _MAX_RESPONSE or lines > _MAX_LINES:
-            raise WssError("ws_handshake", client.peer, "upgrade response too large")
-        line = bytes(buf[:n])
+            raise WssError("ws_handshake", peer, "upgrade response too large")
         colon = line.find(b":")
         if colon <= 0:
-            raise WssError("ws_handshake", client.peer, "malformed header line %s"
-                           % client.quote(_text(line, n)))
+            raise WssError("ws_handshake", peer, "malformed header line %s"
+                           % client.quote(_text(line)))
         name = line[:colon].strip().lower()
         if name in _WANTED:
             i = _WANTED.index(name)
-            value = _text(line, n)[colon + 1:].strip()
+            value = _text(line[colon + 1:]).strip()
             got[i] = value if got[i] is None else got[i] + ", " + value
-    _judge(client, got, accept_for(key))
-
-
-def _judge(client, got, expected):
+    if not lines:
+        raise WssError("ws_handshake", peer, "expected HTTP 101, got an empty line")
     upgrade_, connection, accept, extensions, chosen = got
+    expected = accept_for(key).decode()
+    bad = None
     if (upgrade_ or "").lower() != "websocket":
-        raise WssError("ws_handshake", client.peer, "Upgrade header is %s, not websocket"
-                       % client.quote(upgrade_ or ""))
-    if "upgrade" not in [t.strip().lower() for t in (connection or "").split(",")]:
-        raise WssError("ws_handshake", client.peer, "Connection header is %s, not Upgrade"
-                       % client.quote(connection or ""))
-    if (accept or "").encode() != expected:
-        raise WssError("ws_handshake", client.peer, "Sec-WebSocket-Accept is %s, expected %s"
-                       % (client.quote(accept or ""), expected.decode()))
-    if extensions is not None:
-        raise WssError("ws_handshake", client.peer, "server chose extensions %s we did not "
-                       "offer" % client.quote(extensions))
-    if chosen is not None and chosen not in client.offered:
-        raise WssError("ws_handshake", client.peer, "server chose subprotocol %s; we offered "
-                       "%s" % (client.quote(chosen), ", ".join(client.offered) or "none"))
+        bad = "Upgrade header is %s, not websocket" % client.quote(upgrade_ or "")
+    elif "upgrade" not in [t.strip().lower() for t in (connection or "").split(",")]:
+        bad = "Connection header is %s, not Upgrade" % client.quote(connection or "")
+    elif accept != expected:
+        bad = "Sec-WebSocket-Accept is %s, expected %s" % (client.quote(accept or ""), expected)
+    elif extensions is not None:
+        bad = "server chose extensions %s we did not offer" % client.quote(extensions)
+    elif chosen is not None and chosen not in client.offered:
+        bad = "server chose subprotocol %s; we offered %s" % (
+            client.quote(chosen), ", ".join(client.offered) or "none")
+    if bad:
+        raise WssError("ws_handshake", peer, bad)
     client.subprotocol = chosen
 
 
-def _line(client, started, one):
-    return _text(client.out, _read_line(client, started, one))
-
-
-def _text(buf, n):
+def _text(data):
     # Header bytes as printable ASCII; ports differ in what bytes.decode accepts.
-    return "".join(chr(b) if 32 <= b < 127 else (" " if b == 9 else "?") for b in buf[:n])
+    return "".join(chr(b) if 32 <= b < 127 else (" " if b == 9 else "?") for b in data)
 
 
 def _read_line(client, started, one):
-    # One line into the client's frame buffer (free until the upgrade is done); its length
-    # without CR LF. Byte by byte: nothing past the blank line may be consumed (frames can
-    # follow in the same TLS record).
+    # One line (without CR LF) as bytes, read into the client's frame buffer (free until
+    # the upgrade is done). Byte by byte: nothing past the blank line may be consumed
+    # (frames can follow in the same TLS record).
     buf = client.out
-    limit = len(buf)
     n = 0
     io_ms = client.io_ms
     set_ms = -1
@@ -158,16 +146,15 @@ def _read_line(client, started, one):
                            "upgrade (%s)" % (exc,))
         if not k:
             raise WssError("ws_handshake", client.peer, "connection closed during the "
-                           "upgrade after %s" % client.quote(_text(buf, n) or "nothing"))
-        c = one[0]
-        if c == 10:
+                           "upgrade after %s" % client.quote(_text(buf[:n]) or "nothing"))
+        if one[0] == 10:
             break
-        if n >= limit:
+        if n >= len(buf):
             raise WssError("ws_handshake", client.peer, "upgrade response line over %d "
-                           "bytes" % limit)
-        buf[n] = c
+                           "bytes" % len(buf))
+        buf[n] = one[0]
         n += 1
     client.raw.settimeout(io_ms / 1000)
     if n and buf[n - 1] == 13:
         n -= 1
-    return n
+    return bytes(buf[:n])

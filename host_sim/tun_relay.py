@@ -361,9 +361,12 @@ class TunRelay:
                     log = self.log
                     line.push(data, way_of[fd], now, tag=(log, log.note(now, way_of[fd], data)))
             for _, way, data, (log, index) in line.due(time.monotonic()):
+                # Noted before the write: a receiver may act on the packet (and a test see
+                # that) before os.write returns here.
+                t_out = time.monotonic()
                 try:
                     os.write(out_fd[way], data)
                 except OSError:
                     continue      # the other side's device went down: the packet is lost
                 if index is not None:
-                    log.note_delivered(index, time.monotonic())
+                    log.note_delivered(index, t_out)

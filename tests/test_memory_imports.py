@@ -23,10 +23,10 @@ app.main()
 print(json.dumps({"event": "modules", "names": sorted(sys.modules)}))
 """
 
-# Every configuration's core: the loop, outbox, sampling, TLS, events. (crash.py is loaded
-# at boot and when a status carried the last crash, wifi.py while joining: both dropped after.)
+# Every configuration's core: the loop, outbox, sampling, TLS, events, crash containment.
+# (wifi.py is loaded to join, then dropped.)
 CORE = {"securenode", "securenode.app", "securenode.build", "securenode.clock",
-        "securenode.events", "securenode.link_error", "securenode.links",
+        "securenode.crash", "securenode.events", "securenode.link_error", "securenode.links",
         "securenode.mains", "securenode.net", "securenode.outbox", "securenode.pinned_tls",
         "securenode.reading", "securenode.sensor", "securenode.settings", "securenode.states",
         "securenode.watchdog"}
@@ -39,7 +39,7 @@ TRANSPORT = {
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
                     "securenode.provision_codec", "securenode.x509_peek",
-                    "securenode.tls_explain", "securenode.crash", "securenode.wifi", "umqtt",
+                    "securenode.tls_explain", "securenode.wifi", "umqtt",
                     "umqtt.simple",
                     # Loaded only to say an MQTT error, to open the outbox, for several pinned
                     # roots or a failed handshake; then dropped.

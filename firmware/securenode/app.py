@@ -17,8 +17,8 @@ import os
 import sys
 import time
 
-from securenode import (VERSION, clock, links, outbox, reading, sensor, settings, states,
-                        watchdog)
+from securenode import (VERSION, clock, crash, links, outbox, reading, sensor, settings,
+                        states, watchdog)
 from securenode.events import emit, error
 from securenode.link_error import LinkError
 from securenode.net import NetError
@@ -26,8 +26,9 @@ from securenode.pinned_tls import PinnedTls, TlsError
 
 # Imported where used, not here: provision and https_client only on a board that must be
 # provisioned (a certificate board never loads them), the validator (config.py) only at boot,
-# wifi only while joining and crash at boot and after a status carried the last crash (each
-# then forgotten: used again only after an outage, or never).
+# wifi only while joining (then forgotten: it is used again only after an outage). crash.py
+# stays: main.py holds it, so that a full, fragmented heap can still record a MemoryError
+# (loaded after one, at 80K from .mpy, its import found no 640 bytes in one piece).
 
 
 def _read(path):
@@ -365,11 +366,7 @@ class Node:
         emit("status", payload=self._status_sent.decode())
         self._status_sent = None
         if self.last_crash is not None:  # the status just acknowledged carried it
-            from securenode import crash
-
             crash.clear()
-            crash = None
-            settings.forget("securenode.crash")
             self.last_crash = None
 
     def apply_command(self, command):
@@ -566,12 +563,8 @@ def _unload_provisioning():
 
 
 def main(config_path="config.json"):
-    from securenode import crash
-
     cause = crash.reset_cause()
     last_crash = crash.recorded()
-    crash = None
-    settings.forget("securenode.crash")
     emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
     try:
         cfg = settings.load(config_path)  # validates, then unloads the validator

@@ -65,7 +65,7 @@ def publish(c, device, seqs):
         info.wait_for_publish(30)
 
 
-def stored(url, device):
+def stored_count(url, device):
     with psycopg.connect(url) as db:
         return db.execute("SELECT count(*) FROM readings WHERE device_id = %s",
                           (device,)).fetchone()[0]
@@ -79,14 +79,14 @@ def test_two_collectors_split_one_stream_and_a_killed_one_loses_nothing(pki, sha
     restarted = None
     try:
         publish(pub, device, range(1, 1001))
-        wait_until(lambda: stored(postgres.url, device) == 1000, 20, "the first 1000")
+        wait_until(lambda: stored_count(postgres.url, device) == 1000, 20, "the first 1000")
         # The rest goes on in the background; collector-a dies without a word mid-stream.
         rest = threading.Thread(target=publish, args=(pub, device, range(1001, total + 1)))
         rest.start()
-        wait_until(lambda: stored(postgres.url, device) >= 2000, 20, "the stream under way")
+        wait_until(lambda: stored_count(postgres.url, device) >= 2000, 20, "the stream under way")
         os.killpg(a.proc.pid, signal.SIGKILL)
         a.proc.wait(10)
-        assert stored(postgres.url, device) < total, "the kill came after the stream"
+        assert stored_count(postgres.url, device) < total, "the kill came after the stream"
         rest.join(60)
         # Its supervisor brings it back: its session still holds what it never acknowledged.
         restarted = member(MEMBERS[0], pki, shared_broker, postgres.url).start()
@@ -115,44 +115,42 @@ def test_two_collectors_split_one_stream_and_a_killed_one_loses_nothing(pki, sha
                 col.stop()
 
 
-class PausesAfterEachDevice(Store):
-    """Meets the other writer after its first device's rows, while both hold their locks."""
-
-    def __init__(self, url, barrier):
-        super().__init__(url)
-        self.barrier = barrier
-
-    def _device(self, cur, device_id):
-        super()._device(cur, device_id)
-        try:
-            self.barrier.wait()
-        except threading.BrokenBarrierError:
-            pass      # the other writer is waiting on our locks: go on and commit
-
-
-def test_two_collectors_writing_overlapping_batches_never_deadlock(postgres):
+@pytest.mark.parametrize("same_readings", [True, False],
+                         ids=["a redelivery of the same readings", "new readings"])
+def test_two_collectors_writing_overlapping_batches_never_deadlock(same_readings, postgres):
+    """Two batches of the same two devices, their messages in opposite orders, written at
+    once; every row takes 5 ms and every device row 300 ms, so both transactions surely
+    hold locks while asking for more. Same readings: the second waits on the first's rows
+    (a deadlock if either inserted out of order). New readings: both COPYs go in at once
+    and meet at the devices (a deadlock if either locked them out of order)."""
     from tools.collector_store import handle_batch
 
     devices = ["overlap-a", "overlap-b"]
-    messages = [("devices/%s/readings" % d, reading_payload(d, s)) for d in devices
-                for s in range(1, 51)]
-    # The same readings (a redelivery to the other collector), the devices the other way round.
-    orders = [messages, messages[50:] + messages[:50]]
-    barrier = threading.Barrier(2, timeout=1.5)
-    stores = [PausesAfterEachDevice(postgres.url, barrier) for _ in orders]
+    Store(postgres.url).close()     # the schema
+    with psycopg.connect(postgres.url, autocommit=True) as db:
+        db.execute("DELETE FROM readings WHERE device_id LIKE 'overlap-%'")
+        db.execute("DELETE FROM devices WHERE device_id LIKE 'overlap-%'")
+    batches = []
+    for first in (1, 1 if same_readings else 51):
+        messages = [("devices/%s/readings" % d, reading_payload(d, s)) for d in devices
+                    for s in range(first, first + 50)]
+        batches.append(messages)
+    batches[1] = batches[1][50:] + batches[1][:50]      # the devices the other way round
+    stores = [Store(postgres.url) for _ in batches]
     results, errors = [None, None], []
 
     def write(i):
         try:
-            results[i] = handle_batch(stores[i], "mqtt", orders[i])
+            results[i] = handle_batch(stores[i], "mqtt", batches[i])
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
-    # Each row takes 5 ms to insert, so the two batches' INSERTs surely overlap.
     with psycopg.connect(postgres.url, autocommit=True) as db:
-        db.execute("CREATE OR REPLACE FUNCTION slow_row() RETURNS trigger AS "
-                   "$$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$ LANGUAGE plpgsql")
-        db.execute("CREATE TRIGGER slow_rows BEFORE INSERT ON readings FOR EACH ROW "
-                   "EXECUTE FUNCTION slow_row()")
+        for table, delay_s in (("readings", 0.005), ("devices", 0.3)):
+            db.execute("CREATE OR REPLACE FUNCTION slow_%s() RETURNS trigger AS $$ BEGIN "
+                       "PERFORM pg_sleep(%s); RETURN NEW; END $$ LANGUAGE plpgsql"
+                       % (table, delay_s))
+            db.execute("CREATE TRIGGER slow_%s BEFORE INSERT OR UPDATE ON %s FOR EACH ROW "
+                       "EXECUTE FUNCTION slow_%s()" % (table, table, table))
     try:
         threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
         for t in threads:
@@ -163,8 +161,10 @@ def test_two_collectors_writing_overlapping_batches_never_deadlock(postgres):
         for s in stores:
             s.close()
         with psycopg.connect(postgres.url, autocommit=True) as db:
-            db.execute("DROP TRIGGER slow_rows ON readings")
+            for table in ("readings", "devices"):
+                db.execute("DROP TRIGGER slow_%s ON %s" % (table, table))
     assert errors == [], errors
-    assert sorted(r["stored"] for r in results) == [0, 100]   # one stored all, one none
+    stored = sorted(r["stored"] for r in results)
+    assert stored == ([0, 100] if same_readings else [100, 100]), results
     for d in devices:
-        assert stored(postgres.url, d) == 50
+        assert stored_count(postgres.url, d) == (50 if same_readings else 100)

@@ -268,6 +268,35 @@ def test_exactly_once_when_the_collector_process_is_killed_mid_stream(tmp_path, 
         col.stop()
 
 
+def test_postgresql_batches_go_in_by_copy_and_a_batch_holding_a_stored_reading_by_insert(
+        postgres):
+    store = Store(postgres.url)
+    try:
+        with store.lock:
+            store.db.execute("DELETE FROM readings WHERE device_id = 'copy-1'")
+            store.db.execute("DELETE FROM devices WHERE device_id = 'copy-1'")
+            store.db.commit()
+
+        def batch(*seqs):
+            return handle_batch(store, "mqtt", [("devices/copy-1/readings",
+                                                 reading_payload("copy-1", s)) for s in seqs])
+        assert batch(1, 2, 3) == {"stored": 3, "duplicate": 0, "status": 0, "rejected": 0}
+        assert store.copy_retries == 0
+        # A redelivery beside new readings: COPY meets the unique key, the INSERT skips it.
+        assert batch(3, 4) == {"stored": 1, "duplicate": 1, "status": 0, "rejected": 0}
+        assert store.copy_retries == 1
+        # The same reading twice in one batch (resent within one connection).
+        assert batch(5, 6, 5) == {"stored": 2, "duplicate": 1, "status": 0, "rejected": 0}
+        assert store.copy_retries == 2
+        assert batch(7) == {"stored": 1, "duplicate": 0, "status": 0, "rejected": 0}
+        assert store.copy_retries == 2
+        assert store.seqs("copy-1") == list(range(1, 8))
+        d = [d for d in store.report()["devices"] if d["device_id"] == "copy-1"][0]
+        assert d["duplicates"] == 2 and d["last_seen"] is not None
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("db_kind, field, value", [
     ("sqlite", "voltage", 2 ** 70),         # SQLite holds no integer beyond 64 bits
     ("postgresql", "status", 2 ** 40),      # the status column is a 32-bit integer

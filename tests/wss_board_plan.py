@@ -46,7 +46,7 @@ def _run_steps(ws, name, steps):
             emit("received", case=name, opcode=got_op, size=len(got),
                  text=bytes(got[:64]).decode() if got_op == ws_frame.OP_TEXT else None)
         elif op == "ping":
-            ws.ping(step[1].encode())
+            ws.send(step[1].encode(), ws_frame.OP_PING)
             while True:
                 got_op, got = ws.recv()
                 if got_op == ws_frame.OP_PONG:

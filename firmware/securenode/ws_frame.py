@@ -20,19 +20,19 @@ import gc
 
 from micropython import const
 
-OP_CONT = const(0)
+_OP_CONT = const(0)
 OP_TEXT = const(1)
 OP_BINARY = const(2)
 OP_CLOSE = const(8)
 OP_PING = const(9)
 OP_PONG = const(10)
 
-CLOSE_NORMAL = const(1000)
-CLOSE_PROTOCOL = const(1002)
-CLOSE_NO_STATUS = const(1005)
-CLOSE_ABNORMAL = const(1006)
-CLOSE_BAD_DATA = const(1007)
-CLOSE_TOO_BIG = const(1009)
+_CLOSE_NORMAL = const(1000)
+_CLOSE_PROTOCOL = const(1002)
+_CLOSE_NO_STATUS = const(1005)
+_CLOSE_ABNORMAL = const(1006)
+_CLOSE_BAD_DATA = const(1007)
+_CLOSE_TOO_BIG = const(1009)
 
 _FIN = const(0x80)
 _RSV = const(0x70)
@@ -156,34 +156,34 @@ def parse_header(buf, max_bytes, in_message=False, gathered=0):
     need = header_length(b1)
     if b0 & _RSV:
         # No extension was negotiated, so RSV1-3 must be zero (RFC 6455 5.2).
-        raise WsProtocolError(CLOSE_PROTOCOL, "reserved bits set (0x%02x)" % (b0 & _RSV))
+        raise WsProtocolError(_CLOSE_PROTOCOL, "reserved bits set (0x%02x)" % (b0 & _RSV))
     if masked:
-        raise WsProtocolError(CLOSE_PROTOCOL, "server frame is masked (RFC 6455 5.1)")
-    if opcode not in (OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
-        raise WsProtocolError(CLOSE_PROTOCOL, "unknown opcode 0x%x" % opcode)
+        raise WsProtocolError(_CLOSE_PROTOCOL, "server frame is masked (RFC 6455 5.1)")
+    if opcode not in (_OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG):
+        raise WsProtocolError(_CLOSE_PROTOCOL, "unknown opcode 0x%x" % opcode)
     if (b1 & 0x7F) == 127 and buf[2] & 0x80:
-        raise WsProtocolError(CLOSE_PROTOCOL, "64-bit length has its top bit set")
+        raise WsProtocolError(_CLOSE_PROTOCOL, "64-bit length has its top bit set")
     length = announced_length(buf)
     if opcode >= OP_CLOSE:
         if not fin:
-            raise WsProtocolError(CLOSE_PROTOCOL, "fragmented control frame (opcode 0x%x)"
+            raise WsProtocolError(_CLOSE_PROTOCOL, "fragmented control frame (opcode 0x%x)"
                                   % opcode)
         if length > _MAX_CONTROL:
-            raise WsProtocolError(CLOSE_PROTOCOL, "control frame of %d bytes (max 125)"
+            raise WsProtocolError(_CLOSE_PROTOCOL, "control frame of %d bytes (max 125)"
                                   % length)
-    elif opcode == OP_CONT:
+    elif opcode == _OP_CONT:
         if not in_message:
-            raise WsProtocolError(CLOSE_PROTOCOL, "continuation frame without a message")
+            raise WsProtocolError(_CLOSE_PROTOCOL, "continuation frame without a message")
     elif in_message:
-        raise WsProtocolError(CLOSE_PROTOCOL, "new data frame inside a fragmented message")
+        raise WsProtocolError(_CLOSE_PROTOCOL, "new data frame inside a fragmented message")
     if opcode < OP_CLOSE and gathered + length > max_bytes:
         # Quote the configured limit, not the room left: that is the number a person can
         # find in config.json (wss.max_message_bytes).
         if gathered:
-            raise WsProtocolError(CLOSE_TOO_BIG, "message of %d bytes so far plus a %d-byte "
+            raise WsProtocolError(_CLOSE_TOO_BIG, "message of %d bytes so far plus a %d-byte "
                                   "fragment exceeds the limit of %d bytes"
                                   % (gathered, length, max_bytes))
-        raise WsProtocolError(CLOSE_TOO_BIG, "frame announces %d bytes, limit %d"
+        raise WsProtocolError(_CLOSE_TOO_BIG, "frame announces %d bytes, limit %d"
                               % (length, max_bytes))
     return fin, opcode, masked, length, need
 
@@ -266,15 +266,15 @@ def parse_close(payload):
     """
     n = len(payload)
     if n == 0:
-        return CLOSE_NO_STATUS, ""
+        return _CLOSE_NO_STATUS, ""
     if n == 1:
-        raise WsProtocolError(CLOSE_PROTOCOL, "close payload of 1 byte")
+        raise WsProtocolError(_CLOSE_PROTOCOL, "close payload of 1 byte")
     code = (payload[0] << 8) | payload[1]
     if not close_code_valid(code):
-        raise WsProtocolError(CLOSE_PROTOCOL, "invalid close code %d" % code)
+        raise WsProtocolError(_CLOSE_PROTOCOL, "invalid close code %d" % code)
     reason = payload[2:]
     if not utf8_valid(reason):
-        raise WsProtocolError(CLOSE_BAD_DATA, "close reason is not valid UTF-8")
+        raise WsProtocolError(_CLOSE_BAD_DATA, "close reason is not valid UTF-8")
     return code, str(bytes(reason), "utf-8")
 
 
@@ -285,7 +285,7 @@ def _read_exact(stream, view):
     while got < n:
         k = stream.readinto(view[got:])
         if not k:
-            raise WsProtocolError(CLOSE_ABNORMAL, "stream ended mid-frame (%d of %d bytes)"
+            raise WsProtocolError(_CLOSE_ABNORMAL, "stream ended mid-frame (%d of %d bytes)"
                                   % (got, n))
         got += k
 
@@ -346,7 +346,7 @@ class MessageReader:
                 gc.collect()
         if fresh is None:
             # A board must survive this: refuse the message (1009), keep running.
-            raise WsProtocolError(CLOSE_TOO_BIG, "no memory for a message of %d bytes so "
+            raise WsProtocolError(_CLOSE_TOO_BIG, "no memory for a message of %d bytes so "
                                   "far (limit %d bytes)" % (size, self.max_message_bytes))
         fresh[:self._size] = self._data[:self._size]
         self._data = memoryview(fresh)
@@ -389,7 +389,7 @@ class MessageReader:
                 self._utf8 = utf8_step(piece, self._utf8)
                 if self._utf8 < 0:
                     self.reset()
-                    raise WsProtocolError(CLOSE_BAD_DATA, "text message is not valid UTF-8 "
+                    raise WsProtocolError(_CLOSE_BAD_DATA, "text message is not valid UTF-8 "
                                           "(in bytes %d..%d)" % (start, start + length))
             if not fin:
                 continue
@@ -398,6 +398,6 @@ class MessageReader:
             truncated = self._utf8 != 0
             self.reset()
             if truncated:
-                raise WsProtocolError(CLOSE_BAD_DATA, "text message ends inside a UTF-8 "
+                raise WsProtocolError(_CLOSE_BAD_DATA, "text message ends inside a UTF-8 "
                                       "character")
             return opcode, self._data[:size]

@@ -14,7 +14,7 @@ Example::
                    headers=(("Authorization", "Bearer " + token),))
     ws.connect()                       # raises NetError, TlsError or WssError
     ws.send(b'{"seq":1}')              # one text message
-    opcode, payload = ws.recv()        # data message, or OP_PONG
+    opcode, payload = ws.recv()        # data message, or ws_frame.OP_PONG
     ws.close()
 """
 
@@ -26,8 +26,16 @@ from micropython import const
 from securenode import net, settings, ws_frame
 from securenode.link_error import LinkError
 from securenode.pinned_tls import TlsError
-from securenode.ws_frame import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WsProtocolError
+from securenode.ws_frame import WsProtocolError
 
+# ws_frame's opcodes and close codes, as constants of this module (no global lookups).
+_OP_TEXT = const(1)
+_OP_CLOSE = const(8)
+_OP_PING = const(9)
+_OP_PONG = const(10)
+_CLOSE_NORMAL = const(1000)
+_CLOSE_NO_STATUS = const(1005)
+_CLOSE_ABNORMAL = const(1006)
 # Frames go out masked in pieces of 512 bytes; while connecting, the same buffer holds one
 # line of the upgrade response (so a line may be up to 526 bytes).
 _OUT = const(14 + 512)
@@ -113,16 +121,12 @@ class WssClient:
         return '"%s"%s' % (out, "..." if len(text) > _QUOTE_CHARS else "")
 
     # --- messages ---------------------------------------------------------------------
-    def send(self, payload, opcode=OP_TEXT):
-        """Send one message (one frame; OP_PING for a ping, its pong comes from recv())
-        masked with a fresh key from os.urandom."""
+    def send(self, payload, opcode=_OP_TEXT):
+        """Send one message (one frame) masked with a fresh key from os.urandom; opcode
+        ws_frame.OP_PING sends a ping, whose pong comes from recv() as (OP_PONG, payload)."""
         if not self.open:
             raise WssError("ws_closed", self.peer, "connection is not open")
         self._frame(opcode, payload)
-
-    def ping(self, payload=b""):
-        """Send a ping; its pong comes back from recv() as (OP_PONG, payload)."""
-        self.send(payload, OP_PING)
 
     def _frame(self, opcode, payload):
         mask = os.urandom(4)
@@ -150,7 +154,7 @@ class WssClient:
             if not net.is_timeout(exc):
                 self._drop()
                 raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
-                               ws_frame.CLOSE_ABNORMAL)
+                               _CLOSE_ABNORMAL)
             k = None  # EAGAIN: nothing there
         finally:
             if self.raw is not None:
@@ -160,7 +164,7 @@ class WssClient:
         if not k:
             self._drop()
             raise WssError("ws_closed", self.peer, "connection closed without a close frame",
-                           ws_frame.CLOSE_ABNORMAL)
+                           _CLOSE_ABNORMAL)
         self.reader.push_first(self._one[0])
         return self.recv()
 
@@ -176,7 +180,7 @@ class WssClient:
         try:
             opcode, payload = self.reader.read(self.sock)
         except WsProtocolError as exc:
-            if exc.code == ws_frame.CLOSE_ABNORMAL:
+            if exc.code == _CLOSE_ABNORMAL:
                 self._drop()
                 raise WssError("ws_closed", self.peer, str(exc), exc.code)
             self._fail(exc.code, str(exc))
@@ -185,10 +189,10 @@ class WssClient:
             if net.is_timeout(exc):
                 raise WssError("ws_timeout", self.peer, "nothing within %d ms" % self.io_ms)
             raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
-                           ws_frame.CLOSE_ABNORMAL)
-        if opcode == OP_PING:
-            self._frame(OP_PONG, payload)
-        elif opcode == OP_CLOSE:
+                           _CLOSE_ABNORMAL)
+        if opcode == _OP_PING:
+            self._frame(_OP_PONG, payload)
+        elif opcode == _OP_CLOSE:
             self._closed_by_peer(payload)
         return opcode, payload
 
@@ -198,8 +202,8 @@ class WssClient:
         except WsProtocolError as exc:
             self._fail(exc.code, str(exc))
         try:
-            echo = code if code != ws_frame.CLOSE_NO_STATUS else ws_frame.CLOSE_NORMAL
-            self._frame(OP_CLOSE, ws_frame.close_payload(echo))
+            echo = code if code != _CLOSE_NO_STATUS else _CLOSE_NORMAL
+            self._frame(_OP_CLOSE, ws_frame.close_payload(echo))
         except WssError:
             pass  # the peer may already be gone; it asked to close anyway
         else:
@@ -211,7 +215,7 @@ class WssClient:
     def _fail(self, code, detail):
         # Tell the peer why, finish the close handshake, drop (RFC 6455 7.1.7).
         try:
-            self._frame(OP_CLOSE, ws_frame.close_payload(code, detail[:40]))
+            self._frame(_OP_CLOSE, ws_frame.close_payload(code, detail[:40]))
         except WssError:
             pass
         else:
@@ -219,11 +223,11 @@ class WssClient:
         self._drop()
         raise WssError("ws_protocol", self.peer, detail, code)
 
-    def close(self, code=ws_frame.CLOSE_NORMAL, reason=""):
+    def close(self, code=_CLOSE_NORMAL, reason=""):
         """Close handshake: send close, wait (one io deadline) for the server's, drop."""
         if self.open:
             try:
-                self._frame(OP_CLOSE, ws_frame.close_payload(code, reason))
+                self._frame(_OP_CLOSE, ws_frame.close_payload(code, reason))
             except WssError:
                 return  # dropped already
             self._finish_close(False)
@@ -259,7 +263,7 @@ class WssClient:
                 if need > 2 and not self._drain_exact(hdr[2:need], started):
                     return
                 skip = ws_frame.announced_length(hdr)
-                peer_closed = (hdr[0] & 0x0F) == OP_CLOSE
+                peer_closed = (hdr[0] & 0x0F) == _OP_CLOSE
             # Nothing follows a close frame but the end of the stream: wait for it.
             while self._drain_exact(scratch, started):
                 pass
@@ -288,7 +292,7 @@ class WssClient:
             if net.is_timeout(exc):
                 raise WssError("ws_timeout", self.peer, "write blocked for %d ms" % self.io_ms)
             raise WssError("ws_closed", self.peer, "connection lost (%s)" % (exc,),
-                           ws_frame.CLOSE_ABNORMAL)
+                           _CLOSE_ABNORMAL)
 
     def _drop(self):
         self.open = False

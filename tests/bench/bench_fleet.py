@@ -274,7 +274,8 @@ def main(argv=None):
                    help="CPython fleet sizes, comma-separated (100,200; 0: none)")
     p.add_argument("--mp-boards", default="100,200",
                    help="MicroPython fleet sizes, comma-separated (100,200; 0: none)")
-    p.add_argument("--readings", type=int, default=20)
+    p.add_argument("--readings", type=int, default=30,
+                   help="readings per board (30 x 5 s: all 200 sample together for ~1 min)")
     p.add_argument("--start-rate", type=float, default=3, help="boards started per second")
     p.add_argument("--interval-ms", type=int, default=5000)
     p.add_argument("--sampler-reads", type=int, default=30)

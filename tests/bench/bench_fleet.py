@@ -17,10 +17,11 @@ Two parts, both host figures (a shared machine: the load average while each ran 
     .venv/bin/python tests/bench/bench_fleet.py --only micropython:200,cpython:200
     .venv/bin/python tests/bench/bench_fleet.py --only cpython:200 --no-rt-sampling
 
-Writes tests/bench/results/fleet.md and fleet.png, and every row's figures to fleet.json:
-``--only`` runs just the fleet rows named (no sampler part) and replaces those rows in
-fleet.json (same runtime, boards and sampling priority), keeping the others, then rewrites
-fleet.md and fleet.png from all of them.
+Writes tests/bench/results/fleet.md and fleet.png, and every row's figures to fleet.json.
+A fleet row run replaces the row of the same runtime, boards and sampling priority in
+fleet.json; rows not run are kept (each with its load average and time; ``--fresh`` drops
+them), so ``--only`` (just the fleet rows named, no sampler part) and a ``--no-rt-sampling``
+run add to one table.
 """
 
 import argparse
@@ -167,6 +168,7 @@ def run_fleet(runtime, boards, readings, interval_ms, start_rate, certs, workdir
     f["wall_s"] = time.monotonic() - t0
     f["load"] = (load0 + loadavg()) / 2
     f["start_rate"] = start_rate
+    f["measured_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     return f
 
 
@@ -216,13 +218,13 @@ def fleet_table(runs):
     lines = ["| runtime | sampling window | boards, started at | readings x interval | sampling at once | all sampling for | "
              "disturbed (run) | disturbed (all sampling) | cadence median / worst (all "
              "sampling) | CPU ms / reading (median) | CPU s total | peak RSS per board "
-             "(median) | RSS summed | delivered | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(median) | RSS summed | delivered | load avg | measured (UTC) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in runs:
         run, every = f["run"], f["all_sampling"]
         lines.append(
             "| %s | %s | %d, %g/s | %d x %.1f s | %d | %.0f s | %s (%d of %d) | %s (%d of %d) | %s / %s | "
-            "%s | %.0f | %s MB | %.1f GB | %s | %.1f |" % (
+            "%s | %.0f | %s MB | %.1f GB | %s | %.1f | %s |" % (
                 f["runtime"], f.get("rt_sampling", "normal"),
                 f["boards"], f["start_rate"], f["readings_per_board"],
                 f["interval_ms"] / 1000,
@@ -233,7 +235,8 @@ def fleet_table(runs):
                 fmt(every["cadence_pct_worst"], "%+.1f%%"),
                 fmt(f["cpu_ms_per_reading_median"]), f["cpu_s_total"],
                 fmt(f["rss_mb_median"], "%.0f"), f["rss_mb_total"] / 1024,
-                "all" if f["ok"] else "NOT ALL (exit %d)" % f["exit"], f["load"]))
+                "all" if f["ok"] else "NOT ALL (exit %d)" % f["exit"], f["load"],
+                f.get("measured_utc", "-")))
     return lines
 
 
@@ -285,14 +288,17 @@ def main(argv=None):
                    help="run only these fleet rows (e.g. micropython:200) and replace them in "
                         "fleet.json; the other rows and the sampler table are kept")
     p.add_argument("--no-rt-sampling", dest="rt_sampling", action="store_false",
-                   help="CPython boards sample at normal priority (see host_sim/stubs/time.py)")
+                   help="boards sample at normal priority, not real-time (host_sim.fleet)")
+    p.add_argument("--fresh", action="store_true",
+                   help="drop the rows kept in fleet.json (default: rows not run are kept)")
     args = p.parse_args(argv)
     only = parse_only(args.only) if args.only else None
-    saved = {}
     if only:
         args.skip_sampler = True
-        if (RESULTS / "fleet.json").exists():
-            saved = json.loads((RESULTS / "fleet.json").read_text())
+    # What is not run this time keeps its rows from fleet.json (each says its load and time).
+    saved = {}
+    if not args.fresh and (RESULTS / "fleet.json").exists():
+        saved = json.loads((RESULTS / "fleet.json").read_text())
     if args.quick:
         args.boards, args.mp_boards, args.readings, args.sampler_reads = "10", "4", 6, 10
         args.interval_ms, args.start_rate = 1000, 10
@@ -327,9 +333,9 @@ def main(argv=None):
                          f["all_sampling"]["cadence_pct_worst"],
                          f["cpu_ms_per_reading_median"], f["rss_mb_median"], f["load"]),
                       flush=True)
-    if only:
+    if args.skip_sampler:
         sampler_rows = saved.get("sampler", [])
-        runs = merge_rows(saved.get("fleet", []), runs)
+    runs = merge_rows(saved.get("fleet", []), runs)
     lines = ["# The fleet on 2 cores, and what each board's sampling costs", "",
              "Host figures on a 2-core machine shared with other work: the load average "
              "(1 min) while each ran is in the last column; above ~2 the other work competed "

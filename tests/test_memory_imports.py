@@ -41,9 +41,10 @@ NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.htt
                     "securenode.provision_codec", "securenode.x509_peek",
                     "securenode.tls_explain", "securenode.wifi", "umqtt",
                     "umqtt.simple",
-                    # Loaded only to say an MQTT error, to open the outbox, for several pinned
-                    # roots or a failed handshake; then dropped.
-                    "securenode.mqtt_errors", "securenode.outbox_open", "securenode.tls_roots",
+                    # Loaded only to say an MQTT error, to send a CONNECT, to open the outbox,
+                    # for several pinned roots or a failed handshake; then dropped.
+                    "securenode.mqtt_errors", "securenode.mqtt_connect",
+                    "securenode.outbox_open", "securenode.tls_roots",
                     # The WebSocket upgrade: loaded while connecting, dropped after.
                     "securenode.ws_upgrade"}
 

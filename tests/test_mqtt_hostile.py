@@ -154,7 +154,7 @@ def test_duplicate_pubacks_are_counted_and_ignored_without_desync(launch, pki):
 
 @pytest.mark.parametrize("behaviour, text", [
     ("long_length", "remaining length longer than 4 bytes"),
-    ("huge_length", "announces 268435455 bytes, over the bound of 1024"),
+    ("huge_length", "announces 268435455 bytes, over the bound of 512"),
     ("garbage", "malformed PUBACK (first byte 0x48)"),
 ])
 def test_malformed_answers_are_named_protocol_errors_with_memory_bounded(launch, pki,
@@ -251,7 +251,7 @@ def test_a_clean_stop_says_disconnect_to_mosquitto_so_the_will_stays_unsaid(laun
 # --- the same brokers against the firmware on the real MicroPython unix port ------------------
 @pytest.mark.parametrize("behaviour, kind, text", [
     ("stall", "connack_timeout", "within %d ms (timeouts_ms.io)" % IO_MS),
-    ("huge_length", "protocol", "over the bound of 1024"),
+    ("huge_length", "protocol", "over the bound of 512"),
     ("wrong_id", "protocol", "never sent"),
     ("withhold", "ack_timeout", "no PUBACK"),
 ])

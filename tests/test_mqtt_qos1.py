@@ -166,7 +166,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
-    files = firmware_files("mqtt_link", "mqtt_codec", "mqtt_errors", "link_error", "net", "events")
+    files = firmware_files("mqtt_link", "mqtt_codec", "mqtt_connect", "mqtt_errors", "link_error",
+                           "net", "events")
     files["lib/umqtt/simple.py"] = (FIRMWARE.parent / "tests" / "vendor" / "umqtt"
                                     / "simple.py").read_text()
     for name in ("usocket", "socket", "ssl"):

@@ -38,7 +38,10 @@ from securenode.events import emit
 from securenode.link_error import LinkError
 
 _TX_BYTES = const(256)      # a reading's whole PUBLISH: header, topic, id, ~90 B JSON
-_MAX_PACKET = const(1024)   # largest packet body taken from the broker
+# Largest packet body taken from the broker: it sends a client PUBACK, CONNACK and
+# PINGRESP (2 bytes), and a PUBLISH only unasked (a stale session, a bridge); 512 bytes
+# takes a reading-sized one and is the one buffer of the link above 256 bytes (issue 10).
+_MAX_PACKET = const(512)
 _GOODBYE_MS = const(500)    # how long close() waits for the broker to end the connection
 _POLL_MAX = const(8)        # packets handled per poll(): a flooding broker cannot stall sampling
 
@@ -135,11 +138,18 @@ class MqttLink:
 
     def _start_session(self):
         will_topic, will_payload = self._will if self._will else (None, b"")
-        n = mc.connect_length(self.client_id, will_topic, will_payload, self._user,
-                              self._password)
-        buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
-        mc.encode_connect(buf, self.client_id, self._keepalive_s, True, will_topic,
-                          will_payload, 1, True, self._user, self._password)
+        # The CONNECT encoder is needed once per connection: loaded for it, then dropped.
+        from securenode import mqtt_connect
+
+        try:
+            n = mqtt_connect.connect_length(self.client_id, will_topic, will_payload,
+                                            self._user, self._password)
+            buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
+            mqtt_connect.encode_connect(buf, self.client_id, self._keepalive_s, True,
+                                        will_topic, will_payload, 1, True, self._user,
+                                        self._password)
+        finally:
+            mc.forget("mqtt_connect")
         self._send(buf, n, "CONNACK")
         packet = self._read_packet(time.ticks_add(time.ticks_ms(), self._io_ms), "CONNACK")
         if packet[0] != mc.CONNACK:
@@ -361,7 +371,7 @@ class MqttLink:
         try:
             return LinkError(kind, mqtt_errors.link_detail(self, why, waiting_for, cause))
         finally:
-            mc.forget_errors()
+            mc.forget("mqtt_errors")
 
     def _timeout(self, waiting_for):
         if waiting_for == "CONNACK":

@@ -1,0 +1,98 @@
+r"""MQTT 3.1.1 CONNECT to bytes: once per connection, so loaded for it and dropped after.
+
+Part of the client codec (mqtt_codec: the same rules, buffers the caller owns, EncodeError
+naming what does not fit); kept apart because a board sends one CONNECT per connection and
+the checks and field layout of it need not stay resident between them (issue 10).
+
+Example::
+
+    >>> buf = bytearray(32)
+    >>> n = encode_connect(buf, b"b1", 60)
+    >>> bytes(buf[:n])
+    b'\x10\x0e\x00\x04MQTT\x04\x02\x00<\x00\x02b1'
+"""
+
+from micropython import const
+
+from securenode.mqtt_codec import (CONNECT, EncodeError, _b, _check_str, _length_bytes,
+                                   _put_str, put_remaining_length)
+
+_MAX_ID = const(65535)
+_E_FITS = const(21)
+_E_KEEPALIVE = const(23)
+_E_PASSWORD = const(24)
+_E_WILL_QOS = const(25)
+
+
+def connect_length(client_id, will_topic=None, will_payload=b"", user=None, password=None):
+    """Bytes a CONNECT with these fields takes on the wire.
+
+    >>> connect_length(b"b1")
+    16
+    """
+    body = _connect_body(client_id, will_topic, will_payload, user, password)
+    return 1 + _length_bytes(body) + body
+
+
+def _connect_body(client_id, will_topic, will_payload, user, password):
+    body = 10 + 2 + len(_b(client_id))
+    if will_topic is not None:
+        body += 4 + len(_b(will_topic)) + len(will_payload)
+    if user is not None:
+        body += 2 + len(_b(user))
+    if password is not None:
+        body += 2 + len(_b(password))
+    return body
+
+
+def encode_connect(buf, client_id, keepalive_s, clean_session=True, will_topic=None,
+                   will_payload=b"", will_qos=1, will_retain=True, user=None, password=None):
+    r"""Write a CONNECT (protocol level 4) into ``buf``; return its length.
+
+    >>> buf = bytearray(32)
+    >>> n = encode_connect(buf, b"b1", 60)
+    >>> bytes(buf[:n])
+    b'\x10\x0e\x00\x04MQTT\x04\x02\x00<\x00\x02b1'
+    """
+    client_id = _b(client_id)
+    if not 0 <= keepalive_s <= _MAX_ID:
+        raise EncodeError(_E_KEEPALIVE, keepalive_s)
+    if password is not None and user is None:
+        raise EncodeError(_E_PASSWORD)
+    if will_qos not in (0, 1, 2):
+        raise EncodeError(_E_WILL_QOS, will_qos)
+    flags = 0x02 if clean_session else 0
+    if will_topic is not None:
+        will_topic = _b(will_topic)
+        _check_str(will_topic, "will topic")
+        _check_str(will_payload, "will payload")
+        flags |= 0x04 | will_qos << 3 | (0x20 if will_retain else 0)
+    if user is not None:
+        user = _b(user)
+        _check_str(user, "user name")
+        flags |= 0x80
+    if password is not None:
+        password = _b(password)
+        _check_str(password, "password")
+        flags |= 0x40
+    _check_str(client_id, "client id")
+    body = _connect_body(client_id, will_topic, will_payload, user, password)
+    total = 1 + _length_bytes(body) + body
+    if total > len(buf):
+        raise EncodeError(_E_FITS, "CONNECT", total, len(buf))
+    buf[0] = CONNECT << 4
+    at = put_remaining_length(buf, 1, body)
+    at = _put_str(buf, at, b"MQTT")
+    buf[at] = 4  # protocol level 4 = MQTT 3.1.1
+    buf[at + 1] = flags
+    buf[at + 2] = keepalive_s >> 8
+    buf[at + 3] = keepalive_s & 0xFF
+    at = _put_str(buf, at + 4, client_id)
+    if will_topic is not None:
+        at = _put_str(buf, at, will_topic)
+        at = _put_str(buf, at, will_payload)
+    if user is not None:
+        at = _put_str(buf, at, user)
+    if password is not None:
+        at = _put_str(buf, at, password)
+    return at

@@ -87,3 +87,18 @@ def test_another_devices_topic_is_refused_by_the_acl_over_wss(launch, ws_broker,
     assert ws_subscriber.readings("board-mwvictim") == []
     # The broker binds the client id to the certificate (use_username_as_clientid).
     assert "as board-mwthief (p2, c1, k60, u'board-mwthief')" in ws_broker.log()
+
+
+def test_a_broker_silent_after_the_upgrade_is_a_named_connack_timeout(launch, pki):
+    # The WebSocket read times out inside wss_client; the MQTT session must still say what
+    # it waited for (CONNACK), as on MQTTS, not a bare WebSocket timeout.
+    from test_wss_client import HostileServer
+
+    with HostileServer(pki.server.chain_pem, pki.server.key_pem,
+                       "silent_after_upgrade") as server:
+        board = launch("board-mw-silent", 1, config={
+            "transport": "mqtt_wss", "wss": {"host": "localhost", "port": server.port},
+            "timeouts_ms.io": 800})
+        error = board.wait_for("error", timeout=30)
+    assert error["kind"] == "connack_timeout", error
+    assert "CONNACK" in error["detail"]

@@ -104,6 +104,17 @@ with open("garbage/00000001.seg", "ab") as f:
 b2 = fresh("garbage")
 out["garbage"] = [b2.open(), drain(b2)]
 
+# A whole last record whose payload changed on flash (a page written with wrong bytes): its
+# CRC fails, so it is torn, earlier ones kept.
+b = fresh("flipped"); b.open(); fill(b, 3)
+with open("flipped/00000001.seg", "rb") as f:
+    data = bytearray(f.read())
+data[-2] ^= 0x01
+with open("flipped/00000001.seg", "wb") as f:
+    f.write(data)
+b2 = fresh("flipped")
+out["flipped"] = [b2.open(), drain(b2), len(data) // 3]
+
 # Budget: the oldest segment goes first and its unacked records are counted.
 b = fresh("budget", budget_bytes=800, segment_bytes=400)
 b.open()
@@ -214,6 +225,12 @@ def test_cut_on_a_record_boundary_is_not_a_torn_record(results, port):
 def test_garbage_after_good_records_is_dropped(results, port):
     report, seqs = results[port]["garbage"]
     assert seqs == [1, 2] and report == [[3, 40]]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_a_whole_record_whose_bytes_changed_fails_its_crc_at_open(results, port):
+    report, seqs, record_bytes = results[port]["flipped"]
+    assert seqs == [1, 2] and report == [[3, record_bytes]]
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

@@ -9,14 +9,17 @@ Example::
     torn = box.open()       # imports this module, calls open_box(box), forgets it
 """
 
+import binascii
 import os
+import struct
 
 from micropython import const
 
-from securenode.outbox import check_record, seg_name
+from securenode.outbox import seg_name
 
 _HEADER_BYTES = const(10)
 _STATE_VERSION = const(1)
+_CHUNK_BYTES = const(64)
 
 
 def open_box(box):
@@ -36,9 +39,10 @@ def open_box(box):
         elif name == "state.tmp":
             os.remove(box.root + "/" + name)  # a replacement that never completed
     numbers.sort()
-    # One record's buffer for the scan, garbage once the box is open: the steady state reads
-    # records with their exact length and needs none (issue 10).
-    body = bytearray(box.max_record)
+    # A small buffer for the scan (a record's CRC is taken piece by piece), garbage once the
+    # box is open: a record-sized one here had to be found whole in a heap the link's module
+    # had just cut up, and the steady state reads records with their exact length (issue 10).
+    body = bytearray(_CHUNK_BYTES)
     torn = []
     highest = box.acked_seq
     segs = box._segs
@@ -85,22 +89,29 @@ def _load_state(box):
 
 
 def _scan(box, number, buf):
-    # (records, bytes of good records, last good seq, file size) of one segment.
+    # (records, bytes of good records, last good seq, file size) of one segment. A record is
+    # good when its whole payload is there and its CRC (outbox.check_record's: seq bytes, then
+    # payload) holds, taken here over buf-sized pieces.
     count = good = 0
     last_seq = 0
     header = box._header
+    view = memoryview(buf)
     with open(box.root + "/" + seg_name(number), "rb") as f:
         while True:
             if f.readinto(header) != _HEADER_BYTES:
                 break
-            length = header[0] | header[1] << 8
+            length, seq, crc = struct.unpack_from("<HII", header, 0)
             if length > box.max_record:
                 break  # not a length we ever write: garbage from a torn write
-            body = memoryview(buf)[:length]
-            if f.readinto(body) != length:
-                break
-            seq = check_record(header, body)
-            if seq < 0:
+            got = binascii.crc32(memoryview(header)[2:6])
+            left = length
+            while left:
+                n = f.readinto(view[:min(left, len(buf))])
+                if not n:
+                    break  # the payload ends early: a torn tail
+                got = binascii.crc32(view[:n], got)
+                left -= n
+            if left or got & 0xFFFFFFFF != crc:
                 break
             count += 1
             good += _HEADER_BYTES + length

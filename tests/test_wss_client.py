@@ -131,6 +131,10 @@ HOSTILE = {
     "never_finishes": lambda key: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: web",
     "silent": lambda key: None,
     "silent_after_upgrade": lambda key: ok_101(key, "Sec-WebSocket-Protocol: mqtt\r\n"),
+    # A header we do not judge may be longer than the client's line buffer (skipped); one
+    # we judge may not (it would be cut).
+    "long_cookie_then_silent": lambda key: ok_101(key, "Set-Cookie: s=%s\r\n" % ("c" * 3000)),
+    "long_subprotocol": lambda key: ok_101(key, "Sec-WebSocket-Protocol: %s\r\n" % ("m" * 400)),
 }
 # case -> (kind, close code sent to the peer or None)
 EXPECTED = {
@@ -152,6 +156,8 @@ EXPECTED = {
     "never_finishes": ("ws_handshake_timeout", None),
     "silent": ("ws_handshake_timeout", None),
     "silent_after_upgrade": ("ws_timeout", None),
+    "long_cookie_then_silent": ("ws_timeout", None),
+    "long_subprotocol": ("ws_handshake", None),
 }
 HANDSHAKE_MS = 1500
 
@@ -390,6 +396,7 @@ def test_handshake_errors_quote_what_came_back(hostile_run):
     assert '"HTTP/1.1 200 OK"' in errors["missing_101"]["detail"]
     assert "Sec-WebSocket-Accept is" in errors["wrong_accept"]["detail"]
     assert '"evil"' in errors["unoffered_subprotocol"]["detail"]
+    assert "sec-websocket-protocol header over 270 bytes" in errors["long_subprotocol"]["detail"]
     # A peer echoing the token back does not get it into our error text.
     assert "<hidden>" in errors["echoes_token"]["detail"]
 

@@ -37,6 +37,10 @@ class WsStream:
 
     def __init__(self, client):
         self.client = client
+        self.reset()
+
+    def reset(self):
+        """A new connection: nothing of the last one's messages is left to read."""
         self._msg = b""
         self._pos = 0
 
@@ -89,21 +93,25 @@ class MqttWssLink(MqttLink):
                  handshake_ms, max_message_bytes):
         MqttLink.__init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms)
         self.path = path
-        self._handshake_ms = handshake_ms
-        self._max_message_bytes = max_message_bytes
+        # Made once, with the link (the app makes it at boot, on a heap not yet fragmented
+        # by readings), and reused by every connection: its frame buffers are never looked
+        # for again in a fragmented heap.
+        self._ws_stream = WsStream(WssClient(host, port, path, tls, connect_ms, io_ms,
+                                             handshake_ms, max_message_bytes,
+                                             subprotocols=("mqtt",)))
 
     def _open_stream(self):
         """TCP, pinned TLS, the WebSocket upgrade (subprotocol mqtt)."""
-        ws = WssClient(self.host, self.port, self.path, self._tls, self._connect_ms,
-                       self._io_ms, self._handshake_ms, self._max_message_bytes,
-                       subprotocols=("mqtt",))
+        stream = self._ws_stream
+        stream.reset()
+        ws = stream.client
         ws.connect()
         if ws.subprotocol != "mqtt":
             ws.close(1002, "no subprotocol")
             raise LinkError("ws_handshake", "%s accepted the upgrade without choosing the "
                             "mqtt subprotocol" % self.peer)
         emit("wss_connected", peer=self.peer, path=self.path, subprotocol=ws.subprotocol)
-        return WsStream(ws)
+        return stream
 
     # While closing, the broker ending the WebSocket (a close frame, or TCP) ends the wait.
     _CLOSE_ERRORS = (OSError, WssError)

@@ -58,7 +58,7 @@ def upgrade(client):
     text = None
     started = time.ticks_ms()
     one = bytearray(1)
-    _status(client, _read_line(client, started, one))
+    _status(client, _read_line(client, started, one)[0])
     _judge(client, _headers(client, started, one), accept_for(key).decode())
 
 
@@ -87,10 +87,10 @@ def _headers(client, started, one):
     got = [None] * len(_WANTED)
     total = lines = 0
     while True:
-        line = _read_line(client, started, one)
-        if not line:
+        line, size = _read_line(client, started, one)
+        if not size:
             return got
-        total += len(line)
+        total += size
         lines += 1
         if total > _MAX_RESPONSE or lines > _MAX_LINES:
             raise WssError("ws_handshake", client.peer, "upgrade response too large")
@@ -100,6 +100,9 @@ def _headers(client, started, one):
                            % client.quote(_text(line)))
         name = line[:colon].strip().lower()
         if name in _WANTED:
+            if size > len(line):
+                raise WssError("ws_handshake", client.peer, "%s header over %d bytes"
+                               % (_text(name), len(line)))
             i = _WANTED.index(name)
             value = _text(line[colon + 1:]).strip()
             got[i] = value if got[i] is None else got[i] + ", " + value
@@ -130,11 +133,12 @@ def _text(data):
 
 
 def _read_line(client, started, one):
-    # One line (without CR LF) as bytes, read into the client's frame buffer (free until
-    # the upgrade is done). Byte by byte: nothing past the blank line may be consumed
-    # (frames can follow in the same TLS record).
+    # One line without CR LF: (its first len(client.out) bytes, its length). Read into the
+    # client's frame buffer (free until the upgrade is done); a longer line (a proxy's
+    # cookie) is skipped past that, as only five short headers matter. Byte by byte:
+    # nothing past the blank line may be consumed (frames can follow in the same record).
     buf = client.out
-    n = 0
+    n = size = last = 0
     io_ms = client.io_ms
     set_ms = -1
     while True:
@@ -150,17 +154,21 @@ def _read_line(client, started, one):
         if not _read_byte(client, started, one):
             raise WssError("ws_handshake", client.peer, "connection closed during the "
                            "upgrade after %s" % client.quote(_text(buf[:n]) or "nothing"))
-        if one[0] == 10:
+        c = one[0]
+        if c == 10:
             break
-        if n >= len(buf):
-            raise WssError("ws_handshake", client.peer, "upgrade response line over %d "
-                           "bytes" % len(buf))
-        buf[n] = one[0]
-        n += 1
+        last = c
+        size += 1
+        if size > _MAX_RESPONSE:
+            raise WssError("ws_handshake", client.peer, "upgrade response too large")
+        if n < len(buf):
+            buf[n] = c
+            n += 1
     client.raw.settimeout(io_ms / 1000)
-    if n and buf[n - 1] == 13:
-        n -= 1
-    return bytes(buf[:n])
+    if last == 13:  # CR LF
+        size -= 1
+        n = min(n, size)
+    return bytes(buf[:n]), size
 
 
 def _read_byte(client, started, one):

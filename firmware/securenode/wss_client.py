@@ -36,9 +36,10 @@ _OP_PONG = const(10)
 _CLOSE_NORMAL = const(1000)
 _CLOSE_NO_STATUS = const(1005)
 _CLOSE_ABNORMAL = const(1006)
-# Frames go out masked in pieces of 512 bytes; while connecting, the same buffer holds one
-# line of the upgrade response (so a line may be up to 526 bytes).
-_OUT = const(14 + 512)
+# Frames go out masked in pieces of 256 bytes (a reading, an MQTT PUBLISH: one TLS record);
+# while connecting, the same buffer holds the start of each upgrade response line. Small,
+# as it is one block that a fragmented heap must find when a link is made.
+_OUT = const(14 + 256)
 _QUOTE_CHARS = const(80)
 
 
@@ -79,7 +80,11 @@ class WssClient:
         self.open = False
 
     def connect(self):
-        """TCP, pinned TLS (trying each root where the port needs it), then the upgrade."""
+        """TCP, pinned TLS (trying each root where the port needs it), then the upgrade.
+
+        A client may connect again after it closed or failed: buffers are reused."""
+        self._drop()
+        self.subprotocol = None
         self.reader.reset()
         roots = self.tls.root_sets
         for index, cadata in enumerate(roots):

@@ -45,6 +45,7 @@ MAX_PACKET_BYTES = 1 << 20
 _READ_BYTES = 256 * 1024
 _TICK_S = 0.25      # how often an idle consumer looks at stop() and the keepalive
 _PENDING_BATCHES = 2    # the reader stops reading while this many batches wait
+_HAND_EVERY = 100       # messages decoded between two looks at the writer's PUBACKs
 
 
 def topics(group=None):
@@ -345,8 +346,9 @@ class MqttIngest:
                 ping_sent = None
                 _drain(wake, _TICK_S)
                 continue
-            # At most a batch at a time, so the writer may start on it while we go on.
-            packets, used = codec.parse(buf, 0, MAX_PACKET_BYTES, min(room, self.batch_max))
+            # A few at a time: the writer may start on them, and the PUBACKs it releases
+            # go out within a fraction of a millisecond.
+            packets, used = codec.parse(buf, 0, MAX_PACKET_BYTES, min(room, _HAND_EVERY))
             del buf[:used]
             if not packets:     # no complete packet buffered: read
                 data = sock.recv(_TICK_S)

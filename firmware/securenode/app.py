@@ -138,6 +138,10 @@ class Node:
                 self._spare = links.open_link(self.cfg, tls, self.apply_command)
         except (TlsError, ValueError, OSError, MemoryError):
             self.tls = self._spare = None
+        # The boot is over: settings.preload()'s collection every 4 KB ends here (one then
+        # comes when the heap is full, at each state change and before each handshake).
+        if hasattr(gc, "threshold"):  # CPython's gc (the simulator) has none
+            gc.threshold(-1)
 
     def connect(self):
         if self._needs_provisioning():

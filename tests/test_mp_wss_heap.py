@@ -4,11 +4,10 @@
 Real boards (host_sim.board --runtime micropython, `.mpy` on a LittleFS flash, the `esp32`
 profile: a 112K GC heap, the launcher's stand-in allowance on top) against real peers:
 the ingest endpoint (wss), the collector's JSON-lines listener, the base station.
-Bisected on 2026-11-26 (tree at 5a5bf10): wss 97 KB, provisioning to its refusal 97 KB,
-so 112K leaves well over the 2-4 KB a run needs not to depend on how the heap fragments.
-
-MQTT over wss is not here: it needed 114 KB at 5a5bf10 (its MQTT session modules
-included), over the 112K an ESP32 gives.
+Bisected on 2026-11-26 (tree at 5e2c2d0): wss 98 KB, provisioning to its refusal 97 KB,
+jsonl 93 KB; 112K leaves well over the 2-4 KB a run needs not to depend on how the heap
+happens to fragment. MQTT over wss is not here: bisected at 109 KB, it still failed 1 run
+in 4 at 112K (a MemoryError loading the upgrade code at connect), so it has no margin yet.
 """
 import json
 import secrets
@@ -79,3 +78,4 @@ def test_provisioning_reaches_its_refusal_from_mpy_at_the_esp32_heap(mp_launch, 
                 if r["device_id"] == "mp-prov-112"] == []
     finally:
         station.stop()
+

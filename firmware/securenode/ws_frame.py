@@ -296,9 +296,9 @@ class MessageReader:
     ``read(stream)`` returns (opcode, payload) for each complete data message (OP_TEXT,
     OP_BINARY, UTF-8 checked fragment by fragment) and for each control frame (OP_PING,
     OP_PONG, OP_CLOSE) as it arrives, also between fragments. ``payload`` is a memoryview
-    into a buffer reused by the next read. The data buffer is allocated at most twice
-    per reader (small, then the configured maximum) and only after the announced length
-    has been checked; a heap too fragmented for it is a 1009, not a crash.
+    into a buffer reused by the next read. The data buffer is small (256 bytes) from the
+    start and grows at most once, to the configured maximum, only after the announced
+    length has been checked; a heap too fragmented for it is a 1009, not a crash.
 
     >>> import io
     >>> MessageReader(64).read(io.BytesIO(b"\\x82\\x02hi"))[0] == OP_BINARY
@@ -312,7 +312,9 @@ class MessageReader:
         buf = memoryview(bytearray(_MAX_HEADER + _MAX_CONTROL))
         self.hdr = buf[:_MAX_HEADER]
         self._ctl = buf[_MAX_HEADER:]
-        self._data = memoryview(bytearray(0))
+        # The small data buffer now, with the reader (a link is made at boot, before the
+        # readings fragment the heap); the configured maximum only if a message needs it.
+        self._data = memoryview(bytearray(min(_SMALL_DATA, max_message_bytes)))
         self.reset()
 
     def reset(self):

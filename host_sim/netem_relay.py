@@ -10,6 +10,9 @@ into flights (consecutive chunks one way) so a report can count round trips: eac
 towards the client that answers one from it ends a round trip.
 
 Loopback only; one thread per direction per connection; ``close()`` stops everything.
+host_sim/tun_relay.py delays whole IP packets between two network namespaces instead (the
+handshake included); tests/bench/bench_latency.py runs both and tests/test_outbox_chaos.py
+uses this one.
 
 Example::
 

@@ -505,13 +505,15 @@ TLS_NOTE = [
     "## Which TLS a board speaks (MicroPython source, commit 1c3c201, 2026-08-19)",
     "",
     "- `extmod/mbedtls/mbedtls_config_common.h` line 59 defines `MBEDTLS_SSL_PROTO_TLS1_2`; "
-    "`MBEDTLS_SSL_PROTO_TLS1_3` is defined nowhere in the tree (`git grep`: only the "
+    "`MBEDTLS_SSL_PROTO_TLS1_3` is defined nowhere in MicroPython's tree (`git grep`: only the "
     "`#if defined(MBEDTLS_SSL_PROTO_TLS1_3)` guards in `extmod/modtls_mbedtls.c` lines 314 "
-    "and 904, ready for a build that enables it).",
+    "and 904, ready for a build that enables it). Mbed TLS's own default config (the "
+    "lib/mbedtls submodule) is not used: `extmod/extmod.cmake` lines 254-259 point "
+    "`MBEDTLS_CONFIG_FILE` at the port's `mbedtls/mbedtls_config_port.h`.",
     "- The unix port (the MicroPython runtime here) includes that common file "
     "(`ports/unix/mbedtls/mbedtls_config_port.h` line 41) and adds no protocol, so it speaks "
     "TLS 1.2 only, as the ServerHello column shows. So do rp2, stm32, mimxrt, renesas-ra and "
-    "alif, whose `mbedtls_config_port.h` include the same file.",
+    "alif, whose `mbedtls_config_port.h` include the same file (line 39, rp2 line 42).",
     "- esp32 builds ESP-IDF's own Mbed TLS from sdkconfig; `ports/esp32/boards/sdkconfig.base` "
     "(its SSL section, lines 58-96) does not set `CONFIG_MBEDTLS_SSL_PROTO_TLS1_3`, so ESP-IDF's "
     "Kconfig default decides (not checked here). esp8266 uses axTLS "

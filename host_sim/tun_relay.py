@@ -14,7 +14,9 @@ wire: ``FlightLog.flights()`` groups the packets of one flow that carry somethin
 SYN or FIN; pure ACKs are not a flight) into flights, one per change of direction.
 
 Needs root, ``ip`` (iproute2) and /dev/net/tun. ``DelayLine`` and ``FlightLog`` are pure and
-need neither (tests/test_tun_relay.py).
+need neither (tests/test_tun_relay.py). ``python -m host_sim.tun_relay --delay-ms 50 --loss 0.01``
+holds the namespaces up for manual use until Ctrl-C. A SIGKILLed owner leaves its two
+namespaces behind (``ip netns del sn<hex pid>a`` / ``b``).
 
 Example::
 
@@ -370,3 +372,48 @@ class TunRelay:
                     continue      # the other side's device went down: the packet is lost
                 if index is not None:
                     log.note_delivered(index, t_out)
+
+
+def main(argv=None):
+    """Hold the two namespaces up for manual use until Ctrl-C or SIGTERM, then remove them.
+
+    sudo .venv/bin/python -m host_sim.tun_relay --delay-ms 50 --loss 0.01
+    """
+    import argparse
+    import signal
+    import sys
+    p = argparse.ArgumentParser(description="Two network namespaces joined by a relay that "
+                                "holds every IP packet DELAY ms each way (RTT = 2 x DELAY).")
+    p.add_argument("--delay-ms", type=float, default=50)
+    p.add_argument("--loss", type=float, default=0.0, help="share of packets dropped, 0..1")
+    p.add_argument("--max-packets", type=int, default=1024, help="packets held at most")
+    p.add_argument("--seed", type=int, default=0, help="seed of the loss draw")
+    args = p.parse_args(argv)
+    try:
+        net = TunRelay(args.delay_ms, args.loss, args.max_packets, args.seed)
+    except ValueError:
+        p.error("need --delay-ms >= 0, 0 <= --loss < 1 and --max-packets >= 1")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        net.start()
+    except RelayError as e:
+        print("tun_relay: %s" % e, file=sys.stderr)
+        return 1
+    try:
+        print("namespace %s (%s) <-> namespace %s (%s), %g ms each way; run a command "
+              "in one with `%s CMD`; Ctrl-C stops" % (
+                  net.ns["a"], net.addr_a, net.ns["b"], net.addr_b, args.delay_ms,
+                  " ".join(net.exec_prefix("a"))), flush=True)
+        while True:
+            time.sleep(1)
+            net.check()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        net.close()
+        print("passed %d, dropped %s" % (net.line.passed, net.line.dropped), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,16 +1,17 @@
-"""wss, jsonl and provisioning within an ESP32's heap, from `.mpy`, on real MicroPython
-(issue 10; the smallest heaps are bisected by tests/bench/bench_memory_wss.py).
+"""wss, MQTT over wss, jsonl and provisioning within an ESP32's heap, from `.mpy`, on real
+MicroPython (issue 10; the smallest heaps are bisected by tests/bench/bench_memory_wss.py).
 
 Real boards (host_sim.board --runtime micropython, `.mpy` on a LittleFS flash, the `esp32`
 profile: a 112K GC heap, the launcher's stand-in allowance on top) against real peers:
 the ingest endpoint (wss), the collector's JSON-lines listener, the base station.
-Bisected on 2026-11-26 (tree at 5e2c2d0): wss 98 KB, provisioning to its refusal 97 KB,
-jsonl 93 KB; 112K leaves well over the 2-4 KB a run needs not to depend on how the heap
-happens to fragment. MQTT over wss is not here: bisected at 109 KB, it still failed 1 run
-in 4 at 112K (a MemoryError loading the upgrade code at connect), so it has no margin yet.
+Bisected on 2026-11-26 (tree at 12e57f7): wss 94 KB, MQTT over wss 107 KB, jsonl 78 KB,
+provisioning to its refusal 88 KB; 112K leaves at least the 2-4 KB a run needs not to depend
+on how the heap happens to fragment (MQTT over wss has the least: 5 KB; at 109 KB, bisected
+at 5e2c2d0, it failed 1 run in 4 at 112K, loading the upgrade code at connect).
 """
 import json
 import secrets
+import time
 
 from mp_fixtures import jsonl_server, mp_launch  # noqa: F401  (fixtures)
 
@@ -79,3 +80,29 @@ def test_provisioning_reaches_its_refusal_from_mpy_at_the_esp32_heap(mp_launch, 
     finally:
         station.stop()
 
+
+
+def test_mqtt_over_wss_readings_arrive_from_mpy_at_the_esp32_heap(mp_launch, pki):
+    # Every reading reaches a subscriber through Mosquitto's websockets listener, and the
+    # board never ran out of heap (a MemoryError is a fatal and a reset, readings survive it).
+    from conftest import SUBSCRIBER, Subscriber
+    from host_sim.servers.mosquitto import Broker
+
+    with Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem,
+                subscribers=[SUBSCRIBER], websockets=True) as broker:
+        sub = Subscriber(pki, broker.port)
+        try:
+            board = mp_launch("mp-mqttwss-112", broker.port, board="esp32", bytecode="mpy",
+                              config={"transport": "mqtt_wss",
+                                      "wss": {"host": "localhost",
+                                              "port": broker.websockets_port},
+                                      "run.max_readings": 4})
+            board.wait_for("halted", timeout=90, reason="done")
+            deadline = time.monotonic() + 10
+            while len(sub.readings("mp-mqttwss-112")) < 4 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            got = sorted(r["seq"] for r in sub.readings("mp-mqttwss-112"))
+        finally:
+            sub.stop()
+    assert got == [1, 2, 3, 4]
+    assert board.errors() == [] and not board.of("fatal")

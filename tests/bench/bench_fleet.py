@@ -335,7 +335,8 @@ def main(argv=None):
                       flush=True)
     if args.skip_sampler:
         sampler_rows = saved.get("sampler", [])
-    runs = merge_rows(saved.get("fleet", []), runs)
+    runs = sorted(merge_rows(saved.get("fleet", []), runs),
+                  key=lambda f: (f["runtime"], f["boards"], not row_key(f)[2]))
     lines = ["# The fleet on 2 cores, and what each board's sampling costs", "",
              "Host figures on a 2-core machine shared with other work: the load average "
              "(1 min) while each ran is in the last column; above ~2 the other work competed "

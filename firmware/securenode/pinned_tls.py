@@ -126,6 +126,11 @@ class PinnedTls:
         try:
             return tls_explain.explain(self, exc, host, port)
         finally:
-            for name in ("securenode.tls_explain", "securenode.x509_peek",
-                         "securenode.tls_roots"):
-                sys.modules.pop(name, None)
+            package = sys.modules.get("securenode")
+            for name in ("tls_explain", "x509_peek", "tls_roots"):
+                sys.modules.pop("securenode." + name, None)
+                try:
+                    # MicroPython keeps a submodule alive as its package's attribute too.
+                    delattr(package, name)
+                except (AttributeError, KeyError, TypeError):
+                    pass  # never loaded

@@ -51,6 +51,15 @@ SOAK_HEAP = int(os.environ.get("SOAK_HEAP_K", "96")) * 1024  # issue 10's goal f
 SOAK_INTERVAL_MS = 30
 ALLOC_WARMUP, ALLOC_COUNT = 20, 100
 
+# Imported for one step and unloaded after it (tests/test_memory_imports.py checks that a
+# board keeps none): the validator, provisioning, explaining a TLS failure, opening the
+# outbox, a CONNECT, an MQTT error's words, the WebSocket upgrade, boot-only wifi and crash.
+TRANSIENT = {"securenode." + n for n in (
+    "config", "provision", "provision_codec", "https_client", "tls_explain", "x509_peek",
+    "tls_roots", "outbox_open", "mqtt_connect", "mqtt_errors", "ws_upgrade", "wifi", "crash")}
+OTHER_TRANSPORTS = {"securenode." + n for n in (
+    "jsonl_link", "wss_link", "wss_client", "ws_frame", "mqtt_wss_link")}
+
 # C modules on a board that the bare unix port lacks: the smallest stand-ins that let the
 # firmware import (measured before the first firmware module, so never counted).
 _STUBS = {"network.py": "STA_IF = 0\n", "ntptime.py": "host = None\n"}
@@ -427,12 +436,18 @@ def main():
               "between columns; the totals are reliable.", "",
               "| module | .py | .mpy | ROMFS |", "|---|---:|---:|---:|"]
     for name in order:
-        lines.append("| %s | %d | %d | %d |" % (name, cols["py"][name], cols["mpy"][name],
-                                                cols["romfs"][name]))
+        lines.append("| %s%s | %d | %d | %d |" % (
+            name, " (loaded only while used)" if name in TRANSIENT else "", cols["py"][name],
+            cols["mpy"][name], cols["romfs"][name]))
     lines.append("| **all modules** | %d | %d | %d |" % tuple(
         sum(cols[c].values()) for c in ("py", "mpy", "romfs")))
-    lines += ["", "The ROMFS image is %d bytes: flash on a board, not counted above." %
-              len(image), ""]
+    mqtts = [n for n in order if n not in TRANSIENT and n not in OTHER_TRANSPORTS]
+    lines.append("| **what an MQTTS board keeps** (%d modules) | %d | %d | %d |" % ((len(mqtts),)
+                 + tuple(sum(cols[c][n] for n in mqtts) for c in ("py", "mpy", "romfs"))))
+    lines += ["", "Modules marked \"loaded only while used\" are imported for one step (boot, "
+              "a connection, a failure to explain, provisioning) and unloaded after it; "
+              "tests/test_memory_imports.py checks that a board keeps none of them. The ROMFS "
+              "image is %d bytes: flash on a board, not counted above." % len(image), ""]
     print("\n".join(lines), flush=True)
 
     transports = os.environ.get("BENCH_TRANSPORTS", "mqtts,jsonl,wss,mqtt_wss").split(",")

@@ -377,7 +377,16 @@ def main(argv=None):
                   "3.6%, 31.1 ms; MicroPython 200: 14.1% / 6.9%, 32.1 ms. Then the idle "
                   "loop napped 50 ms at a time, the MicroPython launcher polled its chip "
                   "every 20 ms, CPython's gc.collect before each window walked the host's "
-                  "~100,000 objects (3.3 ms), and every window ran at normal priority.", ""]
+                  "~100,000 objects (3.3 ms), and every window ran at normal priority.", "",
+                  "Measured once beside these rows (2026-11-26 16:40-16:48, load 1.4-4.8), "
+                  "200 MicroPython boards with the idle loop's old 50 ms naps instead of the "
+                  "wait in poll(): normal priority 15.1% disturbed over the run / 8.2% while "
+                  "all sampled, 19.3 ms CPU per reading; real-time 0.7% / 0.1%, 21.0 ms. The "
+                  "wait in poll() cuts CPU by 2.5x but leaves more windows disturbed: without "
+                  "the priority 41% / 35%, and with it the boot readings (normal priority "
+                  "until the first acknowledgement) 3.0% over the run. Why is not established "
+                  "(suspect: with fewer wake-ups the host's CPUs idle, and a sampler woken on "
+                  "an idle virtual CPU runs late).", ""]
         lines += fleet_table(runs) + [""]
     RESULTS.mkdir(exist_ok=True)
     out = "\n".join(lines)

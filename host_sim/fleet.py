@@ -355,18 +355,20 @@ def fleet_summary(boards, interval_ms):
     out["all_sampling_s"] = round(window[1] - window[0], 1) if window else 0.0
     for label, inside in (("run", lambda t: True),
                           ("all_sampling", lambda t: window and window[0] <= t <= window[1])):
-        readings = disturbed = 0
+        readings = disturbed = booting = 0
         cadences = []
         for got in per_board:
             mine = [r for r in got if inside(r[1])]
             readings += len(mine)
-            disturbed += sum(1 for r in mine if r[3] is not None and r[3] & STATUS_DISTURBED)
+            bad = [r for r in mine if r[3] is not None and r[3] & STATUS_DISTURBED]
+            disturbed += len(bad)
+            booting += sum(1 for r in bad if not r[4])   # before the board's first PUBACK
             c = _steady_cadence_pct(mine, interval_ms)
             if c is not None:
                 cadences.append(c)
         cadences.sort()
         out[label] = {
-            "readings": readings, "disturbed": disturbed,
+            "readings": readings, "disturbed": disturbed, "disturbed_booting": booting,
             "disturbed_pct": round(100.0 * disturbed / readings, 2) if readings else None,
             "cadence_pct_median": round(cadences[len(cadences) // 2], 2) if cadences else None,
             "cadence_pct_worst": round(cadences[-1], 2) if cadences else None,

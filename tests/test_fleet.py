@@ -160,6 +160,14 @@ def test_summary_counts_boards_sampling_at_once_and_the_window_all_did():
     assert ab["rss_mb_median"] == 40.0
 
 
+def test_summary_tells_disturbed_readings_taken_while_booting_from_the_rest():
+    # The first reading is taken at boot, before the first PUBACK; the others once online.
+    a = FakeBoard("a", [(0.0, 0, 0x10), (1.0, 1000, 0x10), (2.0, 2000, 0)])
+    b = FakeBoard("b", [(0.5, 5, 0x10), (1.5, 1005, 0)])
+    f = fleet.fleet_summary([a, b], 1000)
+    assert f["run"]["disturbed"] == 3 and f["run"]["disturbed_booting"] == 2
+
+
 def test_cadence_survives_the_ticks_wrap():
     wrap = fleet.TICKS_PERIOD
     assert fleet._cadence_pct([wrap - 500, 500, 1500], 1000) == 0.0

@@ -223,13 +223,15 @@ def fleet_table(runs):
     for f in runs:
         run, every = f["run"], f["all_sampling"]
         lines.append(
-            "| %s | %s | %d, %g/s | %d x %.1f s | %d | %.0f s | %s (%d of %d) | %s (%d of %d) | %s / %s | "
+            "| %s | %s | %d, %g/s | %d x %.1f s | %d | %.0f s | %s (%d of %d%s) | %s (%d of %d) | %s / %s | "
             "%s | %.0f | %s MB | %.1f GB | %s | %.1f | %s |" % (
                 f["runtime"], f.get("rt_sampling", "normal"),
                 f["boards"], f["start_rate"], f["readings_per_board"],
                 f["interval_ms"] / 1000,
                 f["alive_at_once"], f["all_sampling_s"],
                 fmt(run["disturbed_pct"], "%.1f%%"), run["disturbed"], run["readings"],
+                "" if "disturbed_booting" not in run else
+                "; %d while booting" % run["disturbed_booting"],
                 fmt(every["disturbed_pct"], "%.1f%%"), every["disturbed"], every["readings"],
                 fmt(every["cadence_pct_median"], "%+.1f%%"),
                 fmt(every["cadence_pct_worst"], "%+.1f%%"),

@@ -385,8 +385,10 @@ def main(argv=None):
                   "wait in poll(): normal priority 15.1% disturbed over the run / 8.2% while "
                   "all sampled, 19.3 ms CPU per reading; real-time 0.7% / 0.1%, 21.0 ms. The "
                   "wait in poll() cuts CPU by 2.5x but leaves more windows disturbed: without "
-                  "the priority 41% / 35%, and with it the boot readings (normal priority "
-                  "until the first acknowledgement) 3.0% over the run. Why is not established "
+                  "the priority 41% / 35%, and with it the readings taken while booting "
+                  "(normal priority until the first acknowledgement): 3.0% over the run at "
+                  "load 2.7 (16:28), 0.2% at load 1.0 (the row above, every one while "
+                  "booting). Why is not established "
                   "(suspect: with fewer wake-ups the host's CPUs idle, and a sampler woken on "
                   "an idle virtual CPU runs late).", ""]
         lines += fleet_table(runs) + [""]

@@ -137,7 +137,9 @@ class Node:
             if self.cfg.provisioning is None:  # a provisioned board's link needs credentials
                 self._spare = links.open_link(self.cfg, tls, self.apply_command)
         except (TlsError, ValueError, OSError, MemoryError):
-            self.tls = self._spare = None
+            # Keep the TLS object (and a context it made): when only the link found no room,
+            # connect() must not ask for those 3 KB again on a heap the link's attempt cut up.
+            self._spare = None
         # The boot is over: settings.preload()'s collection every 4 KB ends here (one then
         # comes when the heap is full, at each state change and before each handshake).
         if hasattr(gc, "threshold"):  # CPython's gc (the simulator) has none

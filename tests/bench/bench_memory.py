@@ -77,6 +77,23 @@ for name in %(order)r:
     out.append([name, gc.mem_alloc() - before])
 print(json.dumps(out))
 '''
+# The boot's import of the app in one go, as main.py does it: with the collector off every
+# allocation stays counted, so what it allocated is an upper bound of the transient peak
+# (the most the heap must offer at once while importing); kept is what stays after a collect.
+_IMPORT_PEAK = r'''
+import gc, json, sys
+sys.path[:0] = [%(path)r, %(path)r + "/lib", %(stubs)r]
+%(mount)s
+import network, ntptime
+gc.collect()
+base = gc.mem_alloc()
+gc.disable()
+from securenode import app
+allocated = gc.mem_alloc() - base
+gc.enable()
+gc.collect()
+print(json.dumps([allocated, gc.mem_alloc() - base]))
+'''
 _MOUNT_ROMFS = '''
 import vfs
 with open(%r, "rb") as f:
@@ -159,7 +176,18 @@ def kept_per_module(work):
         if proc.returncode != 0:
             raise SystemExit("measuring %s failed:\n%s" % (label, proc.stderr))
         columns[label] = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+        script = work / ("peak_%s.py" % label)
+        script.write_text(_IMPORT_PEAK % {"path": str(path), "stubs": str(stubs),
+                                          "mount": mount})
+        proc = subprocess.run([MICROPYTHON, "-X", "heapsize=4M", str(script)],
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise SystemExit("measuring the import peak (%s) failed:\n%s" % (label, proc.stderr))
+        IMPORT_PEAK[label] = json.loads(proc.stdout.strip().splitlines()[-1])
     return order, columns, image_bytes
+
+
+IMPORT_PEAK = {}  # deployment -> [allocated while importing the app (gc off), kept after]
 
 
 # --- real boards -------------------------------------------------------------------------
@@ -437,6 +465,17 @@ def main():
         started = time.monotonic()
         soaked, curve = soak(peers)
         soak_s = time.monotonic() - started
+    lines += ["## Importing the app: transient peak and what stays", "",
+              "`from securenode import app` in a fresh interpreter (stand-ins imported "
+              "first), with the collector off while it imports: every byte allocated stays "
+              "counted, so the first column bounds the transient peak from above; the second "
+              "is what a collect leaves.", "",
+              "| deployment | allocated while importing (gc off) | kept after collect |",
+              "|---|---:|---:|"]
+    for label, name in (("py", ".py"), ("mpy", ".mpy"), ("romfs", "ROMFS")):
+        allocated, kept = IMPORT_PEAK[label]
+        lines.append("| %s | %s KB | %s KB |" % (name, kb(allocated), kb(kept)))
+    lines += [""]
     lines += ["## Smallest heap that delivers readings (bisected to 1 KB)", "",
               "A real board process each time: %d readings acknowledged, clean stop, no "
               "fatal. The heap is the firmware's `-X heapsize`: the launcher's fixed "

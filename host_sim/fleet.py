@@ -104,52 +104,16 @@ class Subscriber:
         self.client.disconnect()
 
 
-_SEEN_BELOW = {}  # root pid -> descendants seen before (see _tree_pids)
-
-
-def _children(pid):
-    """Children of every thread of ``pid`` (/proc/PID/task/TID/children lists only those
-    that thread forked)."""
-    out = []
-    try:
-        tids = os.listdir("/proc/%d/task" % pid)
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
-                out += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
-    return out
-
-
-def _parent_of(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return int(f.read().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _tree_pids(pid):
-    """pid and every process below it (a MicroPython board is a launcher and its interpreter).
-
-    The kernel's children lists are not guaranteed complete while the processes run (man 5
-    proc: reliable only when they are stopped), and one missed interpreter made a board's
-    CPU go backwards between two readings (a negative CPU per reading, tests/test_fleet.py):
-    a descendant seen once is kept for as long as its parent is still in the tree.
-    """
+    """pid and every process below it (a MicroPython board is a launcher and its interpreter)."""
     pids, i = [pid], 0
     while i < len(pids):
-        pids += [c for c in _children(pids[i]) if c not in pids]
+        try:
+            with open("/proc/%d/task/%d/children" % (pids[i], pids[i])) as f:
+                pids += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
         i += 1
-    seen = _SEEN_BELOW.setdefault(pid, set())
-    for known in sorted(seen - set(pids)):
-        if _parent_of(known) in pids:
-            pids.append(known)
-    seen.clear()
-    seen.update(pids[1:])
     return pids
 
 

@@ -213,8 +213,15 @@ class BoardProcess:
 
     def note_usage(self, now=None, event="end"):
         if self.proc.poll() is None:
-            self.usage.append((time.monotonic() if now is None else now,)
-                              + tree_usage(self.proc.pid) + (event,))
+            cpu, rss, peak = tree_usage(self.proc.pid)
+            if self.usage:
+                # An interpreter that has exited but is not yet reaped shows no CPU of its
+                # own, and its launcher's cutime gets it only at the reap: read in between
+                # (a board's last reading, right before it halts) the tree's CPU dips, and
+                # a CPU per reading came out negative. CPU only grows: keep the highest.
+                cpu = max(cpu, self.usage[-1][1])
+            self.usage.append((time.monotonic() if now is None else now, cpu, rss, peak,
+                               event))
 
     def of(self, kind):
         return [e for e in self.events if e.get("event") == kind]

@@ -245,3 +245,25 @@ def test_fleet_starts_every_board_together_and_reports_each(fleet_certs, tmp_pat
     # The table carries the per-board columns and the fleet summary follows it.
     assert "CPU ms/reading" in proc.stdout and "RSS MB" in proc.stdout
     assert "fleet: %d boards, %d sampling at once" % (boards, boards) in proc.stdout
+
+
+def test_cpu_per_reading_never_goes_negative_when_the_interpreter_exits_unreaped(monkeypatch):
+    # Read between an interpreter's exit and its launcher's reap (a board's last reading,
+    # right before it halts), the process tree shows less CPU than a moment before.
+    class Proc:
+        pid = 1
+
+        def poll(self):
+            return None
+
+    class Board:
+        proc, usage, note_usage = Proc(), [], fleet.BoardProcess.note_usage
+
+    seen = iter([(0.24, 1, 1), (0.27, 1, 1), (0.30, 1, 1), (0.19, 1, 1), (0.31, 1, 1)])
+    monkeypatch.setattr(fleet, "tree_usage", lambda pid: next(seen))
+    board = Board()
+    for t, event in enumerate(["stored", "stored", "stored", "stored", "halted"]):
+        board.note_usage(float(t), event)
+    cpu_s, per_reading, _ = fleet.board_usage(board)
+    assert [u[1] for u in board.usage] == [0.24, 0.27, 0.30, 0.30, 0.31]
+    assert per_reading == pytest.approx(1000 * (0.30 - 0.24) / 3) and cpu_s == 0.31

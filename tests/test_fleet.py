@@ -224,10 +224,15 @@ def test_fleet_starts_every_board_together_and_reports_each(fleet_certs, tmp_pat
     proc = subprocess.run(
         [sys.executable, "-m", "host_sim.fleet", "--boards", str(boards), "--readings", "8",
          "--interval-ms", "500", "--runtime", runtime, "--certs", str(fleet_certs),
-         "--workdir", str(workdir), "--json", str(out_json), "--timeout", "150"],
+         "--workdir", str(workdir), "--json", str(out_json), "--timeout", "150"]
+        # make sim's boards: an ESP32's 112K heap, the firmware as .mpy (as make deploy puts it)
+        + (["--board", "esp32", "--bytecode", "mpy"] if runtime == "micropython" else []),
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     f = json.loads(out_json.read_text())
+    if runtime == "micropython":
+        assert f["board_profile"] == "esp32"
+        assert "board esp32: 114688-byte GC heap, firmware as mpy" in proc.stdout
     # Every flash was laid out before the first board started (then all were started in
     # one go): laid out between starts, the first boards ran ahead of the last.
     laid_out = max((workdir / b["board"] / "config.json").stat().st_mtime

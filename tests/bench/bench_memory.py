@@ -238,6 +238,23 @@ app.main()
 '''
 
 
+def watch(board, timeout_s, finished):
+    """Follow a board until ``finished(board)``, a fatal, its exit or an out-of-memory error
+    (it would only back off and fail the same way again), then stop it; returns the board."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if (finished(board) or board.of("fatal") or board.proc.poll() is not None
+                    or any("memory allocation failed" in e.get("detail", "")
+                           for e in board.of("error"))):
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        board.stop()
+    return board
+
+
 class Peers:
     """PKI, SNTP, Mosquitto, an ingest endpoint and a JSON-lines collector, all on loopback."""
 
@@ -313,19 +330,7 @@ class Peers:
         board = Board(device_id, board_command(
             flash, runtime="micropython", heap=str(heap), bytecode="mpy",
             ntp="127.0.0.1:%d" % self.ntp.address[1], device_seed=device_id), verbose=False)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while time.monotonic() < deadline:
-                if board.of("halted") or board.of("fatal") or board.proc.poll() is not None:
-                    break
-                if any("memory allocation failed" in e.get("detail", "")
-                       for e in board.of("error")):
-                    break  # it would only back off and fail the same way again
-                time.sleep(0.05)
-            time.sleep(0.2)
-        finally:
-            board.stop()
-        return board
+        return watch(board, timeout_s, lambda b: b.of("halted"))
 
     def fits(self, transport, heap_bytes, romfs=None):
         board = self.run_board(transport, heap_bytes, READINGS, 40, romfs=romfs)

@@ -15,10 +15,8 @@
 """
 
 import os
-import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,19 +59,8 @@ class ProvisioningPeers:
             flash, runtime="micropython", heap=str(heap), bytecode="mpy",
             ntp="127.0.0.1:%d" % self.peers.ntp.address[1], device_seed="mem-prov"),
             verbose=False)
-        deadline = time.monotonic() + 40
-        try:
-            while time.monotonic() < deadline:
-                if (board.of("fatal") or board.proc.poll() is not None
-                        or any(REFUSAL in e.get("detail", "") for e in board.of("error"))
-                        or any("memory allocation failed" in e.get("detail", "")
-                               for e in board.of("error"))):
-                    break
-                time.sleep(0.05)
-            time.sleep(0.2)
-        finally:
-            board.stop()
-        return board
+        return bm.watch(board, 40, lambda b: any(REFUSAL in e.get("detail", "")
+                                                 for e in b.of("error")))
 
     def fits(self, transport, heap, romfs=None):
         board = self.run_board(heap)

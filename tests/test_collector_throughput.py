@@ -407,3 +407,39 @@ def test_the_consumer_resumes_its_session_after_the_broker_restarts(sig, tmp_pat
     finally:
         col.stop()
         store.close()
+
+
+def test_a_collector_told_to_stop_while_the_database_hangs_exits_and_loses_nothing(
+        pki, batch_broker, postgres):
+    """SIGTERM while the writer waits inside PostgreSQL (a lock held elsewhere): the collector
+    does not wait for ever to close the store; it exits 1 with one line, and the readings it
+    had not committed (never acknowledged) reach the next collector."""
+    device = "batch-pg-hung"
+    Store(postgres.url).close()
+    col = CollectorProcess(postgres.url, pki, batch_broker.port).start()
+    locker = psycopg.connect(postgres.url)
+    try:
+        locker.execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")  # held until rollback
+        publish(pki, batch_broker.port, device, [1, 2, 3])
+        with psycopg.connect(postgres.url, autocommit=True) as watch:
+            wait_until(lambda: watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()[0] >= 1, 20, "the collector's writer waiting on the lock")
+        col.proc.send_signal(signal.SIGTERM)
+        col.proc.wait(timeout=40)
+        err = col.proc.stderr.read().strip().splitlines()
+        assert col.proc.returncode == 1, err
+        assert err == ["collector: stopped while the postgresql database was not answering; "
+                       "readings not yet committed stay with the broker"]
+    finally:
+        locker.rollback()
+        locker.close()
+        if col.proc.poll() is None:
+            col.stop(signal.SIGKILL)
+    assert seqs(postgres.url, device) == []
+    col = CollectorProcess(postgres.url, pki, batch_broker.port).start()
+    try:
+        wait_until(lambda: seqs(postgres.url, device) == [1, 2, 3], 30,
+                   "the three readings through the next collector")
+    finally:
+        col.stop()

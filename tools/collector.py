@@ -118,12 +118,22 @@ def cmd_serve(args):
             if dead:
                 raise PartDied(dead[0].failure)
     finally:
+        stuck = False
         for part in parts:
-            part.stop()
+            if part.stop() is False:
+                stuck = True
             if hasattr(part, "batches"):   # the MQTT consumer: what it took, in how many
                 print(json.dumps({"event": "mqtt_stopped", "counts": part.counts,
                                   "batches": part.batches, "held_max": part.held_max}),
                       flush=True)
+        if stuck:
+            # Its writer is inside a database call that does not return: closing the store
+            # would wait on it for ever. Nothing it holds was acknowledged (PUBACK only after
+            # the commit), so the broker keeps it for the next collector.
+            print("collector: stopped while the %s database was not answering; readings "
+                  "not yet committed stay with the broker" % store.kind, file=sys.stderr,
+                  flush=True)
+            os._exit(1)
         store.close()
     return 0
 

@@ -398,10 +398,14 @@ class MqttIngest:
         return ("reject", device_id, "PUBLISH of %d bytes exceeds %d (payloads are at most %d)"
                 % (length, MAX_PACKET_BYTES, MAX_PAYLOAD_BYTES))
 
-    def stop(self):
+    def stop(self, timeout_s=10):
+        """Stop reading, commit what was handed over, and end; True if it ended within
+        ``timeout_s`` (False: its writer is still inside a store that does not answer)."""
         self._stopping = True
         if self._thread is not None:
-            self._thread.join(10)
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
 
 
 def _drain(wake, timeout_s):

@@ -90,6 +90,30 @@ def reading_payload(device, seq):
                        "voltage": 230.0, "freq": 50.0}).encode()
 
 
+def device_publisher(pki, port, device):
+    """A paho client with the device's own certificate, connected to the broker's TLS
+    listener and looping; the caller disconnects it (publish_readings sends through it)."""
+    import paho.mqtt.client as mqtt
+
+    dev = pki.device(device)
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
+    c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
+              keyfile=str(dev.key_pem))
+    c.max_inflight_messages_set(200)
+    c.max_queued_messages_set(0)
+    c.connect("localhost", port)
+    c.loop_start()
+    return c
+
+
+def publish_readings(client, device, seqs):
+    """Publish the readings ``seqs`` of ``device`` at QoS 1 and wait for every PUBACK."""
+    infos = [client.publish("devices/%s/readings" % device, reading_payload(device, s), qos=1)
+             for s in seqs]
+    for info in infos:
+        info.wait_for_publish(30)
+
+
 class CollectorProcess:
     """tools/collector.py serve, as its own process (so a test can kill and restart it)."""
 

@@ -8,12 +8,12 @@ import os
 import signal
 import threading
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from collector_fixtures import (CollectorProcess, device_report, postgres,  # noqa: F401
-                                reading_payload, wait_until)
+from collector_fixtures import (CollectorProcess, device_publisher, device_report,  # noqa: F401
+                                postgres, publish_readings, reading_payload,
+                                wait_until)
 from conftest import SUBSCRIBER
 from host_sim.servers.mosquitto import Broker
 from tools.collector_store import Store
@@ -47,24 +47,6 @@ def stopped_counts(col):
     raise AssertionError("no mqtt_stopped event: %s" % col.proc.stderr.read())
 
 
-def publisher(pki, port, device):
-    dev = pki.device(device)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
-    c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
-              keyfile=str(dev.key_pem))
-    c.max_inflight_messages_set(200)
-    c.max_queued_messages_set(0)
-    c.connect("localhost", port)
-    c.loop_start()
-    return c
-
-
-def publish(c, device, seqs):
-    infos = [c.publish("devices/%s/readings" % device, reading_payload(device, s), qos=1) for s in seqs]
-    for info in infos:
-        info.wait_for_publish(30)
-
-
 def stored_count(url, device):
     with psycopg.connect(url) as db:
         return db.execute("SELECT count(*) FROM readings WHERE device_id = %s",
@@ -75,13 +57,13 @@ def test_two_collectors_split_one_stream_and_a_killed_one_loses_nothing(pki, sha
                                                                        postgres):
     device, total = "shared-1", 10000
     a, b = (member(name, pki, shared_broker, postgres.url).start() for name in MEMBERS)
-    pub = publisher(pki, shared_broker.port, device)
+    pub = device_publisher(pki, shared_broker.port, device)
     restarted = None
     try:
-        publish(pub, device, range(1, 1001))
+        publish_readings(pub, device, range(1, 1001))
         wait_until(lambda: stored_count(postgres.url, device) == 1000, 20, "the first 1000")
         # The rest goes on in the background; collector-a dies without a word mid-stream.
-        rest = threading.Thread(target=publish, args=(pub, device, range(1001, total + 1)))
+        rest = threading.Thread(target=publish_readings, args=(pub, device, range(1001, total + 1)))
         rest.start()
         wait_until(lambda: stored_count(postgres.url, device) >= 2000, 20, "the stream under way")
         os.killpg(a.proc.pid, signal.SIGKILL)

@@ -10,12 +10,11 @@ import signal
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 
-from collector_fixtures import (CollectorProcess, postgres,  # noqa: F401 (fixture)
-                                reading_payload, wait_until)
+from collector_fixtures import (CollectorProcess, device_publisher,  # noqa: F401
+                                postgres, publish_readings, reading_payload, wait_until)
 from conftest import SUBSCRIBER
 from host_sim.servers.mosquitto import Broker
 from tools import collector_store
@@ -34,19 +33,9 @@ def batch_broker(pki):
 
 
 def publish(pki, port, device, seqs):
-    dev = pki.device(device)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311)
-    c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
-              keyfile=str(dev.key_pem))
-    c.max_inflight_messages_set(200)
-    c.max_queued_messages_set(0)
-    c.connect("localhost", port)
-    c.loop_start()
+    c = device_publisher(pki, port, device)
     try:
-        infos = [c.publish("devices/%s/readings" % device, reading_payload(device, s), qos=1)
-                 for s in seqs]
-        for info in infos:
-            info.wait_for_publish(30)
+        publish_readings(c, device, seqs)
     finally:
         c.disconnect()
         c.loop_stop()
@@ -333,13 +322,7 @@ def test_a_publish_of_1_5_mb_is_skipped_as_it_streams_kept_as_a_reject_and_ackno
     store = Store(str(tmp_path / "r.db"))
     col = ingest(pki, batch_broker, store)
     try:
-        dev = pki.device(device)
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device,
-                        protocol=mqtt.MQTTv311)
-        c.tls_set(ca_certs=str(pki.ca.cert_pem), certfile=str(dev.cert_pem),
-                  keyfile=str(dev.key_pem))
-        c.connect("localhost", batch_broker.port)
-        c.loop_start()
+        c = device_publisher(pki, batch_broker.port, device)
         topic = "devices/%s/readings" % device
         c.publish(topic, reading_payload(device, 1), qos=1).wait_for_publish(10)
         c.publish(topic, b"[" * 1500000, qos=1).wait_for_publish(30)

@@ -202,12 +202,7 @@ class Node:
                 if head is not None:
                     self._deliver(head[0], head[1])
                     burst += 1
-                    limit = self.cfg.run.max_readings
-                    if limit and self.acked >= limit:
-                        self.outbox.flush()
-                        link.close()
-                        self.halt_reason = "done"
-                        self.go(states.STOP)
+                    if self._stop_at_limit(link):
                         return
                     continue
                 if self.outbox.dropped != self.status_dropped:
@@ -322,13 +317,20 @@ class Node:
             self.outbox.ack(seq)
             self.acked += 1
             emit("acked", seq=seq, depth=self.outbox.depth)
-            limit = self.cfg.run.max_readings
-            if limit and self.acked >= limit:
-                self.outbox.flush()
-                link.close()
-                self.halt_reason = "done"
-                self.go(states.STOP)
+            if self._stop_at_limit(link):
                 return True
+        return False
+
+    def _stop_at_limit(self, link):
+        # run.max_readings (tests, the simulator's fleets): once that many are acknowledged,
+        # save the outbox's cursor, close the link cleanly and stop; True if so.
+        limit = self.cfg.run.max_readings
+        if limit and self.acked >= limit:
+            self.outbox.flush()
+            link.close()
+            self.halt_reason = "done"
+            self.go(states.STOP)
+            return True
         return False
 
     def _send_status(self, link, flight):

@@ -232,7 +232,10 @@ class HostileBroker:
         return data
 
     def _packet(self, tls, record):
-        first = self._read(tls, 1)[0]
+        return self._packet_after(tls, record, self._read(tls, 1)[0])
+
+    def _packet_after(self, tls, record, first):
+        # The rest of a packet whose first byte (type and flags) has been read.
         length, shift = 0, 0
         for _ in range(4):
             byte = self._read(tls, 1)[0]

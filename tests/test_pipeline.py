@@ -10,7 +10,6 @@ first reading is sampled before the handshake.
 
 import json
 import socket
-import threading
 import time
 
 import pytest
@@ -53,21 +52,7 @@ class WindowBroker(HostileBroker):
             tls.settimeout(0.5)
         if not first:
             raise _Closed()
-        length, shift = 0, 0
-        for _ in range(4):
-            byte = self._read(tls, 1)[0]
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        body = self._read(tls, length) if length else b""
-        kind, flags, packet_id, payload = first[0] >> 4, first[0] & 15, 0, body
-        if kind == PUBLISH:
-            topic_end = 2 + (body[0] << 8 | body[1])
-            packet_id = body[topic_end] << 8 | body[topic_end + 1]
-            payload = body[topic_end + 2:]
-        record.packets.append((time.monotonic(), kind, flags, packet_id, payload))
-        return record.packets[-1]
+        return self._packet_after(tls, record, first[0])
 
     def _ack(self, tls, record, ids):
         for packet_id in ids:

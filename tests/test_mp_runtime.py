@@ -123,6 +123,21 @@ def test_stand_ins_and_bootstrap_run_as_precompiled_bytecode(tmp_path):
     assert all(f and f.endswith(".mpy") for f in files), files
 
 
+def test_staged_firmware_mpy_carry_their_dotted_module_name(tmp_path):
+    # The name a board interns for a module's source file: the module's own (interned by
+    # the import anyway), not one more "securenode/x.py" per module kept in RAM for good.
+    from test_memory_manifest import mpy_source
+    flash = tmp_path / "flash"
+    for name in ("__init__.py", "events.py"):
+        (flash / "securenode").mkdir(parents=True, exist_ok=True)
+        (flash / "securenode" / name).write_bytes(
+            (ROOT / "firmware" / "securenode" / name).read_bytes())
+    assert launcher.stage(flash, tmp_path / "staged", "mpy") == 2
+    staged = tmp_path / "staged" / "securenode"
+    assert mpy_source((staged / "events.mpy").read_bytes()) == "securenode.events"
+    assert mpy_source((staged / "__init__.mpy").read_bytes()) == "securenode"
+
+
 def test_heap_cap_is_hard(tmp_path):
     rc, lines, err = run_mp(tmp_path, """
         import json

@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools.boardtool.firmware import mpy_source_name
+
 MP_DIR = Path(__file__).resolve().parent
 PORT_DIR = MP_DIR / "port"
 BIN_DIR = Path(sys.executable).parent
@@ -199,7 +201,7 @@ def stage(flash_dir, stage_dir, bytecode):
     for sub in ("securenode", "lib"):
         for src in sorted((stage_dir / sub).rglob("*.py")):
             rel = src.relative_to(stage_dir).as_posix()
-            compile_mpy(src, src.with_suffix(".mpy"), rel, expected)
+            compile_mpy(src, src.with_suffix(".mpy"), mpy_source_name(rel), expected)
             src.unlink()
             compiled += 1
     return compiled

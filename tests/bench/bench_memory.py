@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from host_sim.mp.launcher import STANDIN_HEAP_BYTES  # noqa: E402
+from tools.boardtool.firmware import mpy_source_name  # noqa: E402
 
 FIRMWARE = ROOT / "firmware"
 BIN = ROOT / ".venv" / "bin"
@@ -147,7 +148,7 @@ def compile_tree(dst):
         out = dst / "securenode" / (src.stem + ".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(BIN / "mpy-cross"), "-o", str(out), "-s",
-                        "securenode/" + src.name, str(src)], check=True)
+                        mpy_source_name("securenode/" + src.name), str(src)], check=True)
 
 
 def kept_per_module(work):

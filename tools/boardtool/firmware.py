@@ -113,6 +113,22 @@ def mpy_cross_version():
     return int(major), int(sub or 0)
 
 
+def mpy_source_name(rel):
+    """The source name a module's .mpy carries: its dotted module name.
+
+    MicroPython interns a .mpy's source name when it loads the file (tracebacks print it).
+    The module's own name is interned by the import anyway, so the dotted name costs no
+    RAM, where "securenode/app.py" is one more name per module, for good (issue 10).
+
+    >>> mpy_source_name("securenode/app.py"), mpy_source_name("securenode/__init__.py")
+    ('securenode.app', 'securenode')
+    """
+    parts = rel[:-3].split("/") if rel.endswith(".py") else rel.split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
 def build_mpy(port, mpy_word, out_dir, firmware_dir=FIRMWARE):
     """Compile every firmware module for the board; return {flash path: bytes}.
 
@@ -140,7 +156,7 @@ def build_mpy(port, mpy_word, out_dir, firmware_dir=FIRMWARE):
             continue
         target = out_dir / (rel[:-3] + ".mpy")
         target.parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run([str(MPY_CROSS)] + march + ["-s", rel, "-o", str(target),
+        proc = subprocess.run([str(MPY_CROSS)] + march + ["-s", mpy_source_name(rel), "-o", str(target),
                               str(source)], capture_output=True, text=True, timeout=60)
         if proc.returncode != 0:
             raise BoardToolError("mpy-cross refused %s: %s"

@@ -17,12 +17,41 @@ import os
 import sys
 import time
 
+from micropython import const
+
 from securenode import (VERSION, clock, crash, links, outbox, reading, sensor, settings,
                         states, watchdog)
 from securenode.events import emit, error
 from securenode.link_error import LinkError
 from securenode.net import NetError
 from securenode.pinned_tls import PinnedTls, TlsError
+
+# The loop's states and the events that move it, numbered as in states.py (which holds the
+# table; tests/test_firmware_states.py checks these numbers against its names). Private
+# constants: the compiler inlines them, where states.ONLINE cost a global and a name each.
+_OFFLINE = const(0)
+_JOINING = const(1)
+_SYNCING = const(2)
+_CONNECTING = const(3)
+_ONLINE = const(4)
+_BACKOFF = const(5)
+_HALTED = const(6)
+_PROVISIONING = const(7)
+
+_START = const(0)
+_WIFI_UP = const(1)
+_WIFI_FAILED = const(2)
+_TIME_SYNCED = const(3)
+_TIME_FAILED = const(4)
+_CONNECTED = const(5)
+_CONNECT_FAILED = const(6)
+_LINK_LOST = const(7)
+_BACKOFF_DONE = const(8)
+_FATAL = const(9)
+_STOP = const(10)
+_NEED_PROVISION = const(11)
+_PROVISIONED = const(12)
+_PROVISION_FAILED = const(13)
 
 # Imported where used, not here: provision and https_client only on a board that must be
 # provisioned (a certificate board never loads them), the validator (config.py) only at boot,
@@ -41,7 +70,7 @@ class Node:
         self.cfg = cfg
         self.reset_cause = reset_cause  # why this boot happened (machine.reset_cause)
         self.last_crash = last_crash    # crash.recorded(): kept until a status carries it
-        self.state = states.OFFLINE
+        self.state = _OFFLINE
         self.attempt = 0
         self.acked = 0
         self.sent_seq = 0    # last seq handed to a link: if it comes round again, it is a resend
@@ -75,8 +104,8 @@ class Node:
     def run(self):
         self._warm_up()
         self._open_outbox()
-        self.go(states.START)
-        while self.state != states.HALTED:
+        self.go(_START)
+        while self.state != _HALTED:
             watchdog.feed()  # each step is bounded by a timeout shorter than the watchdog's
             step = self._steps.get(self.state)
             step(self)
@@ -91,17 +120,17 @@ class Node:
             ip = wifi.join(w.ssid, w.key, w.timeout_ms)
         except wifi.WifiError as exc:
             error("wifi_" + exc.reason, str(exc))
-            self.go(states.WIFI_FAILED)
+            self.go(_WIFI_FAILED)
             return
         finally:
             wifi = None
             settings.forget("securenode.wifi")
         emit("wifi_up", ip=ip)
-        self.go(states.WIFI_UP)
+        self.go(_WIFI_UP)
 
     def sync(self):
         if self.synced:
-            self.go(states.TIME_SYNCED)
+            self.go(_TIME_SYNCED)
             return
         n = self.cfg.ntp
         try:
@@ -109,11 +138,11 @@ class Node:
         except clock.ClockError as exc:
             # Go on: a kept RTC may still be right, and TLS will say "clock unset" if not.
             error("time_sync", str(exc))
-            self.go(states.TIME_FAILED)
+            self.go(_TIME_FAILED)
             return
         self.synced = True
         emit("time_synced", unix_s=now)
-        self.go(states.TIME_SYNCED)
+        self.go(_TIME_SYNCED)
 
     def _tls(self):
         if self.tls is None:
@@ -147,7 +176,7 @@ class Node:
 
     def connect(self):
         if self._needs_provisioning():
-            self.go(states.NEED_PROVISION)
+            self.go(_NEED_PROVISION)
             return
         # A reading due now (the first one, at boot) is sampled before the handshake, not
         # after CONNACK: it then goes out beside the status, off the critical path.
@@ -166,14 +195,14 @@ class Node:
             error(exc.kind, str(exc))
             if exc.kind == "unverifiable_port":
                 self.halt_reason = exc.kind
-                self.go(states.FATAL)
+                self.go(_FATAL)
             else:
-                self.go(states.CONNECT_FAILED)
+                self.go(_CONNECT_FAILED)
             return
         except (NetError, LinkError) as exc:
             error(getattr(exc, "kind", None) or exc.step, str(exc))
             self._drop_revoked_credentials(exc)
-            self.go(states.CONNECT_FAILED)
+            self.go(_CONNECT_FAILED)
             return
         self.link = link
         # Backoff is not reset here: a broker that accepts and then drops us would get a
@@ -182,7 +211,7 @@ class Node:
              root_sha256=tls.pinned if tls.verified else None)
         emit("mqtt_connected", peer=link.peer, client_id=m.client_id)
         self._confirm_provisioning()
-        self.go(states.CONNECTED)
+        self.go(_CONNECTED)
 
     def online(self):
         keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
@@ -214,7 +243,7 @@ class Node:
             self.outbox.flush()
             link.close()
             self.link = None
-            self.go(states.LINK_LOST)
+            self.go(_LINK_LOST)
 
     def _keep_alive(self, link, keepalive_ms, last_check):
         # One PINGREQ per keepalive when nothing else went out (MQTT 3.1.1 3.1.2.10 asks for
@@ -329,7 +358,7 @@ class Node:
             self.outbox.flush()
             link.close()
             self.halt_reason = "done"
-            self.go(states.STOP)
+            self.go(_STOP)
             return True
         return False
 
@@ -472,7 +501,7 @@ class Node:
             watchdog.feed()
             self._sample_if_due()
             time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
-        self.go(states.BACKOFF_DONE)
+        self.go(_BACKOFF_DONE)
 
     def _needs_provisioning(self):
         if self.cfg.provisioning is None or self.cfg.tls.cert is not None or self.creds:
@@ -499,13 +528,13 @@ class Node:
             # OSError: the link broke mid-exchange (reset, read timeout); ask again later.
             error(getattr(exc, "kind", None) or getattr(exc, "step", None) or "provision_io",
                   str(exc))
-            self.go(states.PROVISION_FAILED)
+            self.go(_PROVISION_FAILED)
             return
         finally:
             _unload_provisioning()
         self._use_credentials(creds)
         emit("provisioned", broker="%s:%d" % (creds["host"], creds["port"]), user=creds["user"])
-        self.go(states.PROVISIONED)
+        self.go(_PROVISIONED)
 
     def _use_credentials(self, creds):
         m = self.cfg.mqtt
@@ -553,12 +582,12 @@ class Node:
         emit("provision_confirmed", peer="%s:%d" % (self.creds["base"][0], self.creds["base"][1]))
 
     _steps = {
-        states.JOINING: join,
-        states.SYNCING: sync,
-        states.CONNECTING: connect,
-        states.ONLINE: online,
-        states.BACKOFF: backoff,
-        states.PROVISIONING: provision,
+        _JOINING: join,
+        _SYNCING: sync,
+        _CONNECTING: connect,
+        _ONLINE: online,
+        _BACKOFF: backoff,
+        _PROVISIONING: provision,
     }
 
 

@@ -13,36 +13,25 @@
 # clock still set) reports WIFI_UP (TIME_SYNCED) at once, so one path serves all.
 from micropython import const
 
-OFFLINE = const(0)
-JOINING = const(1)
-SYNCING = const(2)
-CONNECTING = const(3)
-ONLINE = const(4)
-BACKOFF = const(5)
-HALTED = const(6)
-PROVISIONING = const(7)  # asking the base station for MQTT credentials
+# States and events are small numbers: a state is its position in _STATE_NAMES, an event its
+# column in _TABLE (the names below). app.py names the ones it uses as private constants
+# (`_ONLINE = const(4)`), which the compiler inlines: as public constants here they cost a
+# board 22 interned names and 22 globals for numbers nothing looks up by name.
+# tests/test_firmware_states.py checks app's numbers against these names.
+#
+# States: 0 offline, 1 joining, 2 syncing, 3 connecting, 4 online, 5 backoff, 6 halted,
+#         7 provisioning (asking the base station for MQTT credentials).
+_STATE_NAMES = const(("offline", "joining", "syncing", "connecting", "online", "backoff",
+                      "halted", "provisioning"))
+_STATES = const(8)
 
-STATE_NAMES = ("offline", "joining", "syncing", "connecting", "online", "backoff", "halted",
-               "provisioning")
-
-START = const(0)
-WIFI_UP = const(1)
-WIFI_FAILED = const(2)
-TIME_SYNCED = const(3)
-TIME_FAILED = const(4)
-CONNECTED = const(5)
-CONNECT_FAILED = const(6)
-LINK_LOST = const(7)
-BACKOFF_DONE = const(8)
-FATAL = const(9)
-STOP = const(10)  # a clean stop, e.g. run.max_readings reached
-NEED_PROVISION = const(11)  # no MQTT credentials yet, and a base station may give them
-PROVISIONED = const(12)
-PROVISION_FAILED = const(13)
-
-EVENT_NAMES = ("start", "wifi_up", "wifi_failed", "time_synced", "time_failed", "connected",
-               "connect_failed", "link_lost", "backoff_done", "fatal", "stop",
-               "need_provision", "provisioned", "provision_failed")
+# Events: 0 start, 1 wifi_up, 2 wifi_failed, 3 time_synced, 4 time_failed, 5 connected,
+#         6 connect_failed, 7 link_lost, 8 backoff_done, 9 fatal, 10 stop (a clean stop,
+#         e.g. run.max_readings reached), 11 need_provision (no MQTT credentials yet, and a
+#         base station may give them), 12 provisioned, 13 provision_failed.
+# Events are named only in StateError, which only a bug raises: by number there, so their 14
+# names are not kept in a board's RAM for it.
+_EVENTS = const(14)
 
 # _TABLE[state * _EVENTS + event] is the next state's digit, "." where the event is illegal
 # there: one bytes constant (indexing it allocates nothing) instead of a tuple of tuples,
@@ -50,9 +39,8 @@ EVENT_NAMES = ("start", "wifi_up", "wifi_failed", "time_synced", "time_failed", 
 # Columns: START WIFI_UP WIFI_FAILED TIME_SYNCED TIME_FAILED CONNECTED
 #          CONNECT_FAILED LINK_LOST BACKOFF_DONE FATAL STOP
 #          NEED_PROVISION PROVISIONED PROVISION_FAILED
-_EVENTS = const(14)
 _NO = const(46)  # ord(".")
-_TABLE = (
+_TABLE = const(
     # OFFLINE
     b"1........66..."
     # JOINING
@@ -84,7 +72,7 @@ class StateError(Exception):
     """
 
     def __init__(self, state, event):
-        super().__init__("illegal transition: %s on %s" % (state_name(state), event_name(event)))
+        super().__init__("illegal transition: %s on event %d" % (state_name(state), event))
         self.state = state
         self.event = event
 
@@ -92,13 +80,13 @@ class StateError(Exception):
 def next_state(state, event):
     """Return the state that event leads to from state; raise StateError if none.
 
-    >>> next_state(CONNECTING, CONNECTED) == ONLINE
-    True
-    >>> next_state(ONLINE, TIME_SYNCED)
+    >>> next_state(3, 5)   # connecting, connected -> online
+    4
+    >>> next_state(4, 3)   # online, time_synced
     Traceback (most recent call last):
-    StateError: illegal transition: online on time_synced
+    StateError: illegal transition: online on event 3
     """
-    if 0 <= state < len(STATE_NAMES) and 0 <= event < _EVENTS:
+    if 0 <= state < _STATES and 0 <= event < _EVENTS:
         nxt = _TABLE[state * _EVENTS + event]
         if nxt != _NO:
             return nxt - 48  # ord("0")
@@ -106,17 +94,10 @@ def next_state(state, event):
 
 
 def state_name(state):
-    """Name of a state for events and logs, e.g. state_name(ONLINE) == "online"."""
-    if 0 <= state < len(STATE_NAMES):
-        return STATE_NAMES[state]
+    """Name of a state for events and logs, e.g. state_name(4) == "online"."""
+    if 0 <= state < _STATES:
+        return _STATE_NAMES[state]
     return "state_%d" % state
-
-
-def event_name(event):
-    """Name of an event for logs, e.g. event_name(LINK_LOST) == "link_lost"."""
-    if 0 <= event < len(EVENT_NAMES):
-        return EVENT_NAMES[event]
-    return "event_%d" % event
 
 
 def backoff_ms(attempt, min_ms, max_ms, rand_u32):

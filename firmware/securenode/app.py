@@ -53,8 +53,8 @@ _NEED_PROVISION = const(11)
 _PROVISIONED = const(12)
 _PROVISION_FAILED = const(13)
 
-# Imported where used, not here: provision and https_client only on a board that must be
-# provisioned (a certificate board never loads them), the validator (config.py) only at boot,
+# Imported where used, not here: credentials (and through it the provisioning client) only on
+# a board that must be provisioned (a certificate board never loads them), the validator (config.py) only at boot,
 # wifi only while joining (then forgotten: it is used again only after an outage). crash.py
 # stays: main.py holds it, so that a full, fragmented heap can still record a MemoryError
 # (loaded after one, at 80K from .mpy, its import found no 640 bytes in one piece).
@@ -85,7 +85,7 @@ class Node:
         self.tls = None
         self._spare = None  # the first connection's link, made at boot (_warm_up)
         self.halt_reason = None
-        self.creds = None  # MQTT credentials from the base station (provision.py), if any
+        self.creds = None  # MQTT credentials from the base station (credentials.py), if any
         self.topic = reading.topic(cfg.device_id)
         self.interval_ms = cfg.sample.interval_ms  # a command from the peer may change it
         s = cfg.sample
@@ -175,9 +175,14 @@ class Node:
             gc.threshold(-1)
 
     def connect(self):
-        if self._needs_provisioning():
-            self.go(_NEED_PROVISION)
-            return
+        credentials = None
+        if self.cfg.provisioning is not None:
+            # Only a board that gets its credentials from a base station loads this.
+            from securenode import credentials
+
+            if credentials.missing(self):
+                self.go(_NEED_PROVISION)
+                return
         # A reading due now (the first one, at boot) is sampled before the handshake, not
         # after CONNACK: it then goes out beside the status, off the critical path.
         self._sample_if_due()
@@ -201,7 +206,8 @@ class Node:
             return
         except (NetError, LinkError) as exc:
             error(getattr(exc, "kind", None) or exc.step, str(exc))
-            self._drop_revoked_credentials(exc)
+            if credentials:
+                credentials.refused(self, exc)
             self.go(_CONNECT_FAILED)
             return
         self.link = link
@@ -210,7 +216,8 @@ class Node:
         emit("tls_ok", peer=link.peer, verified=tls.verified,
              root_sha256=tls.pinned if tls.verified else None)
         emit("mqtt_connected", peer=link.peer, client_id=m.client_id)
-        self._confirm_provisioning()
+        if credentials:
+            credentials.connected(self)
         self.go(_CONNECTED)
 
     def online(self):
@@ -503,83 +510,10 @@ class Node:
             time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
         self.go(_BACKOFF_DONE)
 
-    def _needs_provisioning(self):
-        if self.cfg.provisioning is None or self.cfg.tls.cert is not None or self.creds:
-            return False
-        from securenode import provision
-
-        creds = provision.load_credentials(self.cfg.provisioning.credentials)
-        _unload_provisioning()
-        if creds is None:
-            return True
-        self._use_credentials(creds)
-        return False
-
     def provision(self):
-        from securenode import provision
-        from securenode.https_client import HttpError
+        from securenode import credentials
 
-        try:
-            # self.idle: readings stay on cadence while the board waits for approval.
-            creds = provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca],
-                                          self.idle).obtain()
-            provision.save_credentials(self.cfg.provisioning.credentials, creds)
-        except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
-            # OSError: the link broke mid-exchange (reset, read timeout); ask again later.
-            error(getattr(exc, "kind", None) or getattr(exc, "step", None) or "provision_io",
-                  str(exc))
-            self.go(_PROVISION_FAILED)
-            return
-        finally:
-            _unload_provisioning()
-        self._use_credentials(creds)
-        emit("provisioned", broker="%s:%d" % (creds["host"], creds["port"]), user=creds["user"])
-        self.go(_PROVISIONED)
-
-    def _use_credentials(self, creds):
-        m = self.cfg.mqtt
-        m.host, m.port, m.user, m.password = (creds["host"], creds["port"], creds["user"],
-                                              creds["password"])
-        self.cfg.tls.server_hostname = creds["server_hostname"]
-        self.creds = creds
-        self.tls = self._spare = None  # rebuilt for the broker's host name
-
-    def _drop_revoked_credentials(self, exc):
-        # Credentials that once worked and are now refused were revoked on the base station:
-        # forget them and ask again. Fresh ones are kept: the broker may not have re-read its
-        # password file yet.
-        if (self.creds and self.creds.get("confirmed")
-                and getattr(exc, "kind", None) == "connack_refused"):
-            from securenode import provision
-
-            provision.forget_credentials(self.cfg.provisioning.credentials)
-            _unload_provisioning()
-            self.creds = None
-            emit("provision_forgotten", reason="broker refused the stored credentials")
-
-    def _confirm_provisioning(self):
-        # The base station shows the device "confirmed" once its credentials worked.
-        if not self.creds or self.creds.get("confirmed"):
-            return
-        from securenode import provision
-        from securenode.https_client import HttpError
-
-        try:
-            provision.Provisioner(self.cfg, [_read(p) for p in self.cfg.tls.ca]).confirm(
-                self.creds)
-        except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
-            error("provision_confirm", str(exc))  # retried after the next connect
-            return
-        finally:
-            _unload_provisioning()
-        self.creds["confirmed"] = True
-        try:
-            provision.save_credentials(self.cfg.provisioning.credentials, self.creds)
-        except OSError as exc:
-            # Confirmed all the same (in RAM); after a reboot the board simply confirms again.
-            error("provision_store", "cannot record the confirmation on flash (%s)" % exc)
-        _unload_provisioning()
-        emit("provision_confirmed", peer="%s:%d" % (self.creds["base"][0], self.creds["base"][1]))
+        self.go(_PROVISIONED if credentials.obtain(self) else _PROVISION_FAILED)
 
     _steps = {
         _JOINING: join,
@@ -589,14 +523,6 @@ class Node:
         _BACKOFF: backoff,
         _PROVISIONING: provision,
     }
-
-
-def _unload_provisioning():
-    # The provisioning client is used at most a few times in a board's life: load it for
-    # that, then give its ~25 KB back to the readings.
-    for name in ("securenode.provision", "securenode.https_client",
-                 "securenode.provision_codec"):
-        settings.forget(name)
 
 
 def main(config_path="config.json"):

@@ -169,7 +169,7 @@ def dump(cfg):
     out = {"device_id": cfg.device_id, "repr": repr(cfg)}
     for name in ("wifi", "ntp", "mqtt", "tls", "timeouts_ms", "sample", "backoff", "run"):
         section = getattr(cfg, name)
-        out[name] = dict((f, getattr(section, f)) for f in section._fields)
+        out[name] = dict(section.__dict__)
     return out
 
 def attempt(fn):

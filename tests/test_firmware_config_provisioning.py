@@ -82,7 +82,7 @@ def attempt(raw):
         return {"error": str(e), "field": e.field}
     p = cfg.provisioning
     return {"ok": {
-        "provisioning": None if p is None else dict((f, getattr(p, f)) for f in p._fields),
+        "provisioning": None if p is None else dict(p.__dict__),
         "mqtt_host": cfg.mqtt.host, "tls_cert": cfg.tls.cert, "tls_key": cfg.tls.key}}
 
 cases = json.loads(CASES)

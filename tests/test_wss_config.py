@@ -68,7 +68,7 @@ for name in cases:
         c = config.validate(cases[name])
         w = c.wss
         results[name] = {"ok": {"transport": c.transport, "server_hostname": c.tls.server_hostname,
-                                "wss": dict((f, getattr(w, f)) for f in w._fields),
+                                "wss": dict(w.__dict__),
                                 "repr": repr(w)}}
     except config.ConfigError as e:
         results[name] = {"error": str(e), "field": e.field}

@@ -1,131 +1,149 @@
 # Validate config.json once, at boot: every later module trusts the Config it
 # returns. Every problem is a ConfigError naming the file, the dotted field and
 # what was found, so a typo on a board is fixed from one line of output.
+#
+# settings.load() imports this module and drops it again, but each name it spells (a function,
+# an argument, a string of 10 characters or fewer) stays interned on the board for good. So
+# the schema, its kinds and its character sets are const() data (inlined where used, no name),
+# one loop walks the schema instead of a helper per check, and messages are whole sentences.
 import json
 import os
 
 from micropython import const
 
-from securenode.settings import Config, ConfigError, Section  # noqa: F401 (ConfigError: API)
+from securenode.settings import Config, ConfigError  # noqa: F401 (ConfigError: API)
 
 _MAX_GOT_CHARS = const(40)
 _TIMEOUT_MAX_MS = const(600000)
 _OUTBOX_MAX_RECORD = const(512)  # a reading is ~100 bytes; outbox.Outbox(max_record=...)
+# ADC conversions take tens of microseconds; closer spacing than this cannot be met.
+_MIN_SAMPLE_PERIOD_US = const(100)
 
+# Field kinds: what _check() accepts.
+_INT = const(0)      # arg (lo, hi)
+_NUM = const(1)      # arg (lo, hi), int or float
+_BOOL = const(2)
+_NAME = const(3)     # arg max length; A-Z a-z 0-9 _ -
+_HOST = const(4)     # a DNS name, IPv4 or IPv6 literal
+_STR = const(5)      # arg max length
+_SECRET = const(6)   # arg max length; never quoted in an error
+_FILE = const(7)     # a non-empty file, resolved next to config.json
+_FILES = const(8)    # one file name or a non-empty list of them
+_ONE_OF = const(9)   # arg: the allowed strings
+_KIND_MASK = const(15)
+# Or-ed into a field's kind, and a section's flags: it must be present; it must be present
+# unless the board has a provisioning section (a base station supplies it then).
+_REQUIRED = const(16)
+_UNLESS_PROVISIONED = const(32)
 
-# The schema as data: (section, required, fields); a field is (name, kind,
-# default, arg). kind picks the check in _check(); a default of _REQUIRED
-# means the field must be present, None means "derived in _cross_checks".
-_REQUIRED = "required"
-# Required unless the board has a provisioning section: a base station supplies it then.
-_UNLESS_PROVISIONED = "unless provisioned"
+_NAME_CHARS = const("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_HOST_CHARS = const("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:")
 
-# Kinds: "int" (arg (lo, hi)), "num" (arg (lo, hi), int or float), "bool",
-# "name" (arg max length; A-Z a-z 0-9 _ -), "host", "str" (arg max length),
-# "secret" (arg max length, never quoted), "file", "files" (one or more names).
-_SECTIONS = (
-    ("wifi", True, (
-        ("ssid", "str", _REQUIRED, 32),
-        ("key", "secret", "", 64),
-        ("timeout_ms", "int", 10000, (1, _TIMEOUT_MAX_MS)),
+# The schema as data: (section, flags, fields); a field is (name, kind | flags, default, arg).
+# The first, unnamed section is the file's top level. A default of None is derived in
+# _cross_checks() (or stays None: an optional host, a field a base station supplies).
+_SCHEMA = const((
+    ("", _REQUIRED, (
+        ("device_id", _NAME | _REQUIRED, None, 64),
+        ("transport", _ONE_OF, "mqtts", ("mqtts", "wss", "mqtt_wss", "jsonl")),
     )),
-    ("ntp", False, (
-        ("host", "host", "pool.ntp.org", None),
-        ("timeout_ms", "int", 3000, (1, _TIMEOUT_MAX_MS)),
+    ("wifi", _REQUIRED, (
+        ("ssid", _STR | _REQUIRED, None, 32),
+        ("key", _SECRET, "", 64),
+        ("timeout_ms", _INT, 10000, (1, _TIMEOUT_MAX_MS)),
+    )),
+    ("ntp", 0, (
+        ("host", _HOST, "pool.ntp.org", None),
+        ("timeout_ms", _INT, 3000, (1, _TIMEOUT_MAX_MS)),
     )),
     ("mqtt", _UNLESS_PROVISIONED, (
-        ("host", "host", _UNLESS_PROVISIONED, None),
-        ("port", "int", 8883, (1, 65535)),
+        ("host", _HOST | _UNLESS_PROVISIONED, None, None),
+        ("port", _INT, 8883, (1, 65535)),
         # MQTT's keepalive is a 16-bit field; 0 turns it off.
-        ("keepalive_s", "int", 60, (0, 65535)),
-        ("client_id", "name", None, 64),
+        ("keepalive_s", _INT, 60, (0, 65535)),
+        ("client_id", _NAME, None, 64),
         # QoS 1 PUBLISHes awaiting PUBACK at once: a backlog drains this many per round trip
         # (app.py). Bounded: each is a packet id and a RAM slot; 32 at RTT 100 ms already
         # drains ~320 readings/s, more than a board samples.
-        ("inflight", "int", 8, (1, 32)),
+        ("inflight", _INT, 8, (1, 32)),
     )),
-    ("tls", True, (
-        ("ca", "files", _REQUIRED, None),
-        ("cert", "file", _UNLESS_PROVISIONED, None),
-        ("key", "file", _UNLESS_PROVISIONED, None),
-        ("server_hostname", "host", None, None),
-        ("allow_unverified", "bool", False, None),
+    ("tls", _REQUIRED, (
+        ("ca", _FILES | _REQUIRED, None, None),
+        ("cert", _FILE | _UNLESS_PROVISIONED, None, None),
+        ("key", _FILE | _UNLESS_PROVISIONED, None, None),
+        ("server_hostname", _HOST, None, None),
+        ("allow_unverified", _BOOL, False, None),
     )),
-    ("timeouts_ms", False, (
-        ("dns", "int", 5000, (1, _TIMEOUT_MAX_MS)),
-        ("connect", "int", 5000, (1, _TIMEOUT_MAX_MS)),
-        ("handshake", "int", 10000, (1, _TIMEOUT_MAX_MS)),
-        ("io", "int", 5000, (1, _TIMEOUT_MAX_MS)),
+    ("timeouts_ms", 0, (
+        ("dns", _INT, 5000, (1, _TIMEOUT_MAX_MS)),
+        ("connect", _INT, 5000, (1, _TIMEOUT_MAX_MS)),
+        ("handshake", _INT, 10000, (1, _TIMEOUT_MAX_MS)),
+        ("io", _INT, 5000, (1, _TIMEOUT_MAX_MS)),
     )),
-    ("sample", False, (
-        ("interval_ms", "int", 1000, (10, 86400000)),
-        ("adc_pin", "int", 34, (0, 48)),
-        ("volts_per_count", "num", 0.0125, (1e-6, 100)),
+    ("sample", 0, (
+        ("interval_ms", _INT, 1000, (10, 86400000)),
+        ("adc_pin", _INT, 34, (0, 48)),
+        ("volts_per_count", _NUM, 0.0125, (1e-6, 100)),
         # A window must hold at least one full cycle at 45 Hz to find a period.
-        ("window_ms", "int", 100, (25, 1000)),
+        ("window_ms", _INT, 100, (25, 1000)),
         # Each sample costs 6 bytes of RAM (u16 value + u32 time).
-        ("samples", "int", 200, (16, 2000)),
-        ("volts_min", "num", 90, (0, 1000)),
-        ("volts_max", "num", 264, (0, 1000)),
-        ("hz_min", "num", 45, (1, 1000)),
-        ("hz_max", "num", 65, (1, 1000)),
+        ("samples", _INT, 200, (16, 2000)),
+        ("volts_min", _NUM, 90, (0, 1000)),
+        ("volts_max", _NUM, 264, (0, 1000)),
+        ("hz_min", _NUM, 45, (1, 1000)),
+        ("hz_max", _NUM, 65, (1, 1000)),
     )),
-    ("backoff", False, (
-        ("min_ms", "int", 500, (1, 3600000)),
-        ("max_ms", "int", 30000, (1, 3600000)),
+    ("backoff", 0, (
+        ("min_ms", _INT, 500, (1, 3600000)),
+        ("max_ms", _INT, 30000, (1, 3600000)),
     )),
-    ("run", False, (
+    ("run", 0, (
         # 0 = forever; N > 0: stop cleanly after N acknowledged readings.
-        ("max_readings", "int", 0, (0, 1000000000)),
+        ("max_readings", _INT, 0, (0, 1000000000)),
     )),
     # Zero-typing provisioning (securenode/provision.py): with no MQTT credentials, ask the
     # base station; it is trusted only through tls.ca, never through discovery.
-    ("provisioning", False, (
+    ("provisioning", 0, (
         # No host: listen for the base station's UDP beacon (a hint; TLS decides trust).
-        ("host", "host", None, None),
-        ("port", "int", 8443, (1, 65535)),
-        ("server_hostname", "host", None, None),
-        ("beacon_port", "int", 48443, (1, 65535)),
-        ("beacon_wait_ms", "int", 10000, (1, _TIMEOUT_MAX_MS)),
-        ("name", "str", None, 64),
-        ("poll_min_ms", "int", 1000, (100, 30000)),
+        ("host", _HOST, None, None),
+        ("port", _INT, 8443, (1, 65535)),
+        ("server_hostname", _HOST, None, None),
+        ("beacon_port", _INT, 48443, (1, 65535)),
+        ("beacon_wait_ms", _INT, 10000, (1, _TIMEOUT_MAX_MS)),
+        ("name", _STR, None, 64),
+        ("poll_min_ms", _INT, 1000, (100, 30000)),
         # Polls must come well inside the base station's 60 s release window.
-        ("poll_max_ms", "int", 10000, (100, 30000)),
+        ("poll_max_ms", _INT, 10000, (100, 30000)),
         # How long one request waits for the operator before the board asks anew.
-        ("wait_s", "int", 300, (1, 86400)),
-        ("credentials", "str", "mqtt_credentials.json", 64),
-        ("max_response_bytes", "int", 2048, (256, 16384)),
+        ("wait_s", _INT, 300, (1, 86400)),
+        ("credentials", _STR, "mqtt_credentials.json", 64),
+        ("max_response_bytes", _INT, 2048, (256, 16384)),
     )),
     # Used when transport is "wss" (readings to an ingest endpoint) or "mqtt_wss".
-    ("wss", False, (
-        ("host", "host", None, None),
-        ("port", "int", 443, (1, 65535)),
-        ("path", "str", None, 256),
-        ("token", "secret", "", 512),
+    ("wss", 0, (
+        ("host", _HOST, None, None),
+        ("port", _INT, 443, (1, 65535)),
+        ("path", _STR, None, 256),
+        ("token", _SECRET, "", 512),
         # Largest message accepted from the peer; checked before any buffer grows.
-        ("max_message_bytes", "int", 4096, (125, 1048576)),
+        ("max_message_bytes", _INT, 4096, (125, 1048576)),
     )),
     # The outbox on flash (outbox.py): readings wait there until acknowledged.
-    ("outbox", False, (
-        ("budget_bytes", "int", 16384, (1024, 16777216)),
-        ("segment_bytes", "int", 2048, (_OUTBOX_MAX_RECORD + 10, 1048576)),
+    ("outbox", 0, (
+        ("budget_bytes", _INT, 16384, (1024, 16777216)),
+        ("segment_bytes", _INT, 2048, (_OUTBOX_MAX_RECORD + 10, 1048576)),
         # Acks kept in RAM before the head is written to flash: fewer writes, and at most
         # ack_batch - 1 resends after a power cut (storage dedupes them by (device, seq)).
-        ("ack_batch", "int", 8, (1, 1000)),
+        ("ack_batch", _INT, 8, (1, 1000)),
         # Backlog readings sent between two samples: a backlog never starves sampling.
-        ("send_burst", "int", 8, (1, 1000)),
+        ("send_burst", _INT, 8, (1, 1000)),
     )),
     # Used when transport is "jsonl": one reading per line over pinned TLS, one ack line back.
-    ("jsonl", False, (
-        ("host", "host", None, None),
-        ("port", "int", 8884, (1, 65535)),
+    ("jsonl", 0, (
+        ("host", _HOST, None, None),
+        ("port", _INT, 8884, (1, 65535)),
     )),
-)
-
-_TRANSPORTS = ("mqtts", "wss", "mqtt_wss", "jsonl")
-
-# ADC conversions take tens of microseconds; closer spacing than this cannot be met.
-_MIN_SAMPLE_PERIOD_US = const(100)
+))
 
 
 def load(path="config.json"):
@@ -137,7 +155,6 @@ def load(path="config.json"):
     >>> cfg.mqtt.host, cfg.mqtt.port, cfg.tls.ca
     ('localhost', 8883, ['ca.der'])
     """
-    source = _basename(path)
     # stat first: errno values differ between ports, a failed stat does not.
     try:
         os.stat(path)
@@ -148,11 +165,15 @@ def load(path="config.json"):
             text = f.read()
     except OSError as e:
         raise ConfigError("%s: cannot read file (%r)" % (path, e))
+    # Errors name the file as its directory holds it; the tls files live in that directory
+    # (MicroPython has no os.path).
+    i = path.rfind("/")
+    source = path[i + 1:]
     try:
         data = json.loads(text)
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (source, e))
-    return validate(data, source, _dirname(path))
+    return validate(data, source, path[:i] if i > 0 else path[:i + 1])
 
 
 def validate(data, source="config.json", base_dir=""):
@@ -168,58 +189,146 @@ def validate(data, source="config.json", base_dir=""):
     """
     if type(data) is not dict:
         raise ConfigError("%s: must be a JSON object, got %s" % (source, _show(data)))
-    known = ["device_id", "transport"]
-    for section in _SECTIONS:
-        known.append(section[0])
-    _reject_unknown(source, "", data, known)
-
-    cfg = Config()
-    if "device_id" not in data:
-        raise ConfigError("%s: device_id is required" % source, "device_id")
-    cfg.device_id = _check(source, "device_id", "name", data["device_id"], 64, base_dir)
-    cfg.transport = data.get("transport", "mqtts")
-    if cfg.transport not in _TRANSPORTS:
-        raise ConfigError("%s: transport must be one of %s, got %s"
-                          % (source, ", ".join(_TRANSPORTS), _show(cfg.transport)), "transport")
-
+    schema = _SCHEMA
     provisioned = "provisioning" in data
-    for name, required, fields in _SECTIONS:
-        raw = data.get(name)
-        if raw is None:
-            if required is True or (required is _UNLESS_PROVISIONED and not provisioned):
-                raise ConfigError("%s: %s is required" % (source, name), name)
-            raw = {}
-        elif type(raw) is not dict:
-            raise ConfigError("%s: %s must be an object, got %s"
-                              % (source, name, _show(raw)), name)
-        _reject_unknown(source, name + ".", raw, [f[0] for f in fields])
-        section = Section(name)
-        for field, kind, default, arg in fields:
-            dotted = name + "." + field
-            if field in raw:
-                value = _check(source, dotted, kind, raw[field], arg, base_dir)
-            elif default is _REQUIRED or (default is _UNLESS_PROVISIONED and not provisioned):
-                raise ConfigError("%s: %s is required" % (source, dotted), dotted)
-            elif default is _UNLESS_PROVISIONED:
-                value = None
+    cfg = Config()
+    for name, flags, fields in schema:
+        known = [f[0] for f in fields]
+        if not name:  # the top level: its own fields, then one per section
+            raw, section, prefix = data, cfg, ""
+            known += [s[0] for s in schema[1:]]
+        else:
+            raw = data.get(name)
+            if raw is None:
+                if flags & _REQUIRED or (flags & _UNLESS_PROVISIONED and not provisioned):
+                    raise ConfigError("%s: %s is required" % (source, name), name)
+                raw = {}
+            elif type(raw) is not dict:
+                raise ConfigError("%s: %s must be an object, got %s"
+                                  % (source, name, _show(raw)), name)
+            section, prefix = Config(), name + "."
+            setattr(cfg, name, section)
+        # A typo ("mqtt.prot") must fail loudly rather than silently use the default.
+        for key in raw:
+            if key not in known:
+                raise ConfigError("%s: unknown field %s%s (expected one of: %s)"
+                                  % (source, prefix, key, ", ".join(known)), prefix + key)
+        for key, kind, default, arg in fields:
+            field = prefix + key
+            if key in raw:
+                value = _check(source, field, kind & _KIND_MASK, raw[key], arg, base_dir)
+            elif kind & _REQUIRED or (kind & _UNLESS_PROVISIONED and not provisioned):
+                raise ConfigError("%s: %s is required" % (source, field), field)
             else:
                 value = default
-            setattr(section, field, value)
-            section._fields.append(field)
-        setattr(cfg, name, section)
+            setattr(section, key, value)
     if not provisioned:
         cfg.provisioning = None
-
     _cross_checks(source, cfg)
     return cfg
 
 
+def _check(source, field, kind, value, arg, base_dir):
+    # The value to keep for one field (a file name resolved next to config.json), or the
+    # ConfigError naming the field, what it must be and what it is.
+    t = type(value)
+    if kind == _INT:
+        # JSON true/false are not numbers here, though Python would allow them.
+        if t is int and arg[0] <= value <= arg[1]:
+            return value
+        what = "an integer %d..%d" % arg
+    elif kind == _NUM:
+        if (t is int or t is float) and arg[0] <= value <= arg[1]:
+            return value
+        what = "a number %s..%s" % (_show(arg[0]), _show(arg[1]))
+    elif kind == _BOOL:
+        if t is bool:
+            return value
+        what = "true or false"
+    elif kind == _NAME:
+        if t is str and 1 <= len(value) <= arg and all(c in _NAME_CHARS for c in value):
+            return value
+        what = "1..%d characters of A-Z a-z 0-9 _ -" % arg
+    elif kind == _HOST:
+        # No spaces, schemes or ports; a name does not start with a dot or a dash.
+        if (t is str and 1 <= len(value) <= 253 and all(c in _HOST_CHARS for c in value)
+                and value[0] != "." and value[0] != "-"):
+            return value
+        what = "a host name or IP address"
+    elif kind == _STR:
+        if t is str and 1 <= len(value) <= arg:
+            return value
+        what = "a string of 1..%d characters" % arg
+    elif kind == _SECRET:
+        if t is str and len(value) <= arg:
+            return value
+        # Say what is wrong without quoting it: the value may be the real key.
+        raise ConfigError("%s: %s must be a string of at most %d characters (value not shown)"
+                          % (source, field, arg), field)
+    elif kind == _ONE_OF:
+        if value in arg:
+            return value
+        raise ConfigError("%s: %s must be one of %s, got %s"
+                          % (source, field, ", ".join(arg), _show(value)), field)
+    elif kind == _FILES and t is not str and (t is not list or not value):
+        what = "a file name or a non-empty list of file names"
+    else:  # _FILE, or _FILES: a name or a non-empty list, each checked as a _FILE
+        one = kind == _FILE or t is str
+        paths = []
+        for i, name in enumerate([value] if one else value):
+            where = field if kind == _FILE else "%s[%d]" % (field, i)
+            if type(name) is not str or not name:
+                raise ConfigError("%s: %s must be a file name, got %s"
+                                  % (source, where, _show(name)), where)
+            path = name
+            if base_dir and name[0] != "/":
+                path = base_dir + name if base_dir[-1] == "/" else base_dir + "/" + name
+            try:
+                size = os.stat(path)[6]
+            except OSError:
+                # Any stat failure on flash means the file is not usable; errno values
+                # differ between ports, so they are not decoded here.
+                raise ConfigError('%s: %s: file "%s" not found' % (source, where, name), where)
+            if size == 0:
+                raise ConfigError('%s: %s: file "%s" is empty' % (source, where, name), where)
+            paths.append(path)
+        return paths[0] if kind == _FILE else paths
+    raise ConfigError("%s: %s must be %s, got %s" % (source, field, what, _show(value)), field)
+
+
 def _cross_checks(source, cfg):
     # Defaults that depend on other fields, then rules spanning fields.
+    transport = cfg.transport
     if cfg.mqtt.client_id is None:
         cfg.mqtt.client_id = cfg.device_id
-    _wss_checks(source, cfg)
-    _outbox_checks(source, cfg)
+    w = cfg.wss
+    if w.path is None:
+        w.path = "/ingest/" + cfg.device_id if transport == "wss" else "/mqtt"
+    # The path and token go into HTTP header lines: no spaces or control characters (only
+    # visible ASCII, ! to ~).
+    if w.path[0] != "/" or not all(32 < ord(c) < 127 for c in w.path):
+        raise _refuse(source, "wss", "path", "must start with / and hold no spaces or control "
+                      "characters, got " + _show(w.path))
+    if w.token and not all(32 < ord(c) < 127 for c in w.token):
+        raise _refuse(source, "wss", "token",
+                      "must hold no spaces or control characters (value not shown)")
+    if transport == "wss" or transport == "mqtt_wss":
+        if w.host is None:
+            raise _refuse(source, "wss", "host", "is required for transport " + transport)
+        if transport == "wss" and not w.token:
+            raise _refuse(source, "wss", "token", "is required for transport wss")
+        if cfg.tls.server_hostname is None:
+            cfg.tls.server_hostname = w.host
+    o = cfg.outbox
+    o.max_record = _OUTBOX_MAX_RECORD
+    if o.budget_bytes < 2 * o.segment_bytes:
+        raise _refuse(source, "outbox", "budget_bytes", "must be >= 2 * outbox.segment_bytes "
+                      "(%d), got %d" % (2 * o.segment_bytes, o.budget_bytes))
+    if transport == "jsonl":
+        if cfg.jsonl.host is None:
+            raise _refuse(source, "jsonl", "host", "is required for transport jsonl")
+        if cfg.tls.server_hostname is None:
+            cfg.tls.server_hostname = cfg.jsonl.host
     if cfg.tls.server_hostname is None:
         cfg.tls.server_hostname = cfg.mqtt.host
     p = cfg.provisioning
@@ -229,181 +338,42 @@ def _cross_checks(source, cfg):
         if p.name is None:
             p.name = cfg.device_id
         if p.poll_max_ms < p.poll_min_ms:
-            raise ConfigError("%s: provisioning.poll_max_ms must be >= provisioning.poll_min_ms "
-                              "(%d), got %d" % (source, p.poll_min_ms, p.poll_max_ms),
-                              "provisioning.poll_max_ms")
-        if not _is_name(p.credentials.replace(".", "_")):
-            raise ConfigError("%s: provisioning.credentials must be a plain file name, got %s"
-                              % (source, _show(p.credentials)), "provisioning.credentials")
+            raise _refuse(source, "provisioning", "poll_max_ms", "must be >= "
+                          "provisioning.poll_min_ms (%d), got %d" % (p.poll_min_ms, p.poll_max_ms))
+        if not all(c in _NAME_CHARS or c == "." for c in p.credentials):
+            raise _refuse(source, "provisioning", "credentials",
+                          "must be a plain file name, got " + _show(p.credentials))
         if (cfg.tls.cert is None) != (cfg.tls.key is None):
-            missing = "tls.key" if cfg.tls.key is None else "tls.cert"
-            raise ConfigError("%s: %s is required with %s" % (
-                source, missing, "tls.cert" if missing == "tls.key" else "tls.key"), missing)
-    if cfg.backoff.max_ms < cfg.backoff.min_ms:
-        raise ConfigError("%s: backoff.max_ms must be >= backoff.min_ms (%d), got %d"
-                          % (source, cfg.backoff.min_ms, cfg.backoff.max_ms), "backoff.max_ms")
+            missing, other = ("key", "cert") if cfg.tls.key is None else ("cert", "key")
+            raise _refuse(source, "tls", missing, "is required with tls." + other)
+    b = cfg.backoff
+    if b.max_ms < b.min_ms:
+        raise _refuse(source, "backoff", "max_ms", "must be >= backoff.min_ms (%d), got %d"
+                      % (b.min_ms, b.max_ms))
     s = cfg.sample
     if s.window_ms * 1000 // s.samples < _MIN_SAMPLE_PERIOD_US:
-        raise ConfigError("%s: sample.samples must leave >= %d us between samples "
-                          "(sample.window_ms %d), got %d"
-                          % (source, _MIN_SAMPLE_PERIOD_US, s.window_ms, s.samples),
-                          "sample.samples")
+        raise _refuse(source, "sample", "samples", "must leave >= %d us between samples "
+                      "(sample.window_ms %d), got %d"
+                      % (_MIN_SAMPLE_PERIOD_US, s.window_ms, s.samples))
     if s.interval_ms < s.window_ms:
-        raise ConfigError("%s: sample.interval_ms must be >= sample.window_ms (%d), got %d"
-                          % (source, s.window_ms, s.interval_ms), "sample.interval_ms")
+        raise _refuse(source, "sample", "interval_ms", "must be >= sample.window_ms (%d), "
+                      "got %d" % (s.window_ms, s.interval_ms))
     if s.volts_max <= s.volts_min:
-        raise ConfigError("%s: sample.volts_max must be > sample.volts_min (%s), got %s"
-                          % (source, _show(s.volts_min), _show(s.volts_max)), "sample.volts_max")
+        raise _refuse(source, "sample", "volts_max", "must be > sample.volts_min (%s), got %s"
+                      % (_show(s.volts_min), _show(s.volts_max)))
     if s.hz_max <= s.hz_min:
-        raise ConfigError("%s: sample.hz_max must be > sample.hz_min (%s), got %s"
-                          % (source, _show(s.hz_min), _show(s.hz_max)), "sample.hz_max")
+        raise _refuse(source, "sample", "hz_max", "must be > sample.hz_min (%s), got %s"
+                      % (_show(s.hz_min), _show(s.hz_max)))
 
 
-def _wss_checks(source, cfg):
-    w = cfg.wss
-    if w.path is None:
-        w.path = "/ingest/" + cfg.device_id if cfg.transport == "wss" else "/mqtt"
-    # The path and token go into HTTP header lines: no spaces or control characters.
-    if w.path[0] != "/" or not _is_visible(w.path):
-        raise ConfigError("%s: wss.path must start with / and hold no spaces or control "
-                          "characters, got %s" % (source, _show(w.path)), "wss.path")
-    if w.token and not _is_visible(w.token):
-        raise ConfigError("%s: wss.token must hold no spaces or control characters (value "
-                          "not shown)" % source, "wss.token")
-    if cfg.transport not in ("wss", "mqtt_wss"):
-        return
-    if w.host is None:
-        raise ConfigError("%s: wss.host is required for transport %s"
-                          % (source, cfg.transport), "wss.host")
-    if cfg.transport == "wss" and not w.token:
-        raise ConfigError("%s: wss.token is required for transport wss" % source, "wss.token")
-    if cfg.tls.server_hostname is None:
-        cfg.tls.server_hostname = w.host
-
-
-def _outbox_checks(source, cfg):
-    o = cfg.outbox
-    o.max_record = _OUTBOX_MAX_RECORD
-    if o.budget_bytes < 2 * o.segment_bytes:
-        raise ConfigError("%s: outbox.budget_bytes must be >= 2 * outbox.segment_bytes (%d), "
-                          "got %d" % (source, 2 * o.segment_bytes, o.budget_bytes),
-                          "outbox.budget_bytes")
-    if cfg.transport == "jsonl":
-        if cfg.jsonl.host is None:
-            raise ConfigError("%s: jsonl.host is required for transport jsonl" % source,
-                              "jsonl.host")
-        if cfg.tls.server_hostname is None:
-            cfg.tls.server_hostname = cfg.jsonl.host
-
-
-def _is_visible(s):
-    for c in s:
-        if not ("!" <= c <= "~"):
-            return False
-    return True
-
-
-def _reject_unknown(source, prefix, raw, known):
-    # A typo ("mqtt.prot") must fail loudly rather than silently use the default.
-    for key in raw:
-        if key not in known:
-            raise ConfigError("%s: unknown field %s%s (expected one of: %s)"
-                              % (source, prefix, key, ", ".join(known)), prefix + key)
-
-
-def _check(source, dotted, kind, value, arg, base_dir):
-    t = type(value)
-    if kind == "int":
-        # JSON true/false are not numbers here, though Python would allow them.
-        if t is int and arg[0] <= value <= arg[1]:
-            return value
-        raise ConfigError("%s: %s must be an integer %d..%d, got %s"
-                          % (source, dotted, arg[0], arg[1], _show(value)), dotted)
-    if kind == "num":
-        if (t is int or t is float) and arg[0] <= value <= arg[1]:
-            return value
-        raise ConfigError("%s: %s must be a number %s..%s, got %s"
-                          % (source, dotted, _show(arg[0]), _show(arg[1]), _show(value)), dotted)
-    if kind == "bool":
-        if t is bool:
-            return value
-        raise ConfigError("%s: %s must be true or false, got %s"
-                          % (source, dotted, _show(value)), dotted)
-    if kind == "name":
-        if t is str and 1 <= len(value) <= arg and _is_name(value):
-            return value
-        raise ConfigError("%s: %s must be 1..%d characters of A-Z a-z 0-9 _ -, got %s"
-                          % (source, dotted, arg, _show(value)), dotted)
-    if kind == "host":
-        if t is str and 1 <= len(value) <= 253 and _is_host(value):
-            return value
-        raise ConfigError("%s: %s must be a host name or IP address, got %s"
-                          % (source, dotted, _show(value)), dotted)
-    if kind == "str":
-        if t is str and 1 <= len(value) <= arg:
-            return value
-        raise ConfigError("%s: %s must be a string of 1..%d characters, got %s"
-                          % (source, dotted, arg, _show(value)), dotted)
-    if kind == "secret":
-        if t is str and len(value) <= arg:
-            return value
-        # Say what is wrong without quoting it: the value may be the real key.
-        raise ConfigError("%s: %s must be a string of at most %d characters (value not shown)"
-                          % (source, dotted, arg), dotted)
-    if kind == "file":
-        return _check_file(source, dotted, value, base_dir)
-    # kind == "files": one name or a non-empty list of names.
-    if t is str:
-        value = [value]
-    elif t is not list or not value:
-        raise ConfigError("%s: %s must be a file name or a non-empty list of file names, got %s"
-                          % (source, dotted, _show(value)), dotted)
-    paths = []
-    for i in range(len(value)):
-        paths.append(_check_file(source, "%s[%d]" % (dotted, i), value[i], base_dir))
-    return paths
-
-
-def _check_file(source, dotted, value, base_dir):
-    if type(value) is not str or not value:
-        raise ConfigError("%s: %s must be a file name, got %s"
-                          % (source, dotted, _show(value)), dotted)
-    path = value
-    if base_dir and value[0] != "/":
-        path = base_dir + value if base_dir[-1] == "/" else base_dir + "/" + value
-    try:
-        size = os.stat(path)[6]
-    except OSError:
-        # Any stat failure on flash means the file is not usable; errno values
-        # differ between ports, so they are not decoded here.
-        raise ConfigError('%s: %s: file "%s" not found' % (source, dotted, value), dotted)
-    if size == 0:
-        raise ConfigError('%s: %s: file "%s" is empty' % (source, dotted, value), dotted)
-    return path
-
-
-def _is_name(s):
-    for c in s:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
-            return False
-    return True
-
-
-def _is_host(s):
-    # DNS names, IPv4 and IPv6 literals; no spaces, schemes or ports.
-    for c in s:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in ".-_:"):
-            return False
-    return s[0] != "." and s[0] != "-"
+def _refuse(source, name, key, text):
+    # The ConfigError for field ``key`` of section ``name``: "<file>: <name>.<key> <text>".
+    return ConfigError("%s: %s.%s %s" % (source, name, key, text), name + "." + key)
 
 
 def _show(value):
-    # JSON's vocabulary, since that is what the user wrote.
+    # JSON's vocabulary (null, true, a list...), since that is what the user wrote.
     t = type(value)
-    if value is None:
-        return "null"
-    if t is bool:
-        return "true" if value else "false"
     if t is str:
         if len(value) > _MAX_GOT_CHARS:
             value = value[:_MAX_GOT_CHARS] + "..."
@@ -412,17 +382,4 @@ def _show(value):
         return "a list"
     if t is dict:
         return "an object"
-    return str(value)
-
-
-def _basename(path):
-    i = path.rfind("/")
-    return path[i + 1:] if i >= 0 else path
-
-
-def _dirname(path):
-    # MicroPython has no os.path.
-    i = path.rfind("/")
-    if i < 0:
-        return ""
-    return path[:i] if i > 0 else "/"
+    return json.dumps(value)

@@ -2,9 +2,9 @@
 
 config.py holds the schema and every check (the biggest module in RAM); it is needed once,
 at boot. ``load`` imports it, validates, then forgets it: what stays resident is the Config
-of Sections defined here, whose methods keep only this small module's globals alive (a
-function keeps its module's globals; a Config built by config.py's classes would keep the
-whole validator).
+(one per section inside it) defined here, whose method keeps only this small module's globals
+alive (a function keeps its module's globals; a Config built by config.py's classes would keep
+the whole validator).
 
 Example::
 
@@ -17,8 +17,6 @@ import gc
 import sys
 
 from micropython import const
-
-_HIDDEN = (("wifi", "key"), ("wss", "token"))
 
 
 class ConfigError(Exception):
@@ -33,28 +31,18 @@ class ConfigError(Exception):
         self.field = field
 
 
-class Section:
-    """One config.json section as attributes, e.g. cfg.mqtt.port."""
-
-    def __init__(self, name):
-        self._name = name
-        self._fields = []
-
-    def __repr__(self):
-        parts = []
-        for field in self._fields:
-            # Never print the WiFi key or a token: repr(cfg) may end up in a log line.
-            value = "<hidden>" if (self._name, field) in _HIDDEN else repr(getattr(self, field))
-            parts.append("%s=%s" % (field, value))
-        return "%s(%s)" % (self._name, ", ".join(parts))
-
-
 class Config:
-    """The validated configuration: cfg.device_id, cfg.wifi.ssid, cfg.mqtt.port, ..."""
+    """Validated fields as attributes: cfg.device_id, and a Config per section (cfg.mqtt.port).
+
+    Nothing but the values is kept (no field list, no section name): this stays resident on a
+    board for as long as it runs.
+    """
 
     def __repr__(self):
-        return "Config(device_id=%r, wifi=%r, mqtt=%r, tls=%r)" % (
-            self.device_id, self.wifi, self.mqtt, self.tls)
+        # Never the WiFi key or a token (tls.key, a file name, too): repr may reach a log line.
+        return "Config(%s)" % ", ".join(
+            "%s=%s" % (k, "<hidden>" if k in ("key", "token") else repr(v))
+            for k, v in sorted(self.__dict__.items()))
 
 
 _early = None  # (path, Config or ConfigError) from preload(), handed out once by load()

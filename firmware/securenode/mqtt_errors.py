@@ -4,13 +4,16 @@ mqtt_codec and mqtt_link raise with a small code and the values (a few bytes of 
 each); the sentences live here, so a board that never meets a misbehaving broker keeps none
 of them resident (issue 10: each message is a str object of the GC heap while its module
 is loaded). ``text`` turns (code, values...) into the sentence; codes 1..17 take the packet's
-first byte as their first value and name the packet from it.
+first byte as their first value and name the packet from it. ``link_error`` makes mqtt_link's
+LinkError (kind and words) from its reason code.
 
 Example::
 
     >>> text((13, 0x30, 65, 64))
     'PUBLISH (first byte 0x30) announces 65 bytes, over the bound of 64'
 """
+
+from micropython import const
 
 _NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
           "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
@@ -81,43 +84,71 @@ def text(args):
     return fmt % values if values else fmt
 
 
-def link_detail(link, kind, waiting_for, cause):
-    """The detail of mqtt_link's LinkError ``kind`` while it waited for ``waiting_for``
-    (a packet name); ``cause`` is what went wrong underneath (an exception, a packet, a
-    CONNACK code, a count of milliseconds), by kind."""
-    peer = link.peer
-    io_ms = link._io_ms
-    if kind == "connack_timeout":
-        return ("%s completed TLS but sent no CONNACK within %d ms (timeouts_ms.io)"
+# mqtt_link's reasons (its _R_* constants) and the packet types a step waits for.
+_R_TIMEOUT = const(1)
+_R_IO = const(2)
+_R_REFUSED = const(3)
+_R_BEFORE_CONNACK = const(4)
+_R_EOF = const(5)
+_R_NO_PINGRESP = const(6)
+_R_QUIET = const(7)
+_R_FEED = const(8)
+_R_PUBACK = const(9)
+_R_UNEXPECTED = const(10)
+_CONNACK = const(2)
+
+
+def link_error(link, reason, waiting_for, value):
+    """mqtt_link's LinkError for ``reason`` (an _R_* code) while it waited for the packet
+    type ``waiting_for`` (0: any packet); ``value`` is what went wrong underneath (an
+    exception, a packet type, a CONNACK code, a count of milliseconds), by reason."""
+    # Imported here: the codec's errors (``text``) need neither, nor the sockets net imports.
+    from securenode import net
+    from securenode.link_error import LinkError
+
+    if reason == _R_IO and value is not None and net.is_timeout(value):
+        reason = _R_TIMEOUT  # a read or write that timed out: the answer did not come
+    return LinkError(*_link_words(link.peer, link.io_ms, reason, waiting_for, value))
+
+
+def _link_words(peer, io_ms, reason, waiting_for, value):
+    waited = _NAMES[waiting_for] if waiting_for else "a packet"
+    if reason == _R_TIMEOUT:
+        if waiting_for == _CONNACK:
+            return "connack_timeout", (
+                "%s completed TLS but sent no CONNACK within %d ms (timeouts_ms.io)"
                 % (peer, io_ms))
-    if kind == "ack_timeout":
-        return "no %s from %s within %d ms (timeouts_ms.io)" % (waiting_for, peer, io_ms)
-    if kind == "connack_refused":
-        return "CONNACK refused: %s (%d) by %s" % (
-            CONNACK_REFUSALS.get(cause, "unknown reason"), cause, peer)
-    if kind == "closed":
-        if cause is None:
-            return ("%s closed the connection before CONNACK (is this device's certificate "
-                    "accepted there?)" % peer)
-        return ("%s: connection failed before CONNACK (%s); is this device's certificate "
-                "accepted there?" % (peer, cause))
-    if kind == "lost":
-        if cause is None:
-            return "%s closed the connection while we waited for %s" % (peer, waiting_for)
-        return "connection to %s lost while waiting for %s (%s)" % (peer, waiting_for, cause)
-    if kind == "eof":
-        return "%s closed the connection" % peer
-    if kind == "no_pingresp":
-        return ("no PINGRESP from %s within %d ms (timeouts_ms.io): half-open connection"
-                % (peer, io_ms))
-    if kind == "quiet":
-        return "nothing from %s for %d ms (> 1.5 x keepalive): half-open connection" % (
-            peer, cause)
-    if kind == "before_connack":
-        return "%s sent %s before CONNACK" % (peer, packet_name(cause))
-    if kind == "unexpected":
-        return "%s sent %s while we waited for %s" % (peer, packet_name(cause), waiting_for)
-    if kind == "puback":
-        return "%s: %s" % (peer, cause)
-    # "feed": the decoder's ProtocolError
-    return "%s while we waited for %s from %s" % (cause, waiting_for, peer)
+        return "ack_timeout", "no %s from %s within %d ms (timeouts_ms.io)" % (
+            waited, peer, io_ms)
+    if reason == _R_IO:
+        if waiting_for == _CONNACK:
+            if value is None:
+                return "closed", ("%s closed the connection before CONNACK (is this device's "
+                                  "certificate accepted there?)" % peer)
+            return "closed", ("%s: connection failed before CONNACK (%s); is this device's "
+                              "certificate accepted there?" % (peer, value))
+        if value is None:
+            return "link_lost", "%s closed the connection while we waited for %s" % (
+                peer, waited)
+        return "link_lost", "connection to %s lost while waiting for %s (%s)" % (
+            peer, waited, value)
+    if reason == _R_REFUSED:
+        return "connack_refused", "CONNACK refused: %s (%d) by %s" % (
+            CONNACK_REFUSALS.get(value, "unknown reason"), value, peer)
+    if reason == _R_EOF:
+        return "link_lost", "%s closed the connection" % peer
+    if reason == _R_NO_PINGRESP:
+        return "link_lost", ("no PINGRESP from %s within %d ms (timeouts_ms.io): half-open "
+                             "connection" % (peer, io_ms))
+    if reason == _R_QUIET:
+        return "link_lost", ("nothing from %s for %d ms (> 1.5 x keepalive): half-open "
+                             "connection" % (peer, value))
+    if reason == _R_BEFORE_CONNACK:
+        return "protocol", "%s sent %s before CONNACK" % (peer, packet_name(value))
+    if reason == _R_UNEXPECTED:
+        return "protocol", "%s sent %s while we waited for %s" % (
+            peer, packet_name(value), waited)
+    if reason == _R_PUBACK:
+        return "protocol", "%s: %s" % (peer, value)
+    # _R_FEED: the decoder's ProtocolError
+    return "protocol", "%s while we waited for %s from %s" % (value, waited, peer)

@@ -32,7 +32,7 @@ import time
 
 from micropython import const
 
-from securenode import mqtt_codec as mc
+from securenode import mqtt_codec
 from securenode import net
 from securenode.events import emit
 from securenode.link_error import LinkError
@@ -45,58 +45,77 @@ _MAX_PACKET = const(512)
 _GOODBYE_MS = const(500)    # how long close() waits for the broker to end the connection
 _POLL_MAX = const(8)        # packets handled per poll(): a flooding broker cannot stall sampling
 
+# MQTT 3.1.1 packet types (2.2.1) as the decoder's packets carry them; also what a step
+# waits for (0: any packet), which an error names.
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PINGRESP = const(13)
+
+# Why a session failed; mqtt_errors (loaded only then) turns the reason, the packet waited
+# for and a value into the LinkError's kind and words.
+_R_TIMEOUT = const(1)         # no answer within timeouts_ms.io
+_R_IO = const(2)              # the stream failed (value: the OSError) or ended (None)
+_R_REFUSED = const(3)         # value: CONNACK's return code
+_R_BEFORE_CONNACK = const(4)  # value: the packet type
+_R_EOF = const(5)
+_R_NO_PINGRESP = const(6)
+_R_QUIET = const(7)           # value: ms since the broker's last byte
+_R_FEED = const(8)            # value: the decoder's ProtocolError
+_R_PUBACK = const(9)          # value: PacketIds' ProtocolError
+_R_UNEXPECTED = const(10)     # value: the packet type
+
 
 class TlsStream:
     """The pinned TLS socket as the session's stream; timeouts go on the raw socket
     (the ports' TLS sockets have no settimeout of their own)."""
 
     def __init__(self, raw, tls):
-        self._raw = raw
+        self.raw = raw  # the TCP socket under the TLS one
         self._tls = tls
 
     def read(self, n, timeout_ms):
         """Up to n bytes (b"" at EOF); with timeout_ms 0, None when nothing is there."""
-        self._raw.settimeout(timeout_ms / 1000)
+        self.raw.settimeout(timeout_ms / 1000)
         return self._tls.read(n)
 
     def write(self, buf, n, timeout_ms):
         """Write buf[:n] in one call: one TLS record (no slice is allocated)."""
-        self._raw.settimeout(timeout_ms / 1000)
+        self.raw.settimeout(timeout_ms / 1000)
         self._tls.write(buf, n)
 
     def close(self):
         try:
             self._tls.close()
         finally:
-            self._raw.close()
+            self.raw.close()
 
 
 class MqttLink:
     def __init__(self, client_id, host, port, tls, keepalive_s, connect_ms, io_ms,
-                 user=None, password=None, window=1, max_packet_bytes=_MAX_PACKET):
+                 user=None, password=None, window=1):
         self.client_id = client_id
         # Provisioned boards log in with a user name + password (from the base station)
         # instead of a client certificate; both travel only inside the pinned TLS.
-        self._user = user
-        self._password = password
+        self.user = user
+        self.password = password
         self.host = host
         self.port = port
         self.peer = "%s:%d" % (host, port)
         self._tls = tls
-        self._keepalive_s = keepalive_s
-        self._connect_ms = connect_ms
-        self._io_ms = io_ms
+        self.keepalive_s = keepalive_s
+        self.connect_ms = connect_ms
+        self.io_ms = io_ms
         self.window = window
         self._will = None
         self._tx = bytearray(_TX_BYTES)
-        self._decoder = mc.Decoder(max_packet_bytes)
+        self._decoder = mqtt_codec.Decoder(_MAX_PACKET)
         self._stream = None
         self._poller = None
         self._broken = False
         self._ping_sent_ms = None
-        self.ids = mc.PacketIds(window)
+        self.ids = mqtt_codec.PacketIds(window)
         self._sent_ms = []   # when each id in self.ids.inflight was sent, in the same order
-        self.acks = 0        # fresh PUBACKs on this link, ever
         self.srtt_ms = None  # smoothed PUBLISH -> PUBACK time (RFC 6298's 1/8 gain)
         self.unsolicited = 0
         self.last_rx_ms = self.last_tx_ms = time.ticks_ms()
@@ -108,14 +127,14 @@ class MqttLink:
         self._stream = self._open_stream()
         # A wait for the broker sleeps in poll() on the raw socket, never in a TLS read with a
         # timeout: on the unix port that timeout is sticky (PORT_FACTS), the session unusable.
-        raw = getattr(self._stream, "_raw", None)  # a WebSocket stream has none: it polls
+        raw = getattr(self._stream, "raw", None)  # a WebSocket stream has none: it polls
         if raw is not None:
             self._poller = select.poll()
             self._poller.register(raw, select.POLLIN)
         self._broken = False
         self._ping_sent_ms = None
         self._decoder.reset()
-        self.ids = mc.PacketIds(self.window)
+        self.ids = mqtt_codec.PacketIds(self.window)
         self._sent_ms = []
         try:
             self._start_session()
@@ -127,7 +146,7 @@ class MqttLink:
         roots = self._tls.root_sets
         for index, cadata in enumerate(roots):
             self._tls.cadata = cadata
-            raw = net.open_tcp(self.host, self.port, self._connect_ms)
+            raw = net.open_tcp(self.host, self.port, self.connect_ms)
             try:
                 return TlsStream(raw, self._tls.wrap_socket(raw))
             except Exception as exc:
@@ -143,19 +162,19 @@ class MqttLink:
 
         try:
             n = mqtt_connect.connect_length(self.client_id, will_topic, will_payload,
-                                            self._user, self._password)
+                                            self.user, self.password)
             buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
-            mqtt_connect.encode_connect(buf, self.client_id, self._keepalive_s, True,
-                                        will_topic, will_payload, 1, True, self._user,
-                                        self._password)
+            mqtt_connect.encode_connect(buf, self.client_id, self.keepalive_s, True,
+                                        will_topic, will_payload, 1, True, self.user,
+                                        self.password)
         finally:
-            mc.forget("mqtt_connect")
-        self._send(buf, n, "CONNACK")
-        packet = self._read_packet(time.ticks_add(time.ticks_ms(), self._io_ms), "CONNACK")
-        if packet[0] != mc.CONNACK:
-            raise self._fail("protocol", "before_connack", None, packet[0])
+            mqtt_codec.forget("mqtt_connect")
+        self._send(buf, n, _CONNACK)
+        packet = self._read_packet(time.ticks_add(time.ticks_ms(), self.io_ms), _CONNACK)
+        if packet[0] != _CONNACK:
+            raise self._fail(_R_BEFORE_CONNACK, 0, packet[0])
         if packet[2]:
-            raise self._fail("connack_refused", "connack_refused", None, packet[2])
+            raise self._fail(_R_REFUSED, 0, packet[2])
 
     def will(self, topic, payload):
         """Set the last will (QoS 1, retained) the broker publishes if we vanish; call before
@@ -186,11 +205,11 @@ class MqttLink:
         Example: ``pid = link.send_publish(topic, payload); link.wait_puback(pid)``
         """
         packet_id = self.ids.next()
-        n = mc.publish_length(topic, len(payload), 1)
+        n = mqtt_codec.publish_length(topic, len(payload), 1)
         buf = self._tx if n <= len(self._tx) else bytearray(n)
-        mc.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
+        mqtt_codec.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
         self._sent_ms.append(time.ticks_ms())
-        self._send(buf, n, "PUBACK")
+        self._send(buf, n, _PUBACK)
         return packet_id
 
     def publish_status_async(self, payload):
@@ -213,25 +232,27 @@ class MqttLink:
             return None
         return time.ticks_diff(time.ticks_add(self._sent_ms[0], self.srtt_ms), time.ticks_ms())
 
-    def wait_acks(self, wait_ms):
-        """Handle what arrives until a PUBACK did or ``wait_ms`` passed; return the PUBACKs
+    def wait_acks(self, timeout_ms):
+        """Handle what arrives until a PUBACK did or ``timeout_ms`` passed; return the PUBACKs
         handled. LinkError("ack_timeout") once the oldest PUBLISH in flight has waited
         timeouts_ms.io. A window of sends is acknowledged through this.
 
         Example: ``while link.ids.inflight: link.wait_acks(50)``
         """
-        before = self.acks
-        until = time.ticks_add(time.ticks_ms(), wait_ms)
+        # A fresh PUBACK takes its id out of ids.inflight: the count that left is the answer.
+        inflight = self.ids.inflight
+        before = len(inflight)
+        until = time.ticks_add(time.ticks_ms(), timeout_ms)
         while True:
-            self.poll("PUBACK")
-            if self.acks != before:
-                return self.acks - before
+            self.poll(_PUBACK)
+            if len(inflight) != before:
+                return before - len(inflight)
             now = time.ticks_ms()
             left = time.ticks_diff(until, now)
             if self._sent_ms:
-                overdue = time.ticks_diff(time.ticks_add(self._sent_ms[0], self._io_ms), now)
+                overdue = time.ticks_diff(time.ticks_add(self._sent_ms[0], self.io_ms), now)
                 if overdue <= 0:
-                    raise self._timeout("PUBACK")
+                    raise self._fail(_R_TIMEOUT, _PUBACK)
                 left = min(left, overdue)
             if left <= 0:
                 return 0
@@ -242,14 +263,15 @@ class MqttLink:
 
     def wait_puback(self, packet_id):
         """Handle what arrives until the PUBACK for packet_id did, within timeouts_ms.io."""
-        deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
+        due = time.ticks_add(time.ticks_ms(), self.io_ms)
         while packet_id in self.ids.inflight:
-            self._handle(self._read_packet(deadline, "PUBACK"), "PUBACK")
+            self._handle(self._read_packet(due, _PUBACK), _PUBACK)
 
     # --- idle -----------------------------------------------------------------------------
-    def poll(self, waiting_for="a packet"):
+    def poll(self, waiting_for=0):
         """Handle the packets that have arrived (at most 8), without waiting for one; return
         how many. A packet that has begun to arrive is read to its end within timeouts_ms.io.
+        ``waiting_for``: the packet type an error would say was awaited (0: any).
         """
         handled = 0
         while handled < _POLL_MAX:
@@ -258,14 +280,14 @@ class MqttLink:
             except OSError as exc:
                 if net.is_timeout(exc):
                     return handled  # EAGAIN: nothing there
-                raise self._io_error(exc, waiting_for)
+                raise self._fail(_R_IO, waiting_for, exc)
             if data is None:
                 return handled
             if not data:
-                raise self._fail("link_lost", "eof")
+                raise self._fail(_R_EOF)
             self._feed(data, waiting_for)
-            deadline = time.ticks_add(time.ticks_ms(), self._io_ms)
-            self._handle(self._read_packet(deadline, waiting_for), waiting_for)
+            due = time.ticks_add(time.ticks_ms(), self.io_ms)
+            self._handle(self._read_packet(due, waiting_for), waiting_for)
             handled += 1
         return handled
 
@@ -276,15 +298,15 @@ class MqttLink:
 
         Example: ``link.check(90000)`` in the idle loop of a board with keepalive 60 s.
         """
-        self.poll("PINGRESP" if self._ping_sent_ms is not None else "a packet")
+        self.poll(0 if self._ping_sent_ms is None else _PINGRESP)
         now = time.ticks_ms()
         if (self._ping_sent_ms is not None
-                and time.ticks_diff(now, self._ping_sent_ms) > self._io_ms):
+                and time.ticks_diff(now, self._ping_sent_ms) > self.io_ms):
             # Unanswered keepalive: the broker or the path to it is gone (half-open).
-            raise self._fail("link_lost", "no_pingresp")
+            raise self._fail(_R_NO_PINGRESP)
         quiet_ms = time.ticks_diff(now, self.last_rx_ms)
         if dead_after_ms and quiet_ms > dead_after_ms:
-            raise self._fail("link_lost", "quiet", None, quiet_ms)
+            raise self._fail(_R_QUIET, 0, quiet_ms)
 
     def idle_ms(self):
         """Milliseconds since we last sent anything (a PINGREQ is due at keepalive / 2)."""
@@ -292,99 +314,86 @@ class MqttLink:
 
     def ping(self):
         """Send PINGREQ; its PINGRESP is awaited by check() within timeouts_ms.io."""
-        self._send(mc.PINGREQ_BYTES, 2, "PINGRESP")
+        self._send(mqtt_codec.PINGREQ_BYTES, 2, _PINGRESP)
         if self._ping_sent_ms is None:
             self._ping_sent_ms = self.last_tx_ms
-        self.poll("PINGRESP")
+        self.poll(_PINGRESP)
 
     # --- packets in and out ---------------------------------------------------------------
     def _send(self, buf, n, waiting_for):
         try:
-            self._stream.write(buf, n, self._io_ms)
+            self._stream.write(buf, n, self.io_ms)
         except OSError as exc:
-            raise self._io_error(exc, waiting_for)
+            raise self._fail(_R_IO, waiting_for, exc)
         self.last_tx_ms = time.ticks_ms()
 
-    def _read_packet(self, deadline, waiting_for):
+    def _read_packet(self, due, waiting_for):
+        # The next whole packet, read by the ticks_ms ``due``.
         decoder = self._decoder
         while True:
             packet = decoder.take()
             if packet is not None:
                 return packet
-            left = time.ticks_diff(deadline, time.ticks_ms())
+            left = time.ticks_diff(due, time.ticks_ms())
             if left <= 0:
-                raise self._timeout(waiting_for)
+                raise self._fail(_R_TIMEOUT, waiting_for)
             try:
                 data = self._stream.read(decoder.need(), left)
             except OSError as exc:
-                raise self._io_error(exc, waiting_for)
+                raise self._fail(_R_IO, waiting_for, exc)
             if data is None:
                 continue
             if not data:
-                raise self._io_error(None, waiting_for)
+                raise self._fail(_R_IO, waiting_for)  # the broker closed the connection
             self._feed(data, waiting_for)
 
     def _feed(self, data, waiting_for):
         self.last_rx_ms = time.ticks_ms()
         try:
             self._decoder.feed(data)
-        except mc.ProtocolError as exc:
-            raise self._fail("protocol", "feed", waiting_for, exc)
+        except mqtt_codec.ProtocolError as exc:
+            raise self._fail(_R_FEED, waiting_for, exc)
 
     def _handle(self, packet, waiting_for):
         kind = packet[0]
-        if kind == mc.PUBACK:
+        if kind == _PUBACK:
             inflight = self.ids.inflight
             if packet[1] in inflight:
                 rtt = time.ticks_diff(time.ticks_ms(), self._sent_ms.pop(inflight.index(packet[1])))
                 self.srtt_ms = rtt if self.srtt_ms is None else (7 * self.srtt_ms + rtt) // 8
             try:
                 fresh = self.ids.acked(packet[1])
-            except mc.ProtocolError as exc:
-                raise self._fail("protocol", "puback", None, exc)
-            if fresh:
-                self.acks += 1
-            else:
+            except mqtt_codec.ProtocolError as exc:
+                raise self._fail(_R_PUBACK, 0, exc)
+            if not fresh:
                 emit("mqtt_duplicate_puback", peer=self.peer, packet_id=packet[1],
                      count=self.ids.duplicates)
-        elif kind == mc.PINGRESP:
+        elif kind == _PINGRESP:
             self._ping_sent_ms = None
-        elif kind == mc.PUBLISH:
+        elif kind == _PUBLISH:
             # We subscribe to nothing, yet a broker may deliver (a stale session, a bridge):
             # acknowledge QoS 1 so it is not redelivered forever, then drop it.
             self.unsolicited += 1
             if packet[2]:
-                self._send(self._tx, mc.encode_puback(self._tx, packet[1]), waiting_for)
+                self._send(self._tx, mqtt_codec.encode_puback(self._tx, packet[1]), waiting_for)
             # Peer bytes in an event: printable ASCII only, cut short.
             topic = "".join(chr(b) if 32 <= b < 127 else "?" for b in bytes(packet[5][:48]))
             emit("mqtt_unsolicited", peer=self.peer, topic=topic, qos=packet[2],
                  bytes=len(packet[6]), count=self.unsolicited)
         else:
-            raise self._fail("protocol", "unexpected", waiting_for, kind)
+            raise self._fail(_R_UNEXPECTED, waiting_for, kind)
 
     # --- errors ---------------------------------------------------------------------------
-    def _fail(self, kind, why, waiting_for=None, cause=None):
-        # The words come from mqtt_errors, loaded for this once: a board keeps none resident.
+    def _fail(self, reason, waiting_for=0, value=None):
+        # The kind and words come from mqtt_errors, loaded for this once: a board keeps none
+        # resident.
         self._broken = True  # no DISCONNECT on a broken session: the will should speak
         from securenode import mqtt_errors
 
         try:
-            return LinkError(kind, mqtt_errors.link_detail(self, why, waiting_for, cause))
+            return mqtt_errors.link_error(self, reason, waiting_for, value)
         finally:
-            mc.forget("mqtt_errors")
-
-    def _timeout(self, waiting_for):
-        if waiting_for == "CONNACK":
-            return self._fail("connack_timeout", "connack_timeout")
-        return self._fail("ack_timeout", "ack_timeout", waiting_for)
-
-    def _io_error(self, exc, waiting_for):
-        # exc None: the peer closed the connection.
-        if exc is not None and net.is_timeout(exc):
-            return self._timeout(waiting_for)
-        if waiting_for == "CONNACK":
-            return self._fail("closed", "closed", None, exc)
-        return self._fail("link_lost", "lost", waiting_for, exc)
+            mqtt_codec.forget("mqtt_errors")
 
     # --- closing --------------------------------------------------------------------------
     def close(self):
@@ -399,20 +408,18 @@ class MqttLink:
                 for _ in range(_POLL_MAX):
                     if not stream.read(64, 0):
                         break  # discard what arrived unasked; a closing session answers nothing
-                stream.write(mc.DISCONNECT_BYTES, 2, self._io_ms)
-                until = time.ticks_add(time.ticks_ms(), min(self._io_ms, _GOODBYE_MS))
+                stream.write(mqtt_codec.DISCONNECT_BYTES, 2, self.io_ms)
+                until = time.ticks_add(time.ticks_ms(), min(self.io_ms, _GOODBYE_MS))
                 while True:
                     left = time.ticks_diff(until, time.ticks_ms())
                     if left <= 0 or not stream.read(64, left):
                         break
-        except Exception as exc:
-            if not isinstance(exc, self._CLOSE_ERRORS):
-                raise
-            # Closing either way: a timeout or a reset here only ends the wait.
+        except (OSError, LinkError):
+            # Closing either way: a timeout, a reset or (on a WebSocket stream) the broker's
+            # close here only ends the wait.
+            pass
         finally:
             self._drop()
-
-    _CLOSE_ERRORS = (OSError,)
 
     def _drop(self):
         stream = self._stream

@@ -112,6 +112,3 @@ class MqttWssLink(MqttLink):
                             "mqtt subprotocol" % self.peer)
         emit("wss_connected", peer=self.peer, path=self.path, subprotocol=ws.subprotocol)
         return stream
-
-    # While closing, the broker ending the WebSocket (a close frame, or TCP) ends the wait.
-    _CLOSE_ERRORS = (OSError, WssError)

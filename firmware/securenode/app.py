@@ -90,8 +90,8 @@ class Node:
         self.interval_ms = cfg.sample.interval_ms  # a command from the peer may change it
         s = cfg.sample
         # The configured ranges decide the out-of-range status bits: pass them on.
-        self.sampler = sensor.Sampler(s.adc_pin, s.samples, s.window_ms, s.volts_per_count,
-                                      s.volts_min, s.volts_max, s.hz_min, s.hz_max)
+        self.sensor = sensor.Sampler(s.adc_pin, s.samples, s.window_ms, s.volts_per_count,
+                                     s.volts_min, s.volts_max, s.hz_min, s.hz_max)
 
     def go(self, event):
         # A state change is rare and the next step loads modules or opens a connection:
@@ -105,10 +105,23 @@ class Node:
         self._warm_up()
         self._open_outbox()
         self.go(_START)
+        # One step per turn: each is bounded by a timeout shorter than the watchdog's, and
+        # each ends by going to the next state.
         while self.state != _HALTED:
-            watchdog.feed()  # each step is bounded by a timeout shorter than the watchdog's
-            step = self._steps.get(self.state)
-            step(self)
+            watchdog.feed()
+            state = self.state
+            if state == _ONLINE:
+                self.online()
+            elif state == _JOINING:
+                self.join()
+            elif state == _SYNCING:
+                self.sync()
+            elif state == _CONNECTING:
+                self.connect()
+            elif state == _BACKOFF:
+                self.backoff()
+            else:  # _PROVISIONING, the only state left
+                self.provision()
         emit("halted", reason=self.halt_reason)
         return 0 if self.halt_reason == "done" else 1
 
@@ -180,7 +193,7 @@ class Node:
             # Only a board that gets its credentials from a base station loads this.
             from securenode import credentials
 
-            if credentials.missing(self):
+            if not credentials.load(self):
                 self.go(_NEED_PROVISION)
                 return
         # A reading due now (the first one, at boot) is sampled before the handshake, not
@@ -207,7 +220,7 @@ class Node:
         except (NetError, LinkError) as exc:
             error(getattr(exc, "kind", None) or exc.step, str(exc))
             if credentials:
-                credentials.refused(self, exc)
+                credentials.discard(self, exc)
             self.go(_CONNECT_FAILED)
             return
         self.link = link
@@ -217,7 +230,7 @@ class Node:
              root_sha256=tls.pinned if tls.verified else None)
         emit("mqtt_connected", peer=link.peer, client_id=m.client_id)
         if credentials:
-            credentials.connected(self)
+            credentials.accept(self)
         self.go(_CONNECTED)
 
     def online(self):
@@ -449,13 +462,13 @@ class Node:
         self._sample()
         return True
 
-    def idle(self, ms):
-        """Wait ``ms`` while taking each reading as it falls due (a step that waits for
-        someone else, e.g. provisioning between polls); returns after ``ms``.
+    def idle(self, delay_ms):
+        """Wait ``delay_ms`` while taking each reading as it falls due (a step that waits for
+        someone else, e.g. provisioning between polls); returns after ``delay_ms``.
 
         >>> node.idle(1000)   # about 5 readings stored at a 200 ms interval
         """
-        until = time.ticks_add(time.ticks_ms(), ms)
+        until = time.ticks_add(time.ticks_ms(), delay_ms)
         while True:
             self._sample_if_due()
             left = time.ticks_diff(until, time.ticks_ms())
@@ -464,7 +477,7 @@ class Node:
             time.sleep_ms(min(50, left, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
 
     def _sample(self):
-        voltage, freq, status = self.sampler.read()
+        voltage, freq, status = self.sensor.read()
         box = self.outbox
         seq = box.next_seq
         try:
@@ -513,24 +526,15 @@ class Node:
     def provision(self):
         from securenode import credentials
 
-        self.go(_PROVISIONED if credentials.obtain(self) else _PROVISION_FAILED)
-
-    _steps = {
-        _JOINING: join,
-        _SYNCING: sync,
-        _CONNECTING: connect,
-        _ONLINE: online,
-        _BACKOFF: backoff,
-        _PROVISIONING: provision,
-    }
+        self.go(_PROVISIONED if credentials.provision(self) else _PROVISION_FAILED)
 
 
-def main(config_path="config.json"):
+def main(path="config.json"):
     cause = crash.reset_cause()
     last_crash = crash.recorded()
     emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
     try:
-        cfg = settings.load(config_path)  # validates, then unloads the validator
+        cfg = settings.load(path)  # validates, then unloads the validator
     except settings.ConfigError as exc:
         error("config", str(exc))
         emit("halted", reason="config")

@@ -1,17 +1,17 @@
 """The main loop's side of provisioning: MQTT credentials from the base station.
 
 Only a board configured with a ``provisioning`` section loads this module (a certificate
-board never does, so none of this sits in its RAM). Before each connect the loop asks
-``missing``; its provisioning step is ``obtain``; after a connect it reports ``refused`` or
-``connected``. The credentials live on flash and in ``node.creds``; the provisioning
+board never does, so none of this sits in its RAM). Before each connect the loop calls
+``load`` (False: none yet); its provisioning step is ``provision``; after a connect it calls
+``discard`` (failed) or ``accept`` (succeeded). The credentials live on flash and in ``node.creds``; the provisioning
 client (provision, https_client, provision_codec: ~25 KB) is loaded for each exchange with
 the base station and dropped after it.
 
 Example (what app.Node.connect does)::
 
     from securenode import credentials
-    if credentials.missing(node):
-        ...   # go to the provisioning state: credentials.obtain(node) -> True once given
+    if not credentials.load(node):
+        ...   # go to the provisioning state: credentials.provision(node) -> True once given
 """
 
 from securenode import settings
@@ -45,32 +45,35 @@ def _use(node, creds):
     node.tls = None  # rebuilt for the broker's host name
 
 
-def missing(node):
-    """True when the board has no MQTT credentials yet; stored ones are put to use."""
-    if node.cfg.tls.cert is not None or node.creds:
-        return False
-    from securenode import provision
+def load(node):
+    """Put the stored credentials to use; False when the board has none yet.
 
-    creds = provision.load_credentials(node.cfg.provisioning.credentials)
+    A board with a client certificate logs in with it and needs none: True.
+    """
+    if node.cfg.tls.cert is not None or node.creds:
+        return True
+    from securenode import provision as client
+
+    creds = client.load_credentials(node.cfg.provisioning.credentials)
     _unload()
     if creds is None:
-        return True
+        return False
     _use(node, creds)
-    return False
+    return True
 
 
-def obtain(node):
+def provision(node):
     """Ask the base station for credentials and store them; True once given.
 
     While a person decides, node.idle keeps the readings on cadence.
     """
-    from securenode import provision
+    from securenode import provision as client
     from securenode.https_client import HttpError
 
     try:
-        creds = provision.Provisioner(node.cfg, _ca_ders(node.cfg), node.idle).obtain()
-        provision.save_credentials(node.cfg.provisioning.credentials, creds)
-    except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
+        creds = client.Provisioner(node.cfg, _ca_ders(node.cfg), node.idle).obtain()
+        client.save_credentials(node.cfg.provisioning.credentials, creds)
+    except (client.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
         # OSError: the link broke mid-exchange (reset, read timeout); ask again later.
         error(getattr(exc, "kind", None) or getattr(exc, "step", None) or "provision_io",
               str(exc))
@@ -82,40 +85,40 @@ def obtain(node):
     return True
 
 
-def refused(node, exc):
-    """A connect failed with exc: credentials that once worked and are now refused were
-    revoked on the base station, so they are forgotten and asked for again. Fresh ones are
+def discard(node, exc):
+    """After a connect failed with exc: discard credentials that once worked and are now
+    refused (revoked on the base station), so that the board asks again. Fresh ones are
     kept: the broker may not have re-read its password file yet."""
     creds = node.creds
     if (creds and creds.get("confirmed")
             and getattr(exc, "kind", None) == "connack_refused"):
-        from securenode import provision
+        from securenode import provision as client
 
-        provision.forget_credentials(node.cfg.provisioning.credentials)
+        client.forget_credentials(node.cfg.provisioning.credentials)
         _unload()
         node.creds = None
         emit("provision_forgotten", reason="broker refused the stored credentials")
 
 
-def connected(node):
-    """The broker took the credentials: the base station shows the device "confirmed"
-    once it hears so (retried after the next connect if it cannot be told now)."""
+def accept(node):
+    """After a connect: the broker took the credentials, so tell the base station, which
+    shows the device "confirmed" (retried after the next connect if it cannot be told now)."""
     creds = node.creds
     if not creds or creds.get("confirmed"):
         return
-    from securenode import provision
+    from securenode import provision as client
     from securenode.https_client import HttpError
 
     try:
-        provision.Provisioner(node.cfg, _ca_ders(node.cfg)).confirm(creds)
-    except (provision.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
+        client.Provisioner(node.cfg, _ca_ders(node.cfg)).confirm(creds)
+    except (client.ProvisionError, TlsError, HttpError, NetError, OSError) as exc:
         error("provision_confirm", str(exc))
         return
     finally:
         _unload()
     creds["confirmed"] = True
     try:
-        provision.save_credentials(node.cfg.provisioning.credentials, creds)
+        client.save_credentials(node.cfg.provisioning.credentials, creds)
     except OSError as exc:
         # Confirmed all the same (in RAM); after a reboot the board simply confirms again.
         error("provision_store", "cannot record the confirmation on flash (%s)" % exc)

@@ -54,17 +54,19 @@ def test_firmware_sees_the_flash_at_root_and_the_interpreters_own_modules(tmp_pa
         with open("/note.txt", "w") as f:
             f.write("kept")
         print(json.dumps({"cwd": os.getcwd(), "ls": sorted(os.listdir("/")),
-                          "impl": sys.implementation.name, "path": sys.path[:3],
+                          "impl": sys.implementation.name, "path": sys.path,
                           "ssl": hasattr(ssl, "SSLContext"), "float_time":
                           isinstance(time.time(), float),
-                          "stand_ins": [m.__file__.startswith("/host/") for m in
-                                        (machine, network, ntptime)]}))
+                          "stand_ins": [m.__file__ for m in (machine, network, ntptime)]}))
     """)
     assert rc == 0, err
     r = lines[0]
     assert r["cwd"] == "/" and r["impl"] == "micropython" and r["ssl"] and r["float_time"]
     assert r["ls"] == ["host", "main.py", "note.txt"]
-    assert r["path"] == ["", ".frozen", "/lib"] and r["stand_ins"] == [True] * 3
+    # A board's sys.path, nothing more: the stand-ins were loaded before the flash went over
+    # "/", from the launcher's directory by relative names (no long host path interned).
+    assert r["path"] == ["", ".frozen", "/lib"]
+    assert r["stand_ins"] == ["machine.mpy", "network.mpy", "ntptime.mpy"]
     # The flash is a real LittleFS2 image: the file is in it, not in the flash directory.
     image = (tmp_path / "flash.state" / "flash.img").read_bytes()
     assert b"littlefs" in image[:8192] and b"note.txt" in image
@@ -121,6 +123,16 @@ def test_stand_ins_and_bootstrap_run_as_precompiled_bytecode(tmp_path):
     # Loaded before main.py (main imported none of them) and loaded from .mpy.
     files = lines[0]["files"]
     assert all(f and f.endswith(".mpy") for f in files), files
+
+
+def test_stand_ins_carry_their_module_name_as_source_name():
+    # Not "machine.py": the import interns the module's name anyway, a file name would be
+    # one more interned name before the firmware's.
+    from test_memory_manifest import mpy_source
+    port = launcher.compile_port()
+    names = sorted(p.stem for p in port.glob("*.mpy"))
+    assert names == sorted(p.stem for p in launcher._PORT_SOURCES)
+    assert [mpy_source((port / (n + ".mpy")).read_bytes()) for n in names] == names
 
 
 def test_staged_firmware_mpy_carry_their_dotted_module_name(tmp_path):

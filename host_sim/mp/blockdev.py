@@ -10,40 +10,44 @@
 # of one LittleFS write and tear it, as a cut does on a board. While a write is being
 # programmed, the file IMAGE.programming holds b"1" (else b"0"): after a cut, the host can
 # tell whether it landed inside a program.
+#
+# Loaded by every simulated board (C on a board), so its names are few: the attribute names
+# are the parameters' and the protocol's own.
 import time
 
-_PAGE = 256
+from micropython import const
+
+_PAGE = const(256)
 
 
 class FileBlockDevice:
     def __init__(self, path, block_size, page_write_us=0):
-        self._f = open(path, "r+b")
-        self._f.seek(0, 2)
+        self.file = open(path, "r+b")
+        self.file.seek(0, 2)
         self.block_size = block_size
-        self.count = self._f.tell() // block_size
-        self._page_us = page_write_us
-        self._busy = None
+        self.count = self.file.tell() // block_size
+        self.page_write_us = page_write_us
         if page_write_us:
-            self._busy = open(path + ".programming", "wb")
-            self._busy.write(b"0")
+            self.busy = open(path + ".programming", "wb")
+            self.busy.write(b"0")
 
-    def readblocks(self, block, buf, offset=0):
-        self._f.seek(block * self.block_size + offset)
-        self._f.readinto(buf)
+    def readblocks(self, block_num, buf, offset=0):
+        self.file.seek(block_num * self.block_size + offset)
+        self.file.readinto(buf)
 
-    def writeblocks(self, block, buf, offset=0):
-        self._f.seek(block * self.block_size + offset)
-        if not self._page_us:
-            self._f.write(buf)
+    def writeblocks(self, block_num, buf, offset=0):
+        self.file.seek(block_num * self.block_size + offset)
+        if not self.page_write_us:
+            self.file.write(buf)
             return
         view = memoryview(buf)
-        self._busy.seek(0)
-        self._busy.write(b"1")
+        self.busy.seek(0)
+        self.busy.write(b"1")
         for start in range(0, len(view), _PAGE):
-            self._f.write(view[start:start + _PAGE])
-            time.sleep_us(self._page_us)
-        self._busy.seek(0)
-        self._busy.write(b"0")
+            self.file.write(view[start:start + _PAGE])
+            time.sleep_us(self.page_write_us)
+        self.busy.seek(0)
+        self.busy.write(b"0")
 
     def ioctl(self, op, arg):
         if op == 4:

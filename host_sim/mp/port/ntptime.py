@@ -3,22 +3,22 @@
 # simulator's server (settings "ntp") whatever `host` says: the sim has no pool.ntp.org.
 # Without a server it goes to the discard port and times out with OSError(ETIMEDOUT).
 import socket
-import struct
 import time as _time
+
+from micropython import const
 
 from _simboard import settings
 
 host = "pool.ntp.org"
 timeout = 1
 
-_BLACKHOLE = ("127.0.0.1", 9)
-_MIN_NTP_S = 3913056000   # 2024-01-01 in NTP seconds: anything lower is era 1
+_MIN_NTP_S = const(3913056000)   # 2024-01-01 in NTP seconds: anything lower is era 1
 
 
 def time():
     query = bytearray(48)
     query[0] = 0x1B           # LI 0, version 3, mode 3 (client)
-    addr = settings["ntp"] or _BLACKHOLE
+    addr = settings["ntp"] or ("127.0.0.1", 9)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.settimeout(timeout)
@@ -26,7 +26,7 @@ def time():
         msg = s.recv(48)
     finally:
         s.close()
-    val = struct.unpack("!I", msg[40:44])[0]
+    val = int.from_bytes(msg[40:44], "big")   # the transmit timestamp's seconds
     if val < _MIN_NTP_S:
         val += 0x100000000
     # Seconds in the port's own epoch (1970 here, 2000 on esp32/esp8266).
@@ -38,4 +38,3 @@ def settime():
     import machine
     g = _time.gmtime(t)
     machine.RTC().datetime((g[0], g[1], g[2], g[6] + 1, g[3], g[4], g[5], 0))
-

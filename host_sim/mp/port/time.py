@@ -18,9 +18,8 @@ import sys
 _path = sys.path
 sys.path = ()
 try:
-    from time import *  # noqa: F401,F403
-    from time import sleep as _sleep_s
-    from time import sleep_ms as _port_sleep_ms
+    from time import *  # noqa: F401,F403  (sleep among them: the port's own)
+    import time as _time  # the built-in, for its sleep_ms(0)
 finally:
     sys.path = _path
     del _path
@@ -30,6 +29,6 @@ def sleep_ms(ms):
     if type(ms) is not int and type(ms) is not bool:
         raise TypeError("can't convert %s to int" % type(ms).__name__)
     if ms > 0:
-        _sleep_s(ms / 1000)
+        sleep(ms / 1000)  # noqa: F405
     else:
-        _port_sleep_ms(0)
+        _time.sleep_ms(0)

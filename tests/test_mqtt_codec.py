@@ -39,6 +39,9 @@ mc = _load("mqtt_codec_under_test", FIRMWARE / "securenode" / "mqtt_codec.py")
 # The CONNECT encoder lives apart (loaded per connection on a board) and builds on the codec.
 from securenode import mqtt_connect  # noqa: E402
 
+# MQTT 3.1.1 packet types (2.2.1): the first item of every packet the decoder returns.
+CONNACK, PUBLISH, PUBACK, PINGRESP = 2, 3, 4, 13
+
 # hex -> what the client-side decoder makes of it (max remaining 64 unless a third item).
 DECODE = {
     "connack_ok": ("20020000", [[2, 0, 0]]),
@@ -89,6 +92,13 @@ ENCODE = [
     ["connect", {"client_id": "b1", "keepalive_s": 60, "password": "pw"},
      "a password needs a user name (MQTT 3.1.1 3.1.2.9)"],
     ["connect", {"client_id": "b1", "keepalive_s": 70000}, "keepalive 70000 s outside 0..65535"],
+    # Errors name the packet and the field by their codes' words.
+    ["connect", {"client_id": "b" * 300, "keepalive_s": 60},
+     "CONNECT needs 315 bytes, the buffer has 256"],
+    ["connect", {"client_id": "b1", "keepalive_s": 60, "user": "u" * 65536},
+     "user name is 65536 bytes, more than MQTT's 65535"],
+    ["publish", {"topic": "t" * 65536, "payload": "x", "packet_id": 1},
+     "topic is 65536 bytes, more than MQTT's 65535"],
     ["publish", {"topic": "t", "payload": "hi", "packet_id": 1}, "32070001740001" + b"hi".hex()],
     ["publish", {"topic": "t", "payload": "hi", "packet_id": 0, "qos": 0}, "3005000174" + "6869"],
     ["publish", {"topic": "t", "payload": "x", "packet_id": 65535, "dup": True, "retain": True},
@@ -420,8 +430,8 @@ def test_arbitrary_bytes_give_packets_or_a_protocol_error(data, max_remaining, c
         assert str(error)  # said after the measurement: the words load only to be said
         return
     for p in packets:
-        assert p[0] in (mc.CONNACK, mc.PUBLISH, mc.PUBACK, mc.PINGRESP)
-        if p[0] == mc.PUBLISH:
+        assert p[0] in (CONNACK, PUBLISH, PUBACK, PINGRESP)
+        if p[0] == PUBLISH:
             assert p[2] in (0, 1) and (p[1] > 0) == (p[2] == 1)
             assert len(p[5]) >= 1 and len(p[5]) + len(p[6]) <= max_remaining
 
@@ -443,7 +453,7 @@ def test_what_we_encode_decodes_to_the_same_fields_in_any_pieces(packets, cuts):
         dup = dup and qos == 1
         n = mc.encode_publish(buf, topic, payload, pid if qos else 0, qos, dup, retain)
         wire += buf[:n]
-        expected.append((mc.PUBLISH, pid if qos else 0, qos, int(dup), int(retain), topic,
+        expected.append((PUBLISH, pid if qos else 0, qos, int(dup), int(retain), topic,
                          payload))
     assert _drain(bytes(wire), 600, cuts) == expected
 

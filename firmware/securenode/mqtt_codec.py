@@ -29,22 +29,19 @@ import sys
 
 from micropython import const
 
-CONNECT = const(1)
-CONNACK = const(2)
-PUBLISH = const(3)
-PUBACK = const(4)
-PINGREQ = const(12)
-PINGRESP = const(13)
-DISCONNECT = const(14)
-
-PINGREQ_BYTES = b"\xc0\x00"
-DISCONNECT_BYTES = b"\xe0\x00"
+# MQTT 3.1.1 packet types (2.2.1) that a client receives or this module writes; the
+# decoder's packets start with them.
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PINGRESP = const(13)
 
 _MAX_REMAINING = const(268435455)  # what 4 length bytes can say (MQTT 3.1.1 2.2.3)
 _MAX_ID = const(65535)
 
 # Error codes: the sentences are in mqtt_errors, loaded only to say one (issue 10).
-# 1..13 take the packet's first byte as their first value.
+# 1..13 take the packet's first byte as their first value; _E_FITS a packet type, _E_STR a
+# field code (_F_*) as theirs.
 _E_LENGTH_5 = const(1)
 _E_QOS3 = const(2)
 _E_QOS2 = const(3)
@@ -75,16 +72,8 @@ _E_PACKET_ID = const(27)
 _E_DUP = const(28)
 _E_WILDCARD = const(29)
 
-
-def _text(exc):
-    # The sentence for (code, values...), from mqtt_errors; the module is dropped again so
-    # a board that recovers keeps none of the words resident.
-    from securenode import mqtt_errors
-
-    try:
-        return mqtt_errors.text(exc.args)
-    finally:
-        forget("mqtt_errors")
+# Fields _E_STR names (mqtt_errors' _FIELDS); mqtt_connect's are 1..5.
+_F_TOPIC = const(0)
 
 
 def forget(name):
@@ -102,13 +91,21 @@ def forget(name):
 class ProtocolError(Exception):
     """The peer broke MQTT 3.1.1; the text names the packet and what was wrong with it."""
 
-    __str__ = _text
+    def __str__(self):
+        # The sentence for (code, values...), from mqtt_errors; the module is dropped again
+        # so a board that recovers keeps none of the words resident.
+        from securenode import mqtt_errors
+
+        try:
+            return mqtt_errors.text(self.args)
+        finally:
+            forget("mqtt_errors")
 
 
 class EncodeError(ValueError):
     """A value the encoders cannot put on the wire (the caller's mistake), by name."""
 
-    __str__ = _text
+    __str__ = ProtocolError.__str__  # the same sentences, by code
 
 
 def _b(value):
@@ -120,8 +117,9 @@ def _length_bytes(n):
     return 1 if n < 128 else 2 if n < 16384 else 3 if n < 2097152 else 4
 
 
-def put_remaining_length(buf, at, n):
-    r"""Write ``n`` as MQTT's variable-length integer at ``buf[at]``; return the next offset.
+def put_remaining_length(buf, offset, n):
+    r"""Write ``n`` as MQTT's variable-length integer at ``buf[offset]``; return the next
+    offset.
 
     >>> buf = bytearray(4)
     >>> put_remaining_length(buf, 0, 321), bytes(buf[:2])
@@ -132,37 +130,39 @@ def put_remaining_length(buf, at, n):
     while True:
         byte = n & 0x7F
         n >>= 7
-        buf[at] = byte | (0x80 if n else 0)
-        at += 1
+        buf[offset] = byte | (0x80 if n else 0)
+        offset += 1
         if not n:
-            return at
+            return offset
 
 
-def _put_str(buf, at, data):
+def _put_str(buf, offset, data):
     n = len(data)
-    buf[at] = n >> 8
-    buf[at + 1] = n & 0xFF
-    buf[at + 2:at + 2 + n] = data
-    return at + 2 + n
+    buf[offset] = n >> 8
+    buf[offset + 1] = n & 0xFF
+    buf[offset + 2:offset + 2 + n] = data
+    return offset + 2 + n
 
 
-def _check_fits(buf, total, what):
+def _check_fits(buf, total, kind):
+    # kind: the packet type, which the error names
     if total > len(buf):
-        raise EncodeError(_E_FITS, what, total, len(buf))
+        raise EncodeError(_E_FITS, kind, total, len(buf))
 
 
-def _check_str(data, what):
+def _check_str(data, field):
+    # field: an _F_* code, which the error names
     if len(data) > _MAX_ID:
-        raise EncodeError(_E_STR, what, len(data))
+        raise EncodeError(_E_STR, field, len(data))
 
 
-def publish_length(topic, payload_len, qos=1):
-    """Bytes a PUBLISH takes on the wire.
+def publish_length(topic, payload, qos=1):
+    """Bytes a PUBLISH of ``payload`` takes on the wire.
 
-    >>> publish_length(b"t", 2)
+    >>> publish_length(b"t", b"hi")
     9
     """
-    body = 2 + len(topic) + (2 if qos else 0) + payload_len
+    body = 2 + len(topic) + (2 if qos else 0) + len(payload)
     return 1 + _length_bytes(body) + body
 
 
@@ -183,19 +183,18 @@ def encode_publish(buf, topic, payload, packet_id, qos=1, dup=False, retain=Fals
         raise EncodeError(_E_DUP)
     if not topic or b"+" in topic or b"#" in topic:
         raise EncodeError(_E_WILDCARD, topic)
-    _check_str(topic, "topic")
+    _check_str(topic, _F_TOPIC)
     n = len(payload)
     body = 2 + len(topic) + (2 if qos else 0) + n
-    _check_fits(buf, 1 + _length_bytes(body) + body, "PUBLISH")
-    buf[0] = PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
-    at = put_remaining_length(buf, 1, body)
-    at = _put_str(buf, at, topic)
+    _check_fits(buf, 1 + _length_bytes(body) + body, _PUBLISH)
+    buf[0] = _PUBLISH << 4 | (0x08 if dup else 0) | qos << 1 | (1 if retain else 0)
+    offset = _put_str(buf, put_remaining_length(buf, 1, body), topic)
     if qos:
-        buf[at] = packet_id >> 8
-        buf[at + 1] = packet_id & 0xFF
-        at += 2
-    buf[at:at + n] = payload
-    return at + n
+        buf[offset] = packet_id >> 8
+        buf[offset + 1] = packet_id & 0xFF
+        offset += 2
+    buf[offset:offset + n] = payload
+    return offset + n
 
 
 def encode_puback(buf, packet_id):
@@ -207,8 +206,8 @@ def encode_puback(buf, packet_id):
     """
     if not 1 <= packet_id <= _MAX_ID:
         raise EncodeError(_E_PACKET_ID, packet_id)
-    _check_fits(buf, 4, "PUBACK")
-    buf[0] = PUBACK << 4
+    _check_fits(buf, 4, _PUBACK)
+    buf[0] = _PUBACK << 4
     buf[1] = 2
     buf[2] = packet_id >> 8
     buf[3] = packet_id & 0xFF
@@ -222,12 +221,14 @@ class Decoder:
     takes them (fewer is fine) and returns how many it used, stopping at the end of a
     packet; ``take()`` then returns the packet and readies the next one:
 
-    - ``(CONNACK, session_present, return_code)``
-    - ``(PUBLISH, packet_id, qos, dup, retain, topic, payload)``: topic and payload are
+    - ``(2, session_present, return_code)``: CONNACK
+    - ``(3, packet_id, qos, dup, retain, topic, payload)``: PUBLISH; topic and payload are
       memoryviews into the decoder's buffer, valid until the next ``feed``; packet_id 0
       for QoS 0
-    - ``(PUBACK, packet_id)``
-    - ``(PINGRESP,)``
+    - ``(4, packet_id)``: PUBACK
+    - ``(13,)``: PINGRESP
+
+    The first item is the MQTT packet type (2.2.1).
 
     >>> d = Decoder(64)
     >>> d.need()
@@ -242,9 +243,9 @@ class Decoder:
     """
 
     def __init__(self, max_remaining):
-        self.max_remaining = max_remaining
-        self._body = bytearray(max_remaining)
-        self._view = memoryview(self._body)
+        # The body buffer, allocated once: its length is the bound on a packet's remaining
+        # length, a view so that a packet hands out slices without copies.
+        self._view = memoryview(bytearray(max_remaining))
         self.reset()
 
     def reset(self):
@@ -284,7 +285,7 @@ class Decoder:
                         raise ProtocolError(_E_LENGTH_5, self._first)
                     continue
                 self._length_count = -1
-                _check_length(self._first, self._length, self.max_remaining)
+                _check_length(self._first, self._length, len(self._view))
                 if self._length == 0:
                     self._complete()
             else:
@@ -308,20 +309,20 @@ class Decoder:
     def _complete(self):
         first = self._first
         kind = first >> 4
-        body = self._body
-        if kind == CONNACK:
+        body = self._view
+        if kind == _CONNACK:
             if body[0] & 0xFE:
                 raise ProtocolError(_E_CONNACK_FLAGS, body[0])
-            self._packet = (CONNACK, body[0] & 1, body[1])
+            self._packet = (_CONNACK, body[0] & 1, body[1])
             return
-        if kind == PUBACK:
+        if kind == _PUBACK:
             packet_id = body[0] << 8 | body[1]
             if not packet_id:
                 raise ProtocolError(_E_PUBACK_ID0)
-            self._packet = (PUBACK, packet_id)
+            self._packet = (_PUBACK, packet_id)
             return
-        if kind == PINGRESP:
-            self._packet = (PINGRESP,)
+        if kind == _PINGRESP:
+            self._packet = (_PINGRESP,)
             return
         qos = first >> 1 & 3
         n = self._length
@@ -334,51 +335,51 @@ class Decoder:
             packet_id = body[topic_end] << 8 | body[topic_end + 1]
             if not packet_id:
                 raise ProtocolError(_E_PUBLISH_ID0)
-        view = self._view
-        self._packet = (PUBLISH, packet_id, qos, first >> 3 & 1, first & 1,
-                        view[2:topic_end], view[data_start:n])
+        self._packet = (_PUBLISH, packet_id, qos, first >> 3 & 1, first & 1,
+                        body[2:topic_end], body[data_start:n])
 
 
-def _check_type(first):
-    # Only what a client may receive gets past the first byte.
-    kind = first >> 4
-    flags = first & 15
-    if kind == PUBLISH:
+def _check_type(header):
+    # Only what a client may receive gets past the first byte (header: the fixed header's
+    # first byte, the packet type and its flags).
+    kind = header >> 4
+    flags = header & 15
+    if kind == _PUBLISH:
         qos = flags >> 1 & 3
         if qos == 3:
-            raise ProtocolError(_E_QOS3, first)
+            raise ProtocolError(_E_QOS3, header)
         if qos == 2:
-            raise ProtocolError(_E_QOS2, first)
+            raise ProtocolError(_E_QOS2, header)
         if qos == 0 and flags & 8:
-            raise ProtocolError(_E_DUP_QOS0, first)
+            raise ProtocolError(_E_DUP_QOS0, header)
         return
-    if kind == CONNACK or kind == PUBACK or kind == PINGRESP:
+    if kind == _CONNACK or kind == _PUBACK or kind == _PINGRESP:
         if flags:
-            raise ProtocolError(_E_FLAGS, first)
+            raise ProtocolError(_E_FLAGS, header)
         return
     if 5 <= kind <= 7:
-        raise ProtocolError(_E_QOS12, first)
+        raise ProtocolError(_E_QOS12, header)
     if kind == 9 or kind == 11:
-        raise ProtocolError(_E_SUB, first)
+        raise ProtocolError(_E_SUB, header)
     if kind == 0 or kind == 15:
-        raise ProtocolError(_E_NOT_MQTT, first)
-    raise ProtocolError(_E_CLIENT_ONLY, first)
+        raise ProtocolError(_E_NOT_MQTT, header)
+    raise ProtocolError(_E_CLIENT_ONLY, header)
 
 
-def _check_length(first, n, bound):
+def _check_length(header, n, max_remaining):
     # The remaining length against the packet type and the bound, before any body byte.
-    kind = first >> 4
-    if kind == CONNACK or kind == PUBACK:
+    kind = header >> 4
+    if kind == _CONNACK or kind == _PUBACK:
         if n != 2:
-            raise ProtocolError(_E_LENGTH_2, first, n)
-    elif kind == PINGRESP:
+            raise ProtocolError(_E_LENGTH_2, header, n)
+    elif kind == _PINGRESP:
         if n != 0:
-            raise ProtocolError(_E_LENGTH_0, first, n)
-    elif n < (5 if first & 6 else 3):
-        raise ProtocolError(_E_SHORT, first, n)
-    if n > bound:
+            raise ProtocolError(_E_LENGTH_0, header, n)
+    elif n < (5 if header & 6 else 3):
+        raise ProtocolError(_E_SHORT, header, n)
+    if n > max_remaining:
         # Refused before a single body byte is read: the buffer never grows.
-        raise ProtocolError(_E_BOUND, first, n, bound)
+        raise ProtocolError(_E_BOUND, header, n, max_remaining)
 
 
 class PacketIds:

@@ -14,14 +14,21 @@ Example::
 
 from micropython import const
 
-from securenode.mqtt_codec import (CONNECT, EncodeError, _b, _check_str, _length_bytes,
-                                   _put_str, put_remaining_length)
+from securenode.mqtt_codec import (EncodeError, _b, _check_str, _length_bytes, _put_str,
+                                   put_remaining_length)
 
+_CONNECT = const(1)  # the packet type (MQTT 3.1.1 2.2.1)
 _MAX_ID = const(65535)
 _E_FITS = const(21)
 _E_KEEPALIVE = const(23)
 _E_PASSWORD = const(24)
 _E_WILL_QOS = const(25)
+# Fields an error names (mqtt_codec's _F_*, mqtt_errors' _FIELDS).
+_F_WILL_TOPIC = const(1)
+_F_WILL_PAYLOAD = const(2)
+_F_USER = const(3)
+_F_PASSWORD = const(4)
+_F_CLIENT_ID = const(5)
 
 
 def connect_length(client_id, will_topic=None, will_payload=b"", user=None, password=None):
@@ -64,35 +71,34 @@ def encode_connect(buf, client_id, keepalive_s, clean_session=True, will_topic=N
     flags = 0x02 if clean_session else 0
     if will_topic is not None:
         will_topic = _b(will_topic)
-        _check_str(will_topic, "will topic")
-        _check_str(will_payload, "will payload")
+        _check_str(will_topic, _F_WILL_TOPIC)
+        _check_str(will_payload, _F_WILL_PAYLOAD)
         flags |= 0x04 | will_qos << 3 | (0x20 if will_retain else 0)
     if user is not None:
         user = _b(user)
-        _check_str(user, "user name")
+        _check_str(user, _F_USER)
         flags |= 0x80
     if password is not None:
         password = _b(password)
-        _check_str(password, "password")
+        _check_str(password, _F_PASSWORD)
         flags |= 0x40
-    _check_str(client_id, "client id")
+    _check_str(client_id, _F_CLIENT_ID)
     body = _connect_body(client_id, will_topic, will_payload, user, password)
     total = 1 + _length_bytes(body) + body
     if total > len(buf):
-        raise EncodeError(_E_FITS, "CONNECT", total, len(buf))
-    buf[0] = CONNECT << 4
-    at = put_remaining_length(buf, 1, body)
-    at = _put_str(buf, at, b"MQTT")
-    buf[at] = 4  # protocol level 4 = MQTT 3.1.1
-    buf[at + 1] = flags
-    buf[at + 2] = keepalive_s >> 8
-    buf[at + 3] = keepalive_s & 0xFF
-    at = _put_str(buf, at + 4, client_id)
+        raise EncodeError(_E_FITS, _CONNECT, total, len(buf))
+    buf[0] = _CONNECT << 4
+    offset = _put_str(buf, put_remaining_length(buf, 1, body), b"MQTT")
+    buf[offset] = 4  # protocol level 4 = MQTT 3.1.1
+    buf[offset + 1] = flags
+    buf[offset + 2] = keepalive_s >> 8
+    buf[offset + 3] = keepalive_s & 0xFF
+    offset = _put_str(buf, offset + 4, client_id)
     if will_topic is not None:
-        at = _put_str(buf, at, will_topic)
-        at = _put_str(buf, at, will_payload)
+        offset = _put_str(buf, offset, will_topic)
+        offset = _put_str(buf, offset, will_payload)
     if user is not None:
-        at = _put_str(buf, at, user)
+        offset = _put_str(buf, offset, user)
     if password is not None:
-        at = _put_str(buf, at, password)
-    return at
+        offset = _put_str(buf, offset, password)
+    return offset

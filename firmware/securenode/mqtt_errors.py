@@ -19,6 +19,9 @@ _NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PU
           "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
           "DISCONNECT", "reserved 15")
 
+# What _E_STR names, by mqtt_codec's/mqtt_connect's _F_* code.
+_FIELDS = ("topic", "will topic", "will payload", "user name", "password", "client id")
+
 CONNACK_REFUSALS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -61,6 +64,8 @@ _TEXTS = (
     "topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)",
 )
 _FIRST_NAMED = 13  # codes up to here name the packet from its first byte (except 14..17)
+_E_FITS = const(21)  # names the packet from its type
+_E_STR = const(22)   # names the field from its _F_* code
 
 
 def packet_name(kind):
@@ -81,6 +86,10 @@ def text(args):
         first = values[0]
         fmt = fmt.replace("%N", "%s (first byte 0x%02x)" % (_NAMES[first >> 4], first))
         values = values[1:]
+    elif code == _E_FITS:
+        values = (_NAMES[values[0]],) + values[1:]  # the packet type
+    elif code == _E_STR:
+        values = (_FIELDS[values[0]],) + values[1:]
     return fmt % values if values else fmt
 
 

@@ -51,6 +51,8 @@ _CONNACK = const(2)
 _PUBLISH = const(3)
 _PUBACK = const(4)
 _PINGRESP = const(13)
+_PINGREQ = const(b"\xc0\x00")     # a whole PINGREQ: type 12, no flags, no body
+_DISCONNECT = const(b"\xe0\x00")  # a whole DISCONNECT: type 14, no flags, no body
 
 # Why a session failed; mqtt_errors (loaded only then) turns the reason, the packet waited
 # for and a value into the LinkError's kind and words.
@@ -205,7 +207,7 @@ class MqttLink:
         Example: ``pid = link.send_publish(topic, payload); link.wait_puback(pid)``
         """
         packet_id = self.ids.next()
-        n = mqtt_codec.publish_length(topic, len(payload), 1)
+        n = mqtt_codec.publish_length(topic, payload, 1)
         buf = self._tx if n <= len(self._tx) else bytearray(n)
         mqtt_codec.encode_publish(buf, topic, payload, packet_id, 1, dup, retain)
         self._sent_ms.append(time.ticks_ms())
@@ -314,7 +316,7 @@ class MqttLink:
 
     def ping(self):
         """Send PINGREQ; its PINGRESP is awaited by check() within timeouts_ms.io."""
-        self._send(mqtt_codec.PINGREQ_BYTES, 2, _PINGRESP)
+        self._send(_PINGREQ, 2, _PINGRESP)
         if self._ping_sent_ms is None:
             self._ping_sent_ms = self.last_tx_ms
         self.poll(_PINGRESP)
@@ -408,7 +410,7 @@ class MqttLink:
                 for _ in range(_POLL_MAX):
                     if not stream.read(64, 0):
                         break  # discard what arrived unasked; a closing session answers nothing
-                stream.write(mqtt_codec.DISCONNECT_BYTES, 2, self.io_ms)
+                stream.write(_DISCONNECT, 2, self.io_ms)
                 until = time.ticks_add(time.ticks_ms(), min(self.io_ms, _GOODBYE_MS))
                 while True:
                     left = time.ticks_diff(until, time.ticks_ms())

@@ -163,7 +163,7 @@ sys.path.insert(0, "fw")
 from securenode import crash
 assert crash.recorded() is None
 print(json.dumps(["counts", crash.record("ValueError", "x"), crash.record("MemoryError", "")]))
-with open(crash.PATH, "w") as f:
+with open("crash.json", "w") as f:
     f.write('{"kind": "Val')              # a record torn some other way reads as none
 print(json.dumps(["torn", crash.recorded(), crash.record("OSError", "y"), crash.recorded()]))
 crash.clear()

@@ -23,18 +23,14 @@ class ClockError(Exception):
     pass
 
 
-def _epoch_offset():
-    # Ports differ: most count from 2000-01-01, some from 1970. Ask, don't assume.
-    return 0 if time.gmtime(0)[0] == 1970 else _UNIX_AT_2000
-
-
 def unix_time():
     """Whole unix seconds, an int on every port.
 
     The unix port's time.time() is a float (boards return an int); a reading's timestamp
     and the certificate-date checks want whole seconds, so the fraction is dropped here.
     """
-    return int(time.time()) + _epoch_offset()
+    # Ports differ: most count from 2000-01-01, some from 1970. Ask, don't assume.
+    return int(time.time()) + (0 if time.gmtime(0)[0] == 1970 else _UNIX_AT_2000)
 
 
 def is_set():

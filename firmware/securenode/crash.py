@@ -24,13 +24,13 @@ from micropython import const
 
 from securenode.events import emit
 
-PATH = "crash.json"
+_PATH = const("crash.json")
 _DETAIL_CHARS = const(120)
 # machine.reset_cause() values by name: the numbers differ between ports, the names do not.
-_CAUSES = ("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET")
+_CAUSES = const(("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET"))
 
 
-def recorded(path=PATH):
+def recorded(path=_PATH):
     """The last crash record as a dict, or None when the last run did not crash."""
     try:
         with open(path) as f:
@@ -40,7 +40,7 @@ def recorded(path=PATH):
     return rec if type(rec) is dict else None
 
 
-def clear(path=PATH):
+def clear(path=_PATH):
     """Forget the record (once a status message has carried it to the peer)."""
     try:
         os.remove(path)
@@ -48,7 +48,7 @@ def clear(path=PATH):
         pass
 
 
-def record(kind, detail, path=PATH):
+def record(kind, detail, path=_PATH):
     """Write the record atomically; count crashes that follow one another unreported."""
     last = recorded(path)
     count = (last.get("count", 0) if last else 0) + 1

@@ -84,9 +84,10 @@ DECODE = {
 # What the encoders must write: [function, kwargs] -> hex (or the ValueError text).
 ENCODE = [
     ["connect", {"client_id": "b1", "keepalive_s": 60}, "100e00044d5154540402003c00026231"],
-    ["connect", {"client_id": "b1", "keepalive_s": 0, "clean_session": False},
-     "100e00044d515454040000000002" + b"b1".hex()],
-    ["connect", {"client_id": "b1", "keepalive_s": 60, "will_topic": "s", "will_payload": "off",
+    ["connect", {"client_id": "b1", "keepalive_s": 0},
+     "100e00044d515454040200000002" + b"b1".hex()],
+    # The will is QoS 1 and retained (flags 0x2c), a clean session (0x02).
+    ["connect", {"client_id": "b1", "keepalive_s": 60, "will": ["s", "off"],
                  "user": "u", "password": "pw"},
      "101d00044d51545404ee003c00026231" + "000173" + "00036f6666" + "000175" + "00027077"],
     ["connect", {"client_id": "b1", "keepalive_s": 60, "password": "pw"},
@@ -167,7 +168,8 @@ for case in cases["encode"]:
     fn, kw = case[0], case[1]
     try:
         if fn == "connect":
-            kw = dict((k, as_bytes(v)) for k, v in kw.items())
+            kw = dict((k, tuple(as_bytes(x) for x in v) if isinstance(v, list) else as_bytes(v))
+                      for k, v in kw.items())
             n = mqtt_connect.encode_connect(buf, **kw)
         elif fn == "publish":
             n = mc.encode_publish(buf, as_bytes(kw["topic"]), as_bytes(kw["payload"]),
@@ -369,9 +371,7 @@ def _connect_bytes(client_id, will, user, password, keepalive):
 def test_connect_is_byte_identical_to_umqtt_simple(will, user, password, keepalive):
     reference = _connect_bytes(b"board-7", will, user, password, keepalive)
     buf = bytearray(512)
-    kw = {"will_topic": will[0], "will_payload": will[1]} if will else {}
-    n = mqtt_connect.encode_connect(buf, b"board-7", keepalive, user=user, password=password,
-                                    **kw)
+    n = mqtt_connect.encode_connect(buf, b"board-7", keepalive, will, user, password)
     assert bytes(buf[:n]) == reference
 
 

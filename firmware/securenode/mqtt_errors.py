@@ -57,7 +57,7 @@ _TEXTS = (
     "%s is %d bytes, more than MQTT's 65535",
     "keepalive %d s outside 0..65535",
     "a password needs a user name (MQTT 3.1.1 3.1.2.9)",
-    "will QoS %r is not 0, 1 or 2",                                                  # 25
+    None,  # 25: no longer raised (the will's QoS is always 1)
     "PUBLISH QoS %r: this client sends 0 or 1",
     "packet id %r outside 1..65535",
     "DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)",

@@ -158,17 +158,15 @@ class MqttLink:
                 raise self._tls.explain(exc, self.host, self.port)
 
     def _start_session(self):
-        will_topic, will_payload = self._will if self._will else (None, b"")
         # The CONNECT encoder is needed once per connection: loaded for it, then dropped.
         from securenode import mqtt_connect
 
         try:
-            n = mqtt_connect.connect_length(self.client_id, will_topic, will_payload,
-                                            self.user, self.password)
+            n = mqtt_connect.connect_length(self.client_id, self._will, self.user,
+                                            self.password)
             buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
-            mqtt_connect.encode_connect(buf, self.client_id, self.keepalive_s, True,
-                                        will_topic, will_payload, 1, True, self.user,
-                                        self.password)
+            mqtt_connect.encode_connect(buf, self.client_id, self.keepalive_s, self._will,
+                                        self.user, self.password)
         finally:
             mqtt_codec.forget("mqtt_connect")
         self._send(buf, n, _CONNACK)

@@ -175,7 +175,8 @@ def encode_publish(buf, topic, payload, packet_id, qos=1, dup=False, retain=Fals
     b';\x06\x00\x01t\x00\x07x'
     """
     topic = _b(topic)
-    if qos not in (0, 1):
+    # Not `qos not in (0, 1)`: a constant tuple is an object built in RAM at import.
+    if qos != 0 and qos != 1:
         raise EncodeError(_E_QOS, qos)
     if qos and not 1 <= packet_id <= _MAX_ID:
         raise EncodeError(_E_PACKET_ID, packet_id)
@@ -339,47 +340,47 @@ class Decoder:
                         body[2:topic_end], body[data_start:n])
 
 
-def _check_type(header):
-    # Only what a client may receive gets past the first byte (header: the fixed header's
+def _check_type(head):
+    # Only what a client may receive gets past the first byte (head: the fixed header's
     # first byte, the packet type and its flags).
-    kind = header >> 4
-    flags = header & 15
+    kind = head >> 4
+    flags = head & 15
     if kind == _PUBLISH:
         qos = flags >> 1 & 3
         if qos == 3:
-            raise ProtocolError(_E_QOS3, header)
+            raise ProtocolError(_E_QOS3, head)
         if qos == 2:
-            raise ProtocolError(_E_QOS2, header)
+            raise ProtocolError(_E_QOS2, head)
         if qos == 0 and flags & 8:
-            raise ProtocolError(_E_DUP_QOS0, header)
+            raise ProtocolError(_E_DUP_QOS0, head)
         return
     if kind == _CONNACK or kind == _PUBACK or kind == _PINGRESP:
         if flags:
-            raise ProtocolError(_E_FLAGS, header)
+            raise ProtocolError(_E_FLAGS, head)
         return
     if 5 <= kind <= 7:
-        raise ProtocolError(_E_QOS12, header)
+        raise ProtocolError(_E_QOS12, head)
     if kind == 9 or kind == 11:
-        raise ProtocolError(_E_SUB, header)
+        raise ProtocolError(_E_SUB, head)
     if kind == 0 or kind == 15:
-        raise ProtocolError(_E_NOT_MQTT, header)
-    raise ProtocolError(_E_CLIENT_ONLY, header)
+        raise ProtocolError(_E_NOT_MQTT, head)
+    raise ProtocolError(_E_CLIENT_ONLY, head)
 
 
-def _check_length(header, n, max_remaining):
+def _check_length(head, n, max_remaining):
     # The remaining length against the packet type and the bound, before any body byte.
-    kind = header >> 4
+    kind = head >> 4
     if kind == _CONNACK or kind == _PUBACK:
         if n != 2:
-            raise ProtocolError(_E_LENGTH_2, header, n)
+            raise ProtocolError(_E_LENGTH_2, head, n)
     elif kind == _PINGRESP:
         if n != 0:
-            raise ProtocolError(_E_LENGTH_0, header, n)
-    elif n < (5 if header & 6 else 3):
-        raise ProtocolError(_E_SHORT, header, n)
+            raise ProtocolError(_E_LENGTH_0, head, n)
+    elif n < (5 if head & 6 else 3):
+        raise ProtocolError(_E_SHORT, head, n)
     if n > max_remaining:
         # Refused before a single body byte is read: the buffer never grows.
-        raise ProtocolError(_E_BOUND, header, n, max_remaining)
+        raise ProtocolError(_E_BOUND, head, n, max_remaining)
 
 
 class PacketIds:

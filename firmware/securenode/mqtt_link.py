@@ -16,7 +16,7 @@ packet leaves in one write (one TLS record). ``close()`` says DISCONNECT (unless
 broke) and reads until the broker ends the connection, so no RST overtakes it.
 
 The link keeps the app's interface (links.py) and adds a lower-level one for several
-PUBLISHes in flight: ``send_publish`` returns a packet id at once, ``wait_puback(id)`` and
+PUBLISHes in flight: ``send_publish`` returns a packet id at once, ``wait_acks()`` and
 ``poll()`` collect PUBACKs (``window`` ids may be in flight).
 
 Example::
@@ -190,7 +190,10 @@ class MqttLink:
         LinkError("ack_timeout") and the caller resends the reading on a new connection
         with ``dup=True``. Example: ``link.publish(b"devices/b1/readings", b'{"seq":1}')``
         """
-        self.wait_puback(self.send_publish(topic, payload, dup, retain))
+        packet_id = self.send_publish(topic, payload, dup, retain)
+        due = time.ticks_add(time.ticks_ms(), self.io_ms)
+        while packet_id in self.ids.inflight:
+            self._handle(self._read_packet(due, _PUBACK), _PUBACK)
 
     def publish_status(self, payload):
         """Publish the board's status, retained, where the last will speaks; True if sent."""
@@ -202,7 +205,8 @@ class MqttLink:
     def send_publish(self, topic, payload, dup=False, retain=False):
         """Send one QoS 1 PUBLISH (one write) and return its packet id without waiting.
 
-        Example: ``pid = link.send_publish(topic, payload); link.wait_puback(pid)``
+        Example: ``pid = link.send_publish(topic, payload)``, then ``link.wait_acks(50)``
+        until pid has left ``link.ids.inflight``.
         """
         packet_id = self.ids.next()
         n = mqtt_codec.publish_length(topic, payload, 1)
@@ -260,12 +264,6 @@ class MqttLink:
                 time.sleep_ms(min(left, 5))
             else:
                 self._poller.poll(left)  # wakes when bytes arrive (or the peer hangs up)
-
-    def wait_puback(self, packet_id):
-        """Handle what arrives until the PUBACK for packet_id did, within timeouts_ms.io."""
-        due = time.ticks_add(time.ticks_ms(), self.io_ms)
-        while packet_id in self.ids.inflight:
-            self._handle(self._read_packet(due, _PUBACK), _PUBACK)
 
     # --- idle -----------------------------------------------------------------------------
     def poll(self, waiting_for=0):

@@ -219,6 +219,29 @@ def test_wifi_statuses_follow_the_virtual_air(tmp_path):
     assert [r["wrong"], r["missing"], r["up"], r["lost"]] == r["want"] == [202, 201, 1010, 200]
 
 
+def test_stand_ins_refuse_keywords_where_the_ports_parse_positionally(tmp_path):
+    # network_wlan.c (make_new, active, status), machine_adc.c (the pin) and modmachine.c
+    # (freq) take these positionally: a keyword is a TypeError on a board, so it is here.
+    rc, lines, err = run_mp(tmp_path, """
+        import json, machine, network
+        def refused(call):
+            try:
+                call()
+            except TypeError:
+                return True
+            return False
+        w = network.WLAN(network.STA_IF)
+        print(json.dumps({"refused": [
+            refused(lambda: network.WLAN(interface_id=0)), refused(lambda: w.active(flag=1)),
+            refused(lambda: w.status(param="rssi")), refused(lambda: machine.ADC(pin=34)),
+            refused(lambda: machine.freq(hz=80000000)), refused(lambda: network.WLAN(0, 1))],
+            "positional": [w.active(True), w.active(), w.status("rssi"),
+                           0 <= machine.ADC(34).read() <= 4095, machine.freq()]}))
+    """)
+    assert rc == 0, err
+    assert lines[0] == {"refused": [True] * 6, "positional": [None, True, -55, True, 160000000]}
+
+
 def test_ntptime_queries_the_simulators_server_over_real_udp(tmp_path):
     with NtpServer(offset_s=3600) as ntp:
         rc, lines, err = run_mp(tmp_path, wifi=True, source="""

@@ -56,17 +56,19 @@ BIN_DIR = Path(sys.executable).parent
 # an ESP8266 on v1.21 boots with ~32.7 KB free.
 PROFILES = {"esp32": 112 * 1024, "esp32-spiram": 2 * 1024 * 1024, "esp8266": 32 * 1024}
 
-# The stand-ins (machine 7.9 KB, network 5.1, _simboard 1.7, blockdev 1.4, ntptime 0.8,
-# time 0.7, each with the names it interns), the flash's block device, the mounts and the
+# The stand-ins of the board's C modules, the flash's block device, the mounts and the
 # bootstrap are C on a board but Python here. Compiled to .mpy and imported by the bootstrap
-# before main.py, they keep ~20 KB of GC heap, measured on this port (the bare interpreter's
-# 992 bytes not counted: a board's interpreter keeps its own). The interpreter gets this much
-# (with the GC's own tables for it) on top of the firmware's heap, so main.py finds free what
-# a bare interpreter given that heap has (tests/test_mp_runtime.py checks it within 1 KB;
-# -192..+192 bytes measured). They intern 119 names before main.py's (167 and 24,320 bytes
-# before they were cut down). From .py they kept about the same but compiled in the
-# firmware's heap (a transient ~2x that), and 21 KB was 2.7 KB short.
-STANDIN_HEAP_BYTES = 20224
+# before main.py, they keep ~18.7 KB of GC heap, measured on this port (the bare
+# interpreter's 992 bytes not counted: a board's interpreter keeps its own): objects and
+# bytecode of machine 5.8 KB, network 5.0, blockdev 1.4, _simboard 1.1, ntptime 0.9, time 0.7,
+# the mounts and settings, and 98 interned names (~2.6 KB of name pools; 167 names and
+# 24,320 bytes before they were cut down: every name they intern comes before the
+# firmware's, where a board's are static). The interpreter gets this much (with the GC's own
+# tables for it) on top of the firmware's heap, so main.py finds free what a bare interpreter
+# given that heap has (tests/test_mp_runtime.py checks it within 1 KB; 0..+96 bytes
+# measured). From .py they kept about the same but compiled in the firmware's heap (a
+# transient ~2x that), and 21 KB was 2.7 KB short.
+STANDIN_HEAP_BYTES = 19168
 # What the launcher compiles and puts on the board's path (the stand-ins and the bootstrap).
 _PORT_SOURCES = [MP_DIR / "boot_board.py", MP_DIR / "blockdev.py"] + sorted(
     PORT_DIR.glob("*.py"))

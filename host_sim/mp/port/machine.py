@@ -4,7 +4,11 @@
 # give (setting the RTC) is said where it happens.
 #
 # On a board this module is C: its names are static. Here each name it holds is interned
-# before the firmware's: private constants are `const`, helpers used once are inline.
+# before the firmware's: private constants are `const`, helpers used once are inline, and of
+# the ports' API only what the firmware, the tests and the tools use is here. Left out (add
+# them when something uses them): Pin.IN/OUT/OPEN_DRAIN/PULL_*/IRQ_* and Pin.init/irq,
+# ADC.ATTN_0DB/2_5DB/6DB, ADC.WIDTH_* and ADC.width/read_uv, RTC.init, disable_irq and
+# enable_irq. A name left out is an AttributeError here, never a silent difference.
 import hashlib
 import math
 import random
@@ -47,21 +51,9 @@ def _adc_u16():
 
 
 class Pin:
-    IN = 1
-    OUT = 3 if _ESP32 else 1
-    OPEN_DRAIN = 7 if _ESP32 else 2
-    PULL_UP = 2 if _ESP32 else 1
-    PULL_DOWN = 1 if _ESP32 else None
-    IRQ_RISING = 1
-    IRQ_FALLING = 2
-
     def __init__(self, id, mode=None, pull=None, value=None):
         self.id = id
         self._value = 0 if value is None else int(bool(value))
-
-    def init(self, mode=None, pull=None, value=None):
-        if value is not None:
-            self._value = int(bool(value))
 
     def value(self, v=None):
         if v is None:
@@ -77,9 +69,6 @@ class Pin:
     def __call__(self, v=None):
         return self.value(v)
 
-    def irq(self, *args, **kwargs):
-        return None
-
 
 # ESP8266 ADC(1) reads system_get_vdd33() in 1/1024 V; a 3.3 V supply reads about this.
 _VDD33 = const(3379)
@@ -90,14 +79,7 @@ class ADC:
         # Only the ESP32's ADC has constants: ports/esp8266/machine_adc.c defines
         # MICROPY_PY_MACHINE_ADC_CLASS_CONSTANTS empty, so there hasattr(ADC, "ATTN_11DB")
         # is False (securenode.sensor tells the ports apart by it).
-        ATTN_0DB = 0
-        ATTN_2_5DB = 1
-        ATTN_6DB = 2
         ATTN_11DB = 3
-        WIDTH_9BIT = 9
-        WIDTH_10BIT = 10
-        WIDTH_11BIT = 11
-        WIDTH_12BIT = 12
 
     def __init__(self, *args, **kwargs):
         # self.id: the GPIO (ESP32) or the channel (ESP8266).
@@ -144,12 +126,6 @@ class ADC:
         def atten(self, value):
             return None
 
-        def width(self, value):
-            return None
-
-        def read_uv(self):
-            return _adc_u16() * 3300000 // 65535
-
 
 class RTC:
     def datetime(self, dt=None):
@@ -160,9 +136,6 @@ class RTC:
         t = time.time()
         g = time.gmtime(int(t))
         return (g[0], g[1], g[2], g[6], g[3], g[4], g[5], int((t % 1) * 1000000))
-
-    def init(self, dt):
-        self.datetime(dt)
 
 
 class WDT:
@@ -212,11 +185,3 @@ def freq(*args):
 
 def idle():
     time.sleep_ms(0)
-
-
-def disable_irq():
-    return 0
-
-
-def enable_irq(state=0):
-    return None

@@ -78,28 +78,33 @@ def _attempt():
     _sta[_DUE_MS] = time.ticks_add(time.ticks_ms(), 100 + random.getrandbits(8) * 200 // 255)
 
 
-def _verdict():
-    air = _air()
-    ap = air.get("aps", {}).get(_sta[_SSID])
-    if ap is None or not ap.get("up", True) or air.get("link", "up") == "down":
-        return STAT_NO_AP_FOUND
-    if ap.get("key") != _sta[_KEY]:
-        return STAT_WRONG_PASSWORD
-    return STAT_GOT_IP
-
-
 def _poll():
+    # The station's status now: a connect attempt gets its verdict once due, a station with
+    # an address loses it when its AP goes, and one that lost its AP tries again when it is
+    # back (the ports retry by themselves).
     status = _sta[_STATUS]
     if not _sta[_ACTIVE] or _sta[_SSID] is None:
         return status
     if status == STAT_CONNECTING:
-        if time.ticks_diff(time.ticks_ms(), _sta[_DUE_MS]) >= 0:
-            _sta[_STATUS] = _verdict()
+        if time.ticks_diff(time.ticks_ms(), _sta[_DUE_MS]) < 0:
+            return status
+    elif status != STAT_GOT_IP and status != _sta[_LOST]:
+        return status   # a wrong key, no AP: until the next connect()
+    air = _air()
+    ap = air.get("aps", {}).get(_sta[_SSID])
+    if ap is None or not ap.get("up", True) or air.get("link", "up") == "down":
+        verdict = STAT_NO_AP_FOUND
+    elif ap.get("key") != _sta[_KEY]:
+        verdict = STAT_WRONG_PASSWORD
+    else:
+        verdict = STAT_GOT_IP
+    if status == STAT_CONNECTING:
+        _sta[_STATUS] = verdict
     elif status == STAT_GOT_IP:
-        if _verdict() != STAT_GOT_IP:
+        if verdict != STAT_GOT_IP:
             _sta[_STATUS] = _sta[_LOST]
-    elif status == _sta[_LOST] and _verdict() == STAT_GOT_IP:
-        _attempt()   # the ports retry a lost AP by themselves
+    elif verdict == STAT_GOT_IP:
+        _attempt()
     return _sta[_STATUS]
 
 

@@ -189,6 +189,37 @@ def test_adc_rms_matches_configured_mains_volts(tmp_path):
     assert r["uid"] == hashlib.sha256(b"uid:adc-1").digest()[:6].hex()
 
 
+def test_adc_takes_what_each_port_takes(tmp_path):
+    # ports/esp8266/machine_adc.c: one integer channel (a Pin is a TypeError), 0 the TOUT pin,
+    # 1 the supply; ports/esp32/machine_adc.c: a Pin or a GPIO with an ADC channel.
+    source = """
+        import json, machine
+        def error(call):
+            try:
+                call()
+            except Exception as e:
+                return "%s: %s" % (type(e).__name__, e)
+        out = {"pin": error(lambda: machine.ADC(machine.Pin(5))),
+               "two": error(lambda: machine.ADC(2)), "gpio5": error(lambda: machine.ADC(5)),
+               "atten": hasattr(machine.ADC, "ATTN_11DB")}
+        if out["atten"]:
+            out["read"] = 0 <= machine.ADC(machine.Pin(34)).read() <= 4095
+        else:
+            out["read"] = [0 <= machine.ADC(0).read() <= 1023, machine.ADC(1).read()]
+        print(json.dumps(out))
+    """
+    rc, lines, err = run_mp(tmp_path, source, options={"board": "esp8266"}, name="esp8266")
+    assert rc == 0, err
+    assert lines[0] == {"pin": "TypeError: can't convert Pin to int",
+                        "two": "ValueError: ADC(2) doesn't exist",
+                        "gpio5": "ValueError: ADC(5) doesn't exist", "atten": False,
+                        "read": [True, 3379]}
+    rc, lines, err = run_mp(tmp_path, source, options={"board": "esp32"}, name="esp32")
+    assert rc == 0, err
+    assert lines[0] == {"pin": "ValueError: invalid pin", "two": None,
+                        "gpio5": "ValueError: invalid pin", "atten": True, "read": True}
+
+
 def test_wifi_statuses_follow_the_virtual_air(tmp_path):
     air = tmp_path / "air.json"
     air.write_text(json.dumps({"aps": {"simnet": {"key": "simkey", "up": True}}}))

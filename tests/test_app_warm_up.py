@@ -1,4 +1,4 @@
-"""The app's boot warm-up (securenode/app.py Node._warm_up) makes the SSLContext and the first
+"""The app's boot warm-up (securenode/app.py Node.boot) makes the SSLContext and the first
 link before any reading fragments the heap. When only the link finds no room there, the
 context already made must be the one the first connection uses: asking for its ~3 KB in one
 piece again, on a heap the link's failed attempt cut up, is what left a real-MicroPython

@@ -81,9 +81,9 @@ class Node:
         self.outbox = outbox.Outbox("outbox", o.budget_bytes, o.segment_bytes, o.max_record,
                                     o.ack_batch)
         self.synced = False
+        # The link while online; before the first connect, the one made at boot (boot()).
         self.link = None
         self.tls = None
-        self._spare = None  # the first connection's link, made at boot (_warm_up)
         self.halt_reason = None
         self.creds = None  # MQTT credentials from the base station (credentials.py), if any
         self.topic = reading.topic(cfg.device_id)
@@ -102,8 +102,7 @@ class Node:
         emit("state", state=states.state_name(self.state), previous=states.state_name(previous))
 
     def run(self):
-        self._warm_up()
-        self._open_outbox()
+        self.boot()
         self.go(_START)
         # One step per turn: each is bounded by a timeout shorter than the watchdog's, and
         # each ends by going to the next state.
@@ -167,7 +166,9 @@ class Node:
                                  self.cfg.timeouts_ms.io, t.allow_unverified)
         return self.tls
 
-    def _warm_up(self):
+    def boot(self):
+        """Once, before the loop's first step: make what the first connection needs, then
+        open the outbox (and report a torn tail)."""
         # What the first connection keeps for the rest of the run is made now, on a heap that
         # holds little but the modules: the SSLContext (~3 KB in one piece, kept across
         # connections) and the first link (its module and buffers). Made after the first
@@ -177,15 +178,22 @@ class Node:
             tls = self._tls()
             tls.context()
             if self.cfg.provisioning is None:  # a provisioned board's link needs credentials
-                self._spare = links.open_link(self.cfg, tls, self.apply_command)
+                self.link = links.open_link(self.cfg, tls, self.apply_command)
         except (TlsError, ValueError, OSError, MemoryError):
             # Keep the TLS object (and a context it made): when only the link found no room,
             # connect() must not ask for those 3 KB again on a heap the link's attempt cut up.
-            self._spare = None
+            self.link = None
         # The boot is over: settings.preload()'s collection every 4 KB ends here (one then
         # comes when the heap is full, at each state change and before each handshake).
         if hasattr(gc, "threshold"):  # CPython's gc (the simulator) has none
             gc.threshold(-1)
+        box = self.outbox
+        for seq, lost_bytes in box.open():
+            error("outbox_torn", "torn write at seq %d: %d bytes dropped, earlier readings kept"
+                  % (seq, lost_bytes))
+            emit("outbox_torn", seq=seq, bytes=lost_bytes)
+        emit("outbox_open", depth=box.depth, next_seq=box.next_seq, boots=box.boots,
+             dropped=box.dropped, torn=box.torn)
 
     def connect(self):
         credentials = None
@@ -202,7 +210,7 @@ class Node:
         m = self.cfg.mqtt
         try:
             tls = self._tls()
-            link, self._spare = self._spare, None  # a link serves one connection only
+            link, self.link = self.link, None  # a link serves one connection only
             if link is None:
                 link = links.open_link(self.cfg, tls, self.apply_command)
             # The handshake allocates the SSLContext (~3 KB in one piece) and the session's
@@ -234,15 +242,14 @@ class Node:
         self.go(_CONNECTED)
 
     def online(self):
-        keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         link = self.link
         last_check = time.ticks_ms()
         burst = 0
         try:
             if getattr(link, "window", 1) > 1:
-                self._online_windowed(link, keepalive_ms)
+                self._online_windowed(link)
                 return
-            self._publish_status()
+            self._send_status()
             while True:
                 watchdog.feed()
                 if self._sample_if_due():
@@ -255,8 +262,8 @@ class Node:
                         return
                     continue
                 if self.outbox.dropped != self.status_dropped:
-                    self._publish_status()
-                last_check = self._keep_alive(link, keepalive_ms, last_check)
+                    self._send_status()
+                last_check = self._keep_alive(link, last_check)
                 time.sleep_ms(min(50, max(0, time.ticks_diff(self.due, time.ticks_ms()))))
         except LinkError as exc:
             error(exc.kind, str(exc))
@@ -265,11 +272,12 @@ class Node:
             self.link = None
             self.go(_LINK_LOST)
 
-    def _keep_alive(self, link, keepalive_ms, last_check):
+    def _keep_alive(self, link, last_check):
         # One PINGREQ per keepalive when nothing else went out (MQTT 3.1.1 3.1.2.10 asks for
         # a packet within each keepalive; the broker waits 1.5 x): sent at 95% so a loop pass
         # (<= 50 ms sleep plus a sampling window) never makes it late. A dead link is still
         # found within 1.5 x keepalive by check(): nothing heard for that long.
+        keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         now = time.ticks_ms()
         if keepalive_ms and link.idle_ms() >= keepalive_ms - keepalive_ms // 20:
             link.ping()  # no link sends PINGREQ by itself
@@ -278,7 +286,7 @@ class Node:
             link.check(keepalive_ms * 3 // 2)
         return last_check
 
-    def _online_windowed(self, link, keepalive_ms):
+    def _online_windowed(self, link):
         # Up to link.window PUBLISHes await PUBACK at once (mqtt.inflight): the backlog drains
         # a window per round trip, and the retained status flies beside the first reading.
         # PUBACKs may come in any order; a reading leaves the outbox only once it and every
@@ -288,8 +296,9 @@ class Node:
         box.rewind()  # what was in flight on the last connection goes again
         flight = []
         window = link.window
+        keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         last_check = time.ticks_ms()
-        self._send_status(link, flight)
+        self._send_status(flight)
         while True:
             watchdog.feed()
             # Refill first, then sample: the window is in flight during the sampling window
@@ -304,7 +313,7 @@ class Node:
             sampled = self._sample_if_due()
             if (self.outbox.dropped != self.status_dropped and len(flight) < window
                     and self._status_sent is None):
-                self._send_status(link, flight)
+                self._send_status(flight)
             if flight:
                 if self._sample_early(link):
                     continue
@@ -315,7 +324,7 @@ class Node:
                 continue
             if sampled:
                 continue  # nothing in flight: the new reading goes out (loop top) before a wait
-            last_check = self._keep_alive(link, keepalive_ms, last_check)
+            last_check = self._keep_alive(link, last_check)
             # Idle: wait in poll() on the socket until the next reading is due or bytes come
             # (a command, a PINGRESP, a hang-up), not in 50 ms naps: a board's CPU sleeps
             # there, and 200 simulated boards waking 20 times a second cost a host more than
@@ -382,13 +391,6 @@ class Node:
             return True
         return False
 
-    def _send_status(self, link, flight):
-        payload = self._status_payload()
-        packet_id = link.publish_status_async(payload)
-        if packet_id is not None:
-            self._status_sent = payload
-            flight.append([0, packet_id])
-
     def _deliver(self, seq, payload):
         # A reading leaves the outbox only once the peer acknowledged it; one that was sent
         # before (its ack never came) goes again with the same seq, flagged DUP on MQTT.
@@ -402,22 +404,26 @@ class Node:
         self.acked += 1
         emit("acked", seq=seq, depth=self.outbox.depth)
 
-    def _status_payload(self):
+    def _send_status(self, flight=None):
         box = self.outbox
         self.status_dropped = box.dropped
         # The retained status says why this boot happened and, until delivered once, what
         # crashed the run before it (crash.py); the record is then cleared from flash.
-        return ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
-                '"torn":%d,"reset_cause":%s,"crash":%s}' % (
-                    VERSION, box.boots, box.depth, box.dropped, box.torn,
-                    json.dumps(self.reset_cause), json.dumps(self.last_crash))).encode()
-
-    def _publish_status(self):
-        payload = self._status_payload()
-        if self.link.publish_status(payload):
-            self.attempt = 0  # acknowledged (publish_status returns after PUBACK)
+        payload = ('{"status":"online","version":"%s","boot":%d,"depth":%d,"dropped":%d,'
+                   '"torn":%d,"reset_cause":%s,"crash":%s}' % (
+                       VERSION, box.boots, box.depth, box.dropped, box.torn,
+                       json.dumps(self.reset_cause), json.dumps(self.last_crash))).encode()
+        if flight is None:  # one at a time: publish_status returns after the PUBACK
+            if self.link.publish_status(payload):
+                self.attempt = 0  # acknowledged
+                self._status_sent = payload
+                self._status_acked()
+            return
+        # Windowed: its PUBACK is retired in order with the readings' (seq 0 in flight).
+        packet_id = self.link.publish_status_async(payload)
+        if packet_id is not None:
             self._status_sent = payload
-            self._status_acked()
+            flight.append([0, packet_id])
 
     def _status_acked(self):
         emit("status", payload=self._status_sent.decode())
@@ -499,15 +505,6 @@ class Node:
             emit("outbox_dropped", dropped=box.dropped - dropped, total=box.dropped)
         emit("stored", seq=seq, depth=box.depth, flash_bytes=box.bytes_written)
         return seq, payload
-
-    def _open_outbox(self):
-        for seq, lost_bytes in self.outbox.open():
-            error("outbox_torn", "torn write at seq %d: %d bytes dropped, earlier readings kept"
-                  % (seq, lost_bytes))
-            emit("outbox_torn", seq=seq, bytes=lost_bytes)
-        box = self.outbox
-        emit("outbox_open", depth=box.depth, next_seq=box.next_seq, boots=box.boots,
-             dropped=box.dropped, torn=box.torn)
 
     def backoff(self):
         b = self.cfg.backoff

@@ -61,11 +61,11 @@ PROFILES = {"esp32": 112 * 1024, "esp32-spiram": 2 * 1024 * 1024, "esp8266": 32 
 # before main.py, they keep ~18.7 KB of GC heap, measured on this port (the bare
 # interpreter's 992 bytes not counted: a board's interpreter keeps its own): objects and
 # bytecode of machine 5.8 KB, network 5.0, blockdev 1.4, _simboard 1.1, ntptime 0.9, time 0.7,
-# the mounts and settings, and 98 interned names (~2.6 KB of name pools; 167 names and
+# the mounts and settings, and 97 interned names (~2.6 KB of name pools; 167 names and
 # 24,320 bytes before they were cut down: every name they intern comes before the
 # firmware's, where a board's are static). The interpreter gets this much (with the GC's own
 # tables for it) on top of the firmware's heap, so main.py finds free what a bare interpreter
-# given that heap has (tests/test_mp_runtime.py checks it within 1 KB; 0..+96 bytes
+# given that heap has (tests/test_mp_runtime.py checks it within 1 KB; -64..+32 bytes
 # measured). From .py they kept about the same but compiled in the firmware's heap (a
 # transient ~2x that), and 21 KB was 2.7 KB short.
 STANDIN_HEAP_BYTES = 19168
@@ -339,7 +339,7 @@ class Board:
             "ntp": list(a.ntp) if a.ntp else None,
             "mains_v": a.mains_v, "mains_hz": a.mains_hz, "noise_v": a.noise_v,
             "adc_volts_per_count": a.adc_volts_per_count, "reset_cause": cause,
-            "chip_fd": self.chip.write_fd,
+            "chip": "/dev/fd/%d" % self.chip.write_fd,
             "flash": [str(self.image), BLOCK_SIZE, a.flash_page_us,
                       self.romfs and str(self.romfs)],
         }

@@ -5,11 +5,11 @@
 #   {"port": "esp32", "device_seed": "board-1", "air": "/host/abs/air.json" or null,
 #    "ntp": ["127.0.0.1", 12300] or null, "mains_v": 230.0, "mains_hz": 50.0,
 #    "noise_v": 1.0, "adc_volts_per_count": 0.0125, "reset_cause": 1,
-#    "chip_fd": 5 or null}
+#    "chip": "/dev/fd/5" or null}
 #
 # air: the virtual air's path as this interpreter sees it (host_sim.mp.launcher gives it under
 # /host, where boot_board mounts the host's filesystem once the board's flash sits at "/").
-# chip_fd: the write end of a pipe to host_sim.mp.launcher (watchdog feeds, reset requests),
+# chip: the write end of a pipe to host_sim.mp.launcher (watchdog feeds, reset requests),
 # opened at this import: the boot imports the stand-ins before the flash goes over "/".
 #
 # On a board these modules are C and their names are static; here every name they hold is
@@ -20,7 +20,7 @@ import os
 
 settings = {"port": "esp32", "device_seed": "board", "air": None, "ntp": None,
             "mains_v": 230.0, "mains_hz": 50.0, "noise_v": 1.0,
-            "adc_volts_per_count": 0.0125, "reset_cause": 1, "chip_fd": None}
+            "adc_volts_per_count": 0.0125, "reset_cause": 1, "chip": None}
 _path = os.getenv("SECURENODE_MP_BOARD")
 if _path:
     with open(_path) as f:
@@ -28,9 +28,9 @@ if _path:
     del f
 del _path
 
-_chip = settings["chip_fd"]
+_chip = settings["chip"]
 if _chip is not None:
-    _chip = open("/dev/fd/%d" % _chip, "wb")
+    _chip = open(_chip, "wb")
 
 
 def tell_chip(message):

@@ -29,12 +29,8 @@ class NetError(Exception):
         self.peer = peer
 
 
-_TIMEOUTS = (errno.ETIMEDOUT, errno.EAGAIN)
-# lwIP answers a RST to our SYN (nothing listens) with ECONNRESET, Linux with ECONNREFUSED:
-# either way the broker is unreachable, which is a connect failure, not a TLS one.
-_REFUSED = tuple(getattr(errno, name) for name in ("ECONNREFUSED", "ECONNRESET")
-                 if hasattr(errno, name))
-# lwIP and Linux agree on these numbers; the unix port's socket module lacks the names.
+# lwIP and Linux agree on these numbers (the unix port's socket module lacks the names, and
+# looking them up by name would intern both names on the board for good).
 _IPPROTO_TCP = const(6)
 _TCP_NODELAY = const(1)
 
@@ -44,7 +40,8 @@ def is_timeout(exc):
     # mbedTLS after the handshake it comes back negated (-ETIMEDOUT).
     if not isinstance(exc, OSError) or not exc.args or not isinstance(exc.args[0], int):
         return False
-    return abs(exc.args[0]) in _TIMEOUTS
+    code = abs(exc.args[0])
+    return code == errno.ETIMEDOUT or code == errno.EAGAIN
 
 
 def resolve(host, port):
@@ -60,15 +57,14 @@ def resolve(host, port):
 def nodelay(sock):
     """Turn Nagle's algorithm off on a TCP socket; True if the port let us.
 
-    Feature detection: by name where the port has them, else lwIP's and Linux's numbers
-    (the unix port has no ``IPPROTO_TCP``/``TCP_NODELAY`` but takes ``setsockopt(6, 1, 1)``).
+    By number: lwIP's and Linux's agree (the unix port has no ``IPPROTO_TCP``/``TCP_NODELAY``
+    names but takes ``setsockopt(6, 1, 1)``).
 
     >>> nodelay(socket.socket())
     True
     """
     try:
-        sock.setsockopt(getattr(socket, "IPPROTO_TCP", _IPPROTO_TCP),
-                        getattr(socket, "TCP_NODELAY", _TCP_NODELAY), 1)
+        sock.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
         return True
     except (OSError, AttributeError):
         return False  # readings still go, only slower
@@ -89,7 +85,9 @@ def open_tcp(host, port, connect_ms):
             raise NetError("connect", peer, "no answer within %d ms (timeouts_ms.connect)"
                            % connect_ms)
         code = exc.args[0] if exc.args else None
-        if code in _REFUSED:
+        # lwIP answers a RST to our SYN (nothing listens) with ECONNRESET, Linux with
+        # ECONNREFUSED: either way the broker is unreachable, a connect failure, not a TLS one.
+        if code == errno.ECONNREFUSED or code == errno.ECONNRESET:
             raise NetError("connect", peer, "refused: nothing listens there (%s)" % (exc,))
         raise NetError("connect", peer, "unreachable (%s)" % (exc,))
     return sock

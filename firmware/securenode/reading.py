@@ -3,6 +3,10 @@
 from micropython import const
 
 _MAX_ID_CHARS = const(64)
+_ID_CHARS = const("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# voltage and freq are written as sign, whole part and fraction (%s%d.%0Nd): see _fixed().
+_JSON = const('{"id":"%s","seq":%d,"timestamp":%d,"status":%d,"voltage":%s%d.%01d,'
+              '"freq":%s%d.%02d}')
 
 
 class ReadingError(Exception):
@@ -21,13 +25,13 @@ def encode(device_id, seq, timestamp, status, voltage, freq):
     b'{"id":"board-1","seq":7,"timestamp":1700000000,"status":0,"voltage":230.0,"freq":50.00}'
     """
     _check_id(device_id)
-    _check_int("seq", seq, 0)
-    _check_int("timestamp", timestamp, 0)
-    _check_int("status", status, 0)
-    return ('{"id":"%s","seq":%d,"timestamp":%d,"status":%d,"voltage":%s,"freq":%s}' % (
-        device_id, seq, timestamp, status,
-        _fixed("voltage", voltage, 10, "%s%d.%01d"),
-        _fixed("freq", freq, 100, "%s%d.%02d"))).encode()
+    _check_int("seq", seq)
+    _check_int("timestamp", timestamp)
+    _check_int("status", status)
+    v = _fixed("voltage", voltage, 10)
+    f = _fixed("freq", freq, 100)
+    return (_JSON % (device_id, seq, timestamp, status, v[0], v[1], v[2],
+                     f[0], f[1], f[2])).encode()
 
 
 def topic(device_id):
@@ -50,7 +54,8 @@ def status_topic(device_id):
     return ("devices/%s/status" % device_id).encode()
 
 
-def _fixed(name, value, scale, fmt):
+def _fixed(name, value, scale):
+    # (sign, whole part, fraction in 1/scale) of value rounded to 1/scale, for _JSON.
     # Rounded here, in integers, instead of "%.2f": MicroPython's float
     # formatting is not correctly rounded ("%.2f" % 50.005 gives 50.01 there,
     # 50.00 on CPython) and boards' single-precision floats print artefacts.
@@ -66,12 +71,13 @@ def _fixed(name, value, scale, fmt):
     q = int(value * scale + 0.5)
     if q == 0:
         sign = ""
-    return fmt % (sign, q // scale, q % scale)
+    return sign, q // scale, q % scale
 
 
-def _check_int(name, value, lowest):
-    if type(value) is not int or value < lowest:
-        raise ReadingError("%s must be an integer >= %d, got %r" % (name, lowest, value))
+def _check_int(name, value):
+    # An int (True is not a status) counted from 0.
+    if type(value) is not int or value < 0:
+        raise ReadingError("%s must be an integer >= 0, got %r" % (name, value))
 
 
 def _check_id(device_id):
@@ -81,5 +87,5 @@ def _check_id(device_id):
         raise ReadingError("device_id must be 1..%d characters, got %r"
                            % (_MAX_ID_CHARS, device_id))
     for c in device_id:
-        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
+        if c not in _ID_CHARS:
             raise ReadingError("device_id must be A-Z a-z 0-9 _ - only, got %r" % device_id)

@@ -54,23 +54,24 @@ def encode_header(buf, seq, payload):
     >>> encode_header(h, 1, b"x"), bytes(h[:6])
     (11, b'\\x01\\x00\\x01\\x00\\x00\\x00')
     """
-    struct.pack_into("<HI", buf, 0, len(payload), seq)
+    # Packed twice with the one format check_record reads: the CRC covers the seq bytes.
+    struct.pack_into("<HII", buf, 0, len(payload), seq, 0)
     crc = binascii.crc32(payload, binascii.crc32(memoryview(buf)[2:6])) & 0xFFFFFFFF
-    struct.pack_into("<I", buf, 6, crc)
+    struct.pack_into("<HII", buf, 0, len(payload), seq, crc)
     return _HEADER_BYTES + len(payload)
 
 
-def check_record(header, payload):
-    """Return the seq if header (10 bytes) and payload form a good record, else -1.
+def check_record(buf, payload):
+    """Return the seq if buf (a 10-byte header) and payload form a good record, else -1.
 
     >>> h = bytearray(10); n = encode_header(h, 7, b"abc")
     >>> check_record(h, b"abc"), check_record(h, b"abd")
     (7, -1)
     """
-    length, seq, crc = struct.unpack_from("<HII", header, 0)
+    length, seq, crc = struct.unpack_from("<HII", buf, 0)
     if length != len(payload):
         return -1
-    got = binascii.crc32(payload, binascii.crc32(memoryview(header)[2:6])) & 0xFFFFFFFF
+    got = binascii.crc32(payload, binascii.crc32(memoryview(buf)[2:6])) & 0xFFFFFFFF
     return seq if got == crc else -1
 
 
@@ -165,7 +166,7 @@ class Outbox:
         for seg in self._segs:
             total += seg[1]
         while total + size > self.budget_bytes and len(self._segs) > 1:
-            total -= self._drop_oldest()
+            total -= self._next_segment()
         encode_header(self._header, seq, payload)
         try:
             with open(self._path(seg_name(tail[0])), "ab") as f:
@@ -183,18 +184,6 @@ class Outbox:
         self.bytes_written += size
         self.next_seq = seq + 1
         self.depth += 1
-
-    def _drop_oldest(self):
-        oldest = self._segs.pop(0)
-        lost = oldest[2] - self._head_index
-        self.dropped += lost
-        self.depth -= lost
-        self._head_off = 0
-        self._head_index = 0
-        self._head = None
-        self._save_state()  # first the head moves past it, then the file goes
-        os.remove(self._path(seg_name(oldest[0])))
-        return oldest[1]
 
     # --- delivery ----------------------------------------------------------------------
     def peek(self):
@@ -271,8 +260,16 @@ class Outbox:
             self._save_state()
 
     def _next_segment(self):
-        done = self._segs.pop(0)
+        # The head moves to the next segment and the oldest one goes: every record in it is
+        # acknowledged (ack, peek), or the byte budget drops the unacknowledged ones (append),
+        # counted in dropped. Returns its size in bytes.
+        oldest = self._segs.pop(0)
+        lost = oldest[2] - self._head_index
+        self.dropped += lost
+        self.depth -= lost
         self._head_off = 0
         self._head_index = 0
-        self._save_state()
-        os.remove(self._path(seg_name(done[0])))
+        self._head = None
+        self._save_state()  # first the head moves past it, then the file goes
+        os.remove(self._path(seg_name(oldest[0])))
+        return oldest[1]

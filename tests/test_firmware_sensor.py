@@ -103,12 +103,12 @@ for name, volts, hz, start, with_atten, pin in (
     machine, calls = make_machine(lambda: clock.elapsed, volts, hz, 0.0125, with_atten)
     sys.modules["machine"] = machine
     s = sensor.Sampler(pin, 200, 100, 0.0125)
-    buffers = (s._values, s._t_us)
+    buffers = s._window[1:3]
     first = s.read()
     second = s.read()
     out[name] = {"first": list(first), "second": list(second), "calls": calls,
-                 "same_buffers": s._values is buffers[0] and s._t_us is buffers[1],
-                 "t_last": s._t_us[199], "wrapped": clock.now < start,
+                 "same_buffers": s._window[1] is buffers[0] and s._window[2] is buffers[1],
+                 "t_last": s._window[2][199], "wrapped": clock.now < start,
                  "reads_per_sample": clock.reads / 400.0, "sleeps": clock.sleeps}
 # A host's sleep ends late (its scheduler): by 300 us the grid holds and every sample keeps
 # its own time; by 1.5 ms a sample is too late to bridge, and no window comes out clean.
@@ -118,7 +118,7 @@ for name, late in (("late_wakes_300us", 300), ("late_wakes_1500us", 1500)):
     machine, calls = make_machine(lambda: clock.elapsed, 230.0, 50.0, 0.0125, True)
     sys.modules["machine"] = machine
     s = sensor.Sampler(34, 200, 100, 0.0125)
-    out[name] = {"read": list(s.read()), "t_last": s._t_us[199]}
+    out[name] = {"read": list(s.read()), "t_last": s._window[2][199]}
 class StallingClock(Clock):
     # A board stalled for 20 ms (GC, WiFi) every `every` clock reads (a window takes ~600),
     # `stalls` times.

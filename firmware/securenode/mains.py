@@ -6,12 +6,14 @@
 # 2**30, and the caller takes each offset with time.ticks_diff, which knows how.
 from micropython import const
 
-# Status word bits, OR-ed together in the reading's "status" field.
-STATUS_CLIPPED = const(0x01)  # a sample reached an ADC rail: the voltage reads low
-STATUS_NO_SIGNAL = const(0x02)  # too small or too few crossings: freq is 0.0
-STATUS_VOLTAGE_RANGE = const(0x04)  # RMS voltage outside [volts_min, volts_max]
-STATUS_FREQ_RANGE = const(0x08)  # frequency outside [hz_min, hz_max] (never with NO_SIGNAL)
-STATUS_DISTURBED = const(0x10)  # every window had a gap (GC, WiFi, scheduler): less accurate
+# Status word bits, OR-ed together in the reading's "status" field (its wire format: the
+# README, host tools and tests use these numbers). Private consts: inlined, so no names and no
+# dict entries stay on the board.
+_STATUS_CLIPPED = const(0x01)  # a sample reached an ADC rail: the voltage reads low
+_STATUS_NO_SIGNAL = const(0x02)  # too small or too few crossings: freq is 0.0
+_STATUS_VOLTAGE_RANGE = const(0x04)  # RMS voltage outside [volts_min, volts_max]
+_STATUS_FREQ_RANGE = const(0x08)  # frequency outside [hz_min, hz_max] (never with NO_SIGNAL)
+# 0x10, STATUS_DISTURBED: every window had a gap (GC, WiFi, scheduler), set by sensor.py.
 
 _U16_MAX = const(65535)
 # Readings this close to a rail are treated as clipped: ADCs flatten before the rail.
@@ -19,6 +21,8 @@ _CLIP_MARGIN = const(32)
 # Hysteresis never narrower than this, so a quiet line's noise cannot re-trigger.
 _MIN_HYST_COUNTS = const(16)
 _MIN_SAMPLES = const(4)
+# Below this RMS (volts) there is no mains to measure a frequency of: freq 0.0, NO_SIGNAL.
+_MIN_SIGNAL_V = const(10.0)
 
 
 class MainsError(Exception):
@@ -26,7 +30,7 @@ class MainsError(Exception):
 
 
 def analyse(samples, t_us, volts_per_count, volts_min=90, volts_max=264,
-            hz_min=45, hz_max=65, min_signal_v=10.0):
+            hz_min=45, hz_max=65):
     """Measure one window: return (volts_rms, hz, status, dc_counts).
 
     samples: array('H') (or memoryview) of raw u16 ADC readings.
@@ -37,7 +41,7 @@ def analyse(samples, t_us, volts_per_count, volts_min=90, volts_max=264,
     part cycle at the window's ends does not bias it; hz averages every full cycle.
 
     >>> volts, hz, status, dc = analyse(samples, t_us, 0.0125)
-    >>> "%.1f V %.2f Hz" % (volts, hz), status & STATUS_NO_SIGNAL
+    >>> "%.1f V %.2f Hz" % (volts, hz), status & 0x02    # NO_SIGNAL
     ('230.0 V 50.00 Hz', 0)
     """
     n = len(samples)
@@ -56,40 +60,35 @@ def analyse(samples, t_us, volts_per_count, volts_min=90, volts_max=264,
             hi = x
     status = 0
     if lo <= _CLIP_MARGIN or hi >= _U16_MAX - _CLIP_MARGIN:
-        status |= STATUS_CLIPPED
+        status |= _STATUS_CLIPPED
 
     dc = total / n
-    rms = _rms(samples, 0, n, dc)
-    first_i, last_i, count, period_us = _rising_crossings(samples, t_us, n, dc, rms)
-
-    hz = 0.0
-    if count >= 2 and rms * volts_per_count >= min_signal_v and period_us > 0:
-        hz = 1000000.0 / period_us
-        dc, rms = _cycle_stats(samples, t_us, first_i, last_i, period_us * (count - 1))
-        if not hz_min <= hz <= hz_max:
-            status |= STATUS_FREQ_RANGE
-    else:
-        status |= STATUS_NO_SIGNAL
-
-    volts = rms * volts_per_count
-    if not volts_min <= volts <= volts_max:
-        status |= STATUS_VOLTAGE_RANGE
-    return volts, hz, status, dc
-
-
-def _rms(samples, start, end, dc):
-    # Plain per-sample RMS about dc, for the whole window: sets the hysteresis,
-    # and is the answer when no cycle was found.
+    # Plain per-sample RMS about dc, for the whole window: sets the hysteresis, and is the
+    # answer when no cycle was found.
     centre = int(dc + 0.5)
-    shift = dc - centre
     acc = 0.0
-    for i in range(start, end):
+    for i in range(n):
         # Integer deviations keep the loop to one float operation per sample.
         d = samples[i] - centre
         acc += d * d
-    # mean((d - shift)^2) = mean(d^2) - shift^2, since mean(d) == shift.
-    ms = acc / (end - start) - shift * shift
-    return ms ** 0.5 if ms > 0 else 0.0
+    # mean((d - shift)^2) = mean(d^2) - shift^2, since mean(d) == shift (shift = dc - centre).
+    ms = acc / n - (dc - centre) * (dc - centre)
+    rms = ms ** 0.5 if ms > 0 else 0.0
+    first_i, last_i, count, period_us = _rising_crossings(samples, t_us, n, dc, rms)
+
+    hz = 0.0
+    if count >= 2 and rms * volts_per_count >= _MIN_SIGNAL_V and period_us > 0:
+        hz = 1000000.0 / period_us
+        dc, rms = _cycle_stats(samples, t_us, first_i, last_i, period_us * (count - 1))
+        if not hz_min <= hz <= hz_max:
+            status |= _STATUS_FREQ_RANGE
+    else:
+        status |= _STATUS_NO_SIGNAL
+
+    volts = rms * volts_per_count
+    if not volts_min <= volts <= volts_max:
+        status |= _STATUS_VOLTAGE_RANGE
+    return volts, hz, status, dc
 
 
 def _cycle_stats(samples, t_us, start, end, span_us):

@@ -15,29 +15,12 @@ _WINDOW_TRIES = const(4)
 # A sample this late leaves a gap the time-weighted maths bridges with a straight line: up to
 # 1 ms (1/20 of a 50 Hz cycle) that costs well under 0.1% of the RMS; longer gaps do not.
 _MAX_LATE_US = const(1000)
+# The status bit for "every window had a gap" (mains.py's table of status bits, STATUS_DISTURBED).
+_STATUS_DISTURBED = const(0x10)
 
 
 class SensorError(Exception):
     """The sampler cannot be set up as asked (bad sample count, window or ADC pin)."""
-
-
-def _open_adc(machine, adc_pin):
-    # Feature test: an ADC class with attenuation constants is the ESP32's, which takes a
-    # Pin (ports/esp32/machine_adc.c) and reads only ~0-1.1 V at its default 0 dB: 11 dB
-    # spans the pin's full range. The ESP8266's has no constants and takes an integer
-    # channel, ADC(0) for the TOUT pin; a Pin there is a TypeError (ports/esp8266/
-    # machine_adc.c, mp_obj_get_int).
-    atten = getattr(machine.ADC, "ATTN_11DB", None)
-    try:
-        if atten is None:
-            return machine.ADC(adc_pin)
-        adc = machine.ADC(machine.Pin(adc_pin))
-    except ValueError as exc:
-        raise SensorError("sample.adc_pin %d: this board has no ADC there (%s)%s"
-                          % (adc_pin, exc, "" if atten is not None else
-                             "; an ESP8266 reads channel 0 (the TOUT pin)"))
-    adc.atten(atten)
-    return adc
 
 
 class Sampler:
@@ -56,18 +39,32 @@ class Sampler:
         # touches hardware (and pure tests can import it without a board).
         import machine
 
-        adc = _open_adc(machine, adc_pin)
-        self._read_u16 = adc.read_u16
-        self._values = array("H", bytes(2 * samples))
-        self._t_us = array("I", bytes(4 * samples))
-        self._period_us = window_ms * 1000 // samples
-        self._volts_per_count = volts_per_count
-        self._limits = (volts_min, volts_max, hz_min, hz_max)
+        # Feature test: an ADC class with attenuation constants is the ESP32's, which takes a
+        # Pin (ports/esp32/machine_adc.c) and reads only ~0-1.1 V at its default 0 dB: 11 dB
+        # spans the pin's full range. The ESP8266's has no constants and takes an integer
+        # channel, ADC(0) for the TOUT pin; a Pin there is a TypeError (ports/esp8266/
+        # machine_adc.c, mp_obj_get_int).
+        atten = getattr(machine.ADC, "ATTN_11DB", None)
+        try:
+            if atten is None:
+                adc = machine.ADC(adc_pin)
+            else:
+                adc = machine.ADC(machine.Pin(adc_pin))
+                adc.atten(atten)
+        except ValueError as exc:
+            raise SensorError("sample.adc_pin %d: this board has no ADC there (%s)%s"
+                              % (adc_pin, exc, "" if atten is not None else
+                                 "; an ESP8266 reads channel 0 (the TOUT pin)"))
+        # (read_u16, values, t_us, period_us): what _sample() takes into locals, allocated
+        # once; then what mains.analyse() is given besides the two arrays.
+        self._window = (adc.read_u16, array("H", bytes(2 * samples)),
+                        array("I", bytes(4 * samples)), window_ms * 1000 // samples)
+        self._limits = (volts_per_count, volts_min, volts_max, hz_min, hz_max)
 
     def read(self):
         """Sample one window and return (volts_rms, hz, status); blocks for the window.
 
-        status is a bitmask of mains.STATUS_* flags.
+        status is a bitmask of the status bits listed in mains.py.
 
         >>> volts, hz, status = sampler.read()
         >>> "%.1f V %.2f Hz" % (volts, hz)
@@ -76,16 +73,17 @@ class Sampler:
         # A gap longer than _MAX_LATE_US (GC, a WiFi interrupt, or on the host a
         # descheduled process) leaves part of a cycle unseen and skews the RMS: sample the
         # window again, and say so in the status word if it never comes out clean.
-        disturbed = mains.STATUS_DISTURBED
+        disturbed = _STATUS_DISTURBED
         # Collect now so a GC pause is unlikely to land inside the window.
         gc.collect()
         for attempt in range(_WINDOW_TRIES):
             if self._sample(attempt + 1 < _WINDOW_TRIES):
                 disturbed = 0
                 break
+        window = self._window
         lim = self._limits
         volts, hz, status, _ = mains.analyse(
-            self._values, self._t_us, self._volts_per_count, lim[0], lim[1], lim[2], lim[3])
+            window[1], window[2], lim[0], lim[1], lim[2], lim[3], lim[4])
         return volts, hz, status | disturbed
 
     def _sample(self, give_up_when_late):
@@ -96,10 +94,7 @@ class Sampler:
         ticks_diff = time.ticks_diff
         ticks_add = time.ticks_add
         sleep_us = time.sleep_us
-        read_u16 = self._read_u16
-        values = self._values
-        t_us = self._t_us
-        period = self._period_us
+        read_u16, values, t_us, period = self._window
         start = ticks_us()
         due = start
         # A read interrupted (WiFi, GC) for longer than this has an uncertain

@@ -12,8 +12,7 @@ peer's certificate over a second, unverified handshake that carries no applicati
 
 Example::
 
-    tls = PinnedTls(ca_ders, cert_der, key_der, "broker.local", handshake_ms=10000,
-                    io_ms=5000)
+    tls = PinnedTls(ca, cert, key, "broker.local", handshake_ms=10000, io_ms=5000)
     sock = tls.wrap_socket(raw_sock)      # raises OSError / ValueError like ssl does
     # on failure: raise tls.explain(exc, "broker.local", 8883)
 """
@@ -28,23 +27,24 @@ class TlsError(Exception):
     """A TLS failure by ``kind``, naming the peer and the pinned root(s) it was judged by."""
 
     def __init__(self, kind, peer, detail, pinned=None):
-        text = "%s: %s (peer %s" % (kind, detail, peer)
-        if pinned:
-            text += ", pinned root sha256 %s" % pinned
-        super().__init__(text + ")")
+        super().__init__("%s: %s (peer %s%s)" % (
+            kind, detail, peer, ", pinned root sha256 " + pinned if pinned else ""))
         self.kind = kind
         self.peer = peer
 
 
-def port_can_verify(ctx=None):
+def port_can_verify(context=None):
     """True when this port's TLS stack checks certificates (mbedTLS), False for axTLS.
 
-    ``ctx`` (a fresh SSLContext) is the one asked, left at CERT_REQUIRED where it can be.
+    ``context`` (a fresh SSLContext) is the one asked, left at CERT_REQUIRED where it can be.
+
+    >>> port_can_verify()     # the unix and ESP32 ports (mbedTLS)
+    True
     """
     required = getattr(ssl, "CERT_REQUIRED", None)
     if required is None:
         return False
-    ctx = ctx or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = context or ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if not hasattr(ctx, "load_verify_locations"):
         return False
     ctx.verify_mode = required
@@ -52,12 +52,20 @@ def port_can_verify(ctx=None):
     return ctx.verify_mode == required
 
 
-def fingerprint(der):
-    return binascii.hexlify(hashlib.sha256(der).digest()).decode()
+def fingerprint(cert):
+    """The SHA-256 of a certificate (DER bytes) as lowercase hex, as the status reports roots.
+
+    >>> len(fingerprint(ca_der))
+    64
+    """
+    return binascii.hexlify(hashlib.sha256(cert).digest()).decode()
 
 
 class PinnedTls:
-    def __init__(self, ca_ders, cert_der, key_der, server_hostname, handshake_ms, io_ms,
+    """ca: the pinned root certificates (a list of DER bytes); cert, key: the device's
+    certificate and private key (DER), or None; deadlines in milliseconds."""
+
+    def __init__(self, ca, cert, key, server_hostname, handshake_ms, io_ms,
                  allow_unverified=False):
         self.server_hostname = server_hostname
         # The context that answers the question is the one the first connection uses: an
@@ -68,19 +76,19 @@ class PinnedTls:
             raise TlsError("unverifiable_port", server_hostname,
                            "this port's TLS cannot verify certificates; refusing to connect "
                            "(set tls.allow_unverified to accept unverified TLS)")
-        self.pinned = ",".join(fingerprint(der) for der in ca_ders)
-        self._cert = cert_der
-        self._key = key_der
+        self.pinned = ",".join(fingerprint(der) for der in ca)
+        self._cert = cert
+        self._key = key
         self._handshake_s = handshake_ms / 1000
         self._io_s = io_ms / 1000
         if not self.verified:
             self.root_sets = [None]
-        elif len(ca_ders) == 1:
-            self.root_sets = [ca_ders[0]]
+        elif len(ca) == 1:
+            self.root_sets = [ca[0]]
         else:
             from securenode import tls_roots  # several roots: how does this port take them?
 
-            self.root_sets = tls_roots.root_sets(ca_ders)
+            self.root_sets = tls_roots.root_sets(ca)
         self.cadata = self.root_sets[0]
         self._ctx = None        # the SSLContext for _ctx_cadata, kept across connections
         self._ctx_cadata = None

@@ -42,7 +42,7 @@ for _state in [s for s in STATES if s != "halted"]:
     LEGAL[(_state, "fatal")] = "halted"
     LEGAL[(_state, "stop")] = "halted"
 
-# (attempt, min_ms, max_ms, rand_u32) -> delay: uniform in [0, min(max_ms, min_ms * 2**attempt)]
+# (attempt, min_ms, max_ms, random) -> delay: uniform in [0, min(max_ms, min_ms * 2**attempt)]
 BACKOFF = [
     ((0, 500, 30000, 0), 0),
     ((0, 500, 30000, 500), 500),

@@ -119,8 +119,10 @@ class Node:
                 self.connect()
             elif state == _BACKOFF:
                 self.backoff()
-            else:  # _PROVISIONING, the only state left
-                self.provision()
+            else:  # _PROVISIONING, the only state left: only such a board loads credentials
+                from securenode import credentials
+
+                self.go(_PROVISIONED if credentials.request(self) else _PROVISION_FAILED)
         emit("halted", reason=self.halt_reason)
         return 0 if self.halt_reason == "done" else 1
 
@@ -520,10 +522,6 @@ class Node:
             time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
         self.go(_BACKOFF_DONE)
 
-    def provision(self):
-        from securenode import credentials
-
-        self.go(_PROVISIONED if credentials.provision(self) else _PROVISION_FAILED)
 
 
 def main(path="config.json"):

@@ -2,7 +2,7 @@
 
 Only a board configured with a ``provisioning`` section loads this module (a certificate
 board never does, so none of this sits in its RAM). Before each connect the loop calls
-``load`` (False: none yet); its provisioning step is ``provision``; after a connect it calls
+``load`` (False: none yet); its provisioning step is ``request``; after a connect it calls
 ``discard`` (failed) or ``accept`` (succeeded). The credentials live on flash and in ``node.creds``; the provisioning
 client (provision, https_client, provision_codec: ~25 KB) is loaded for each exchange with
 the base station and dropped after it.
@@ -11,7 +11,7 @@ Example (what app.Node.connect does)::
 
     from securenode import credentials
     if not credentials.load(node):
-        ...   # go to the provisioning state: credentials.provision(node) -> True once given
+        ...   # go to the provisioning state: credentials.request(node) -> True once given
 """
 
 from securenode import settings
@@ -62,7 +62,7 @@ def load(node):
     return True
 
 
-def provision(node):
+def request(node):
     """Ask the base station for credentials and store them; True once given.
 
     While a person decides, node.idle keeps the readings on cadence.

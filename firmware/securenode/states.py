@@ -100,13 +100,13 @@ def state_name(state):
     return "state_%d" % state
 
 
-def backoff_ms(attempt, min_ms, max_ms, rand_u32):
+def backoff_ms(attempt, min_ms, max_ms, random):
     """Delay before retry number attempt (0 for the first): exponential, full jitter, capped.
 
     The delay is uniform in [0, ceiling], where ceiling = min_ms * 2**attempt capped at
     max_ms ("full jitter"). Drawing from the whole range, down to 0, is what spreads a fleet
     that lost its broker together: with a floor, every board would wait at least the floor
-    and they would arrive in a wave. rand_u32 is a random 32-bit integer, passed in so that
+    and they would arrive in a wave. random is a random 32-bit integer, passed in so that
     tests choose it (on a board: int.from_bytes(os.urandom(4), "little")).
 
     >>> backoff_ms(0, 500, 30000, 0), backoff_ms(0, 500, 30000, 500)
@@ -124,4 +124,4 @@ def backoff_ms(attempt, min_ms, max_ms, rand_u32):
         attempt -= 1
     if ceiling > max_ms:
         ceiling = max_ms
-    return rand_u32 % (ceiling + 1)
+    return random % (ceiling + 1)

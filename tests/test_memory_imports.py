@@ -33,12 +33,14 @@ CORE = {"securenode", "securenode.app", "securenode.build", "securenode.clock",
 TRANSPORT = {
     "mqtts": {"securenode.mqtt_link", "securenode.mqtt_codec"},
     "jsonl": {"securenode.jsonl_link"},
-    "wss": {"securenode.wss_link", "securenode.wss_client", "securenode.ws_frame"},
+    # The ingest endpoint may send commands: only a wss board loads their handler.
+    "wss": {"securenode.wss_link", "securenode.wss_client", "securenode.ws_frame",
+            "securenode.commands"},
     "mqtt_wss": {"securenode.mqtt_wss_link", "securenode.mqtt_link", "securenode.mqtt_codec",
                  "securenode.wss_client", "securenode.ws_frame"},
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
-                    "securenode.provision_codec", "securenode.x509_peek",
+                    "securenode.provision_codec", "securenode.credentials", "securenode.x509_peek",
                     "securenode.tls_explain", "securenode.wifi", "umqtt",
                     "umqtt.simple",
                     # Loaded only to say an MQTT error, to send a CONNECT, to open the outbox,

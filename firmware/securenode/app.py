@@ -54,8 +54,9 @@ _PROVISIONED = const(12)
 _PROVISION_FAILED = const(13)
 
 # Imported where used, not here: credentials (and through it the provisioning client) only on
-# a board that must be provisioned (a certificate board never loads them), the validator (config.py) only at boot,
-# wifi only while joining (then forgotten: it is used again only after an outage). crash.py
+# a board that must be provisioned (a certificate board never loads them), commands only on
+# a wss board (links.py), the validator (config.py) only at boot, wifi only while joining
+# (then forgotten: it is used again only after an outage). crash.py
 # stays: main.py holds it, so that a full, fragmented heap can still record a MemoryError
 # (loaded after one, at 80K from .mpy, its import found no 640 bytes in one piece).
 
@@ -180,7 +181,7 @@ class Node:
             tls = self._tls()
             tls.context()
             if self.cfg.provisioning is None:  # a provisioned board's link needs credentials
-                self.link = links.open_link(self.cfg, tls, self.apply_command)
+                self.link = links.open_link(self.cfg, tls, self)
         except (TlsError, ValueError, OSError, MemoryError):
             # Keep the TLS object (and a context it made): when only the link found no room,
             # connect() must not ask for those 3 KB again on a heap the link's attempt cut up.
@@ -214,7 +215,7 @@ class Node:
             tls = self._tls()
             link, self.link = self.link, None  # a link serves one connection only
             if link is None:
-                link = links.open_link(self.cfg, tls, self.apply_command)
+                link = links.open_link(self.cfg, tls, self)
             # The handshake allocates the SSLContext (~3 KB in one piece) and the session's
             # buffers: collect first, so the garbage of the last attempt is not in the way.
             gc.collect()
@@ -433,26 +434,6 @@ class Node:
         if self.last_crash is not None:  # the status just acknowledged carried it
             crash.clear()
             self.last_crash = None
-
-    def apply_command(self, command):
-        """Apply a command from the peer (wss ingest); return (ok, detail) for its ack.
-
-        >>> node.apply_command({"cmd": "set_interval", "interval_ms": 5000})
-        (True, None)
-        """
-        name = command.get("cmd")
-        if name == "set_interval":
-            value = command.get("interval_ms")
-            lo = self.cfg.sample.window_ms  # a reading needs one full sampling window
-            if type(value) is not int or not lo <= value <= 86400000:
-                detail = "interval_ms must be an integer %d..86400000" % lo
-                emit("command", cmd=name, ok=False, detail=detail)
-                return False, detail
-            self.interval_ms = value
-            emit("command", cmd=name, ok=True, interval_ms=value)
-            return True, None
-        emit("command", cmd=str(name)[:32], ok=False, detail="unknown command")
-        return False, "unknown command"
 
     def _sample_if_due(self):
         """Take a reading into the outbox when one is due, in any state; True if it did."""

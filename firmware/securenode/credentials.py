@@ -3,9 +3,9 @@
 Only a board configured with a ``provisioning`` section loads this module (a certificate
 board never does, so none of this sits in its RAM). Before each connect the loop calls
 ``load`` (False: none yet); its provisioning step is ``request``; after a connect it calls
-``discard`` (failed) or ``accept`` (succeeded). The credentials live on flash and in ``node.creds``; the provisioning
-client (provision, https_client, provision_codec: ~25 KB) is loaded for each exchange with
-the base station and dropped after it.
+``discard`` (failed) or ``accept`` (succeeded). The credentials live on flash and in
+``node.creds``; the provisioning client (provision, https_client, provision_codec: ~25 KB)
+is loaded for each exchange with the base station and dropped after it.
 
 Example (what app.Node.connect does)::
 

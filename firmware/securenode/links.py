@@ -8,19 +8,19 @@ to handle what arrived unasked without blocking (and, on MQTT, to find a half-op
 
 Example::
 
-    link = links.open_link(cfg, tls)
+    link = links.open_link(cfg, tls, node)
     link.connect()
 
 ``cfg.transport`` picks it: "mqtts" (default), "wss" (readings as text messages to an
-ingest endpoint, which may send commands to ``on_command``) or "mqtt_wss" (MQTT over
-a WebSocket, e.g. Mosquitto's websockets listener) or "jsonl" (one JSON reading per line
-over pinned TLS, one ack line back: tools/collector.py serves it).
+ingest endpoint, which may send commands: commands.apply carries them out on ``node``) or
+"mqtt_wss" (MQTT over a WebSocket, e.g. Mosquitto's websockets listener) or "jsonl" (one
+JSON reading per line over pinned TLS, one ack line back: tools/collector.py serves it).
 """
 
 from securenode import reading
 
 
-def open_link(cfg, tls, on_command=None):
+def open_link(cfg, tls, node=None):
     m = cfg.mqtt
     to = cfg.timeouts_ms
     transport = getattr(cfg, "transport", "mqtts")
@@ -31,9 +31,12 @@ def open_link(cfg, tls, on_command=None):
         # Imported only when used: a board on MQTTS never loads the WebSocket modules.
         w = cfg.wss
         if transport == "wss":
+            from securenode.commands import apply
             from securenode.wss_link import WssLink
+
             return WssLink(cfg.device_id, w.host, w.port, w.path, w.token, tls, to.connect,
-                           to.io, to.handshake, w.max_message_bytes, on_command)
+                           to.io, to.handshake, w.max_message_bytes,
+                           lambda message: apply(node, message))
         from securenode.mqtt_wss_link import MqttWssLink
         link = MqttWssLink(m.client_id.encode(), w.host, w.port, w.path, tls, m.keepalive_s,
                            to.connect, to.io, to.handshake, w.max_message_bytes)

@@ -14,7 +14,8 @@ Example::
 
     link = WssLink("board-1", "ingest.local", 443, "/ingest/board-1", token, tls,
                    connect_ms=5000, io_ms=5000, handshake_ms=10000,
-                   max_message_bytes=4096, on_command=node.apply_command)
+                   max_message_bytes=4096,
+                   on_command=lambda message: commands.apply(node, message))
     link.connect()
     link.publish(topic, payload)       # returns once {"ack": seq} arrived
 """

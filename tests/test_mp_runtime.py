@@ -125,6 +125,24 @@ def test_stand_ins_and_bootstrap_run_as_precompiled_bytecode(tmp_path):
     assert all(f and f.endswith(".mpy") for f in files), files
 
 
+# Names the stand-ins and the bootstrap intern before main.py runs (97 measured, with
+# "main.py"): a board's C modules intern none, so every one is a name pool slot the firmware
+# gets here and not there. 167 before they were cut down.
+STANDIN_NAMES_MAX = 100
+
+
+def test_stand_ins_intern_few_names_before_main(tmp_path):
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text("import micropython\nmicropython.qstr_info()\n")
+    proc = subprocess.run(board_command(flash, runtime="micropython"), env=board_env(),
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("qstr pool:")][0]
+    n_qstr = int(line.split("n_qstr=")[1].split(",")[0])
+    assert 50 < n_qstr <= STANDIN_NAMES_MAX, line
+
+
 def test_stand_ins_carry_their_module_name_as_source_name():
     # Not "machine.py": the import interns the module's name anyway, a file name would be
     # one more interned name before the firmware's.

@@ -39,7 +39,7 @@ RAISE = 'raise RuntimeError("injected fault")'
 HANG = "while True:\n                    time.sleep_ms(100)  # a call that never returns"
 NO_AIR = {"aps": {}, "link": "up"}
 UP_AIR = {"aps": {"simnet": {"key": "simkey", "up": True}}, "link": "up"}
-# Short bounded steps, so the watchdog derived from them is short too (watchdog.timeout_for).
+# Short bounded steps, so the watchdog derived from them is short too (startup.watchdog_ms).
 QUICK = {"wifi.timeout_ms": 500, "ntp.timeout_ms": 1000, "timeouts_ms.dns": 500,
          "timeouts_ms.connect": 1000, "timeouts_ms.handshake": 2000, "timeouts_ms.io": 1000,
          "backoff.min_ms": 100, "backoff.max_ms": 300, "sample.interval_ms": 200}
@@ -167,7 +167,8 @@ with open("crash.json", "w") as f:
     f.write('{"kind": "Val')              # a record torn some other way reads as none
 print(json.dumps(["torn", crash.recorded(), crash.record("OSError", "y"), crash.recorded()]))
 crash.clear()
-print(json.dumps(["cleared", crash.recorded(), crash.reset_cause()]))
+from securenode import startup
+print(json.dumps(["cleared", crash.recorded(), startup.reset_cause()]))
 try:
     crash.fatal(MemoryError("boom"))
 except MemoryError as exc:
@@ -181,7 +182,8 @@ def test_crash_record_on_real_micropython_counts_repeats_and_reraises_without_re
     import subprocess
     fw = tmp_path / "fw" / "securenode"
     fw.mkdir(parents=True)
-    for name in ("__init__", "crash", "events"):
+    for name in ("__init__", "crash", "events", "startup", "settings", "sensor", "mains",
+                 "watchdog"):
         shutil.copy(ROOT / "firmware" / "securenode" / (name + ".py"), fw)
     (tmp_path / "t.py").write_text(CRASH_UNIT)
     proc = subprocess.run([str(ROOT / ".venv" / "bin" / "micropython"), "t.py"], cwd=tmp_path,

@@ -40,7 +40,8 @@ TRANSPORT = {
                  "securenode.wss_client", "securenode.ws_frame"},
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
-                    "securenode.provision_codec", "securenode.credentials", "securenode.x509_peek",
+                    "securenode.provision_codec", "securenode.credentials",
+                    "securenode.startup", "securenode.x509_peek",
                     "securenode.tls_explain", "securenode.wifi", "umqtt",
                     "umqtt.simple",
                     # Loaded only to say an MQTT error, to send a CONNECT, to open the outbox,

@@ -14,7 +14,6 @@ Example (what firmware/main.py does at boot)::
 import gc
 import json
 import os
-import sys
 import time
 
 from micropython import const
@@ -506,23 +505,11 @@ class Node:
 
 
 def main(path="config.json"):
-    cause = crash.reset_cause()
-    last_crash = crash.recorded()
-    emit("boot", version=VERSION, platform=sys.platform, reset_cause=cause, crash=last_crash)
-    try:
-        cfg = settings.load(path)  # validates, then unloads the validator
-    except settings.ConfigError as exc:
-        error("config", str(exc))
-        emit("halted", reason="config")
-        return 1
-    try:
-        node = Node(cfg, cause, last_crash)
-    except sensor.SensorError as exc:
-        # A sample setting this board cannot honour (e.g. an ADC pin it lacks): a config
-        # error, said once, not a crash to reset from (and before the watchdog starts).
-        error("config", str(exc))
-        emit("halted", reason="config")
-        return 1
-    timeout_ms = watchdog.start(watchdog.timeout_for(cfg))
-    emit("watchdog", timeout_ms=timeout_ms)
-    return node.run()
+    # What runs once before the loop (reset cause, configuration, watchdog) is in
+    # startup.py, given back before the first step.
+    from securenode import startup
+
+    node = startup.boot(path)
+    startup = None
+    settings.forget("securenode.startup")
+    return 1 if node is None else node.run()

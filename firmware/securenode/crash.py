@@ -3,7 +3,8 @@
 main.py hands every exception that escapes the app to ``fatal``: the reason goes to a small
 file (written whole, then renamed, so a reset mid-write leaves the old record or the new
 one), a ``fatal`` event goes to the console and the board resets. The next boot reads the
-record back and reports it with the reset cause, until a status message has carried it.
+record back and reports it with the reset cause (startup.py), until a status message has
+carried it.
 
 Example::
 
@@ -26,8 +27,6 @@ from securenode.events import emit
 
 _PATH = const("crash.json")
 _DETAIL_CHARS = const(120)
-# machine.reset_cause() values by name: the numbers differ between ports, the names do not.
-_CAUSES = const(("PWRON_RESET", "HARD_RESET", "WDT_RESET", "DEEPSLEEP_RESET", "SOFT_RESET"))
 
 
 def recorded(path=_PATH):
@@ -61,19 +60,6 @@ def record(kind, detail, path=_PATH):
         pass
     os.rename(tmp, path)
     return count
-
-
-def reset_cause():
-    """Why this boot happened, by name: "wdt", "hard", "soft", "pwron", … or None."""
-    try:
-        import machine
-        cause = machine.reset_cause()
-    except (ImportError, AttributeError):
-        return None  # a port without machine.reset_cause (e.g. the bare unix port)
-    for name in _CAUSES:
-        if getattr(machine, name, None) == cause:
-            return name[:-6].lower()
-    return "cause_%d" % cause
 
 
 def fatal(exc):

@@ -3,40 +3,19 @@
 Every step of the main loop is bounded by a configured timeout except the ones MicroPython
 cannot bound (DNS has no deadline on a board; a driver can wedge): the watchdog turns such a
 hang into a reset, reported at the next boot as reset_cause "wdt". Its timeout is derived
-from the configuration, longer than the longest bounded step, so it never fires on a slow
-but healthy step.
+from the configuration at boot (startup.watchdog_ms), longer than the longest bounded step,
+so it never fires on a slow but healthy step.
 
 Example::
 
     from securenode import watchdog
-    watchdog.start(watchdog.timeout_for(cfg))   # -> 27000, or None if the port has none
-    watchdog.feed()                             # once per loop turn
+    watchdog.start(27000)   # -> 27000, or None if the port has none
+    watchdog.feed()         # once per loop turn
 """
 
 import sys
 
-from micropython import const
-
-# Sampling window, flash writes and event output on top of the longest network step.
-_MARGIN_MS = const(5000)
-
 _wdt = None  # a board has one hardware watchdog; so does this module
-
-
-def timeout_for(cfg):
-    """Milliseconds: the longest step between two feeds plus a margin.
-
-    A connect is DNS + TCP + TLS handshake + the first exchange (CONNACK, WebSocket
-    upgrade) and a PUBACK wait; provisioning polls sleep up to poll_max_ms, then make one
-    HTTPS exchange (io + handshake), and discovery blocks up to beacon_wait_ms.
-    """
-    t = cfg.timeouts_ms
-    net_ms = t.dns + t.connect + 2 * t.handshake + 2 * t.io
-    step = max(cfg.wifi.timeout_ms, cfg.ntp.timeout_ms + t.dns, net_ms)
-    p = cfg.provisioning
-    if p is not None:
-        step = max(step, p.poll_max_ms + net_ms, p.beacon_wait_ms)
-    return step + cfg.sample.window_ms + _MARGIN_MS
 
 
 def start(timeout_ms):

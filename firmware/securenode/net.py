@@ -44,16 +44,6 @@ def is_timeout(exc):
     return code == errno.ETIMEDOUT or code == errno.EAGAIN
 
 
-def resolve(host, port):
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise NetError("dns", host, "cannot resolve (%s)" % (exc,))
-    if not infos:
-        raise NetError("dns", host, "no address")
-    return infos[0][-1]
-
-
 def nodelay(sock):
     """Turn Nagle's algorithm off on a TCP socket; True if the port let us.
 
@@ -72,12 +62,17 @@ def nodelay(sock):
 
 def open_tcp(host, port, connect_ms):
     """A connected TCP socket (Nagle off), or NetError naming the step and the deadline."""
-    addr = resolve(host, port)
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise NetError("dns", host, "cannot resolve (%s)" % (exc,))
+    if not infos:
+        raise NetError("dns", host, "no address")
     sock = socket.socket()
     sock.settimeout(connect_ms / 1000)
     nodelay(sock)
     try:
-        sock.connect(addr)
+        sock.connect(infos[0][-1])
     except OSError as exc:
         sock.close()
         peer = "%s:%d" % (host, port)

@@ -76,7 +76,7 @@ class PinnedTls:
             raise TlsError("unverifiable_port", server_hostname,
                            "this port's TLS cannot verify certificates; refusing to connect "
                            "(set tls.allow_unverified to accept unverified TLS)")
-        self.pinned = ",".join(fingerprint(der) for der in ca)
+        self.pinned = ",".join(map(fingerprint, ca))
         self._cert = cert
         self._key = key
         self._handshake_s = handshake_ms / 1000

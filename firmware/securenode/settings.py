@@ -40,9 +40,10 @@ class Config:
 
     def __repr__(self):
         # Never the WiFi key or a token (tls.key, a file name, too): repr may reach a log line.
-        return "Config(%s)" % ", ".join(
-            "%s=%s" % (k, "<hidden>" if k in ("key", "token") else repr(v))
-            for k, v in sorted(self.__dict__.items()))
+        parts = []
+        for k, v in sorted(self.__dict__.items()):
+            parts.append("%s=%s" % (k, "<hidden>" if k in ("key", "token") else repr(v)))
+        return "Config(%s)" % ", ".join(parts)
 
 
 _early = None  # (path, Config or ConfigError) from preload(), handed out once by load()

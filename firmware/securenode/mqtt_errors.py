@@ -15,23 +15,22 @@ Example::
 
 from micropython import const
 
-_NAMES = ("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
-          "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ", "PINGRESP",
-          "DISCONNECT", "reserved 15")
+# The tables are const(): inlined where used, so none of their names is interned once a
+# board has said one error (the names of a module's globals stay interned for good).
+_NAMES = const(("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
+                "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
+                "PINGRESP", "DISCONNECT", "reserved 15"))
 
 # What _E_STR names, by mqtt_codec's/mqtt_connect's _F_* code.
-_FIELDS = ("topic", "will topic", "will payload", "user name", "password", "client id")
+_FIELDS = const(("topic", "will topic", "will payload", "user name", "password",
+                 "client id"))
 
-CONNACK_REFUSALS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
+# CONNACK's refusals by return code 1..5 (MQTT 3.1.1 3.2.2.3).
+_REFUSALS = const((None, "unacceptable protocol version", "client identifier rejected",
+                   "server unavailable", "bad user name or password", "not authorised"))
 
 # Index = code (mqtt_codec's _E_* constants). "%N" stands for the packet's name and first byte.
-_TEXTS = (
+_TEXTS = const((
     None,
     "%N: remaining length longer than 4 bytes",                                      # 1
     "malformed %N: QoS 3",
@@ -62,8 +61,8 @@ _TEXTS = (
     "packet id %r outside 1..65535",
     "DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)",
     "topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)",
-)
-_FIRST_NAMED = 13  # codes up to here name the packet from its first byte (except 14..17)
+))
+_FIRST_NAMED = const(13)  # codes up to here name the packet from its first byte (except 14..17)
 _E_FITS = const(21)  # names the packet from its type
 _E_STR = const(22)   # names the field from its _F_* code
 
@@ -143,7 +142,7 @@ def _link_words(peer, io_ms, reason, waiting_for, value):
             peer, waited, value)
     if reason == _R_REFUSED:
         return "connack_refused", "CONNACK refused: %s (%d) by %s" % (
-            CONNACK_REFUSALS.get(value, "unknown reason"), value, peer)
+            _REFUSALS[value] if 1 <= value <= 5 else "unknown reason", value, peer)
     if reason == _R_EOF:
         return "link_lost", "%s closed the connection" % peer
     if reason == _R_NO_PINGRESP:

@@ -476,17 +476,16 @@ class Node:
             # (a full heap is collected by then). The seq is not used, so none goes missing.
             error("reading_memory" if isinstance(exc, MemoryError) else "reading",
                   str(exc) or "no memory for a reading")
-            return None, None
+            return
         dropped = box.dropped
         try:
             box.append(seq, payload)
         except outbox.OutboxError as exc:
             error("outbox_write", str(exc))  # flash full or failing: said, never silent
-            return seq, payload
+            return
         if box.dropped != dropped:
             emit("outbox_dropped", dropped=box.dropped - dropped, total=box.dropped)
         emit("stored", seq=seq, depth=box.depth, flash_bytes=box.bytes_written)
-        return seq, payload
 
     def backoff(self):
         b = self.cfg.backoff

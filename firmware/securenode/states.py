@@ -66,15 +66,7 @@ _MAX_DOUBLINGS = const(31)
 
 
 class StateError(Exception):
-    """An event arrived in a state that has no transition for it.
-
-    e.state and e.event carry the two numbers.
-    """
-
-    def __init__(self, state, event):
-        super().__init__("illegal transition: %s on event %d" % (state_name(state), event))
-        self.state = state
-        self.event = event
+    """An event arrived in a state that has no transition for it (the message names both)."""
 
 
 def next_state(state, event):
@@ -90,7 +82,7 @@ def next_state(state, event):
         nxt = _TABLE[state * _EVENTS + event]
         if nxt != _NO:
             return nxt - 48  # ord("0")
-    raise StateError(state, event)
+    raise StateError("illegal transition: %s on event %d" % (state_name(state), event))
 
 
 def state_name(state):

@@ -7,9 +7,10 @@ has in C and that port lacks, plus the "chip" around the interpreter:
 - ``port/`` runs UNDER MicroPython: ``machine``, ``network`` and ``ntptime`` stand-ins and
   ``_simboard`` (the settings the host hands them). Small on purpose: they cost GC heap that
   the same modules cost nothing of on a board, where they are C.
-- ``blockdev.py``, ``deploy.py`` and ``boot.py`` run under MicroPython too: a file-backed block
-  device, the step that writes the firmware into a LittleFS2 image, and the bootstrap that
-  mounts that image at ``/`` (as a board does) and imports ``main``.
+- ``blockdev.py``, ``deploy.py`` and ``boot_board.py`` run under MicroPython too: a file-backed
+  block device, the step that writes the firmware into a LittleFS2 image, and the bootstrap
+  (``micropython -m boot_board``) that loads the stand-ins, mounts that image at ``/`` (as a
+  board does) and imports ``main``.
 - ``launcher.py`` runs under CPython: it is the chip. It builds the image, starts
   ``micropython -X heapsize=N``, restarts it on ``machine.reset()``, resets it when the
   watchdog is not fed, keeps the flash across resets and hands the next boot its

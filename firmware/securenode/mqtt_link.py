@@ -98,9 +98,9 @@ class MqttLink:
                  user=None, password=None, window=1):
         self.client_id = client_id
         # Provisioned boards log in with a user name + password (from the base station)
-        # instead of a client certificate; both travel only inside the pinned TLS.
-        self.user = user
-        self.password = password
+        # instead of a client certificate; both travel only inside the pinned TLS. One
+        # attribute for the two: the 24th would grow the instance's dict by 96 bytes.
+        self.credentials = (user, password)
         self.host = host
         self.port = port
         self.peer = "%s:%d" % (host, port)
@@ -161,12 +161,12 @@ class MqttLink:
         # The CONNECT encoder is needed once per connection: loaded for it, then dropped.
         from securenode import mqtt_connect
 
+        user, password = self.credentials
         try:
-            n = mqtt_connect.connect_length(self.client_id, self._will, self.user,
-                                            self.password)
+            n = mqtt_connect.connect_length(self.client_id, self._will, user, password)
             buf = self._tx if n <= len(self._tx) else bytearray(n)  # once per connection
             mqtt_connect.encode_connect(buf, self.client_id, self.keepalive_s, self._will,
-                                        self.user, self.password)
+                                        user, password)
         finally:
             mqtt_codec.forget("mqtt_connect")
         self._send(buf, n, _CONNACK)

@@ -25,7 +25,7 @@ print(json.dumps({"event": "modules", "names": sorted(sys.modules)}))
 
 # Every configuration's core: the loop, outbox, sampling, TLS, events, crash containment.
 # (wifi.py is loaded to join, then dropped.)
-CORE = {"securenode", "securenode.app", "securenode.build", "securenode.clock",
+CORE = {"securenode", "securenode.app", "securenode.clock",
         "securenode.crash", "securenode.events", "securenode.link_error", "securenode.links",
         "securenode.mains", "securenode.net", "securenode.outbox", "securenode.pinned_tls",
         "securenode.reading", "securenode.sensor", "securenode.settings", "securenode.states",

@@ -14,8 +14,10 @@ import time
 
 from micropython import const
 
-from securenode.build import BUILD_UNIX_S
-
+# When this firmware was built (unix seconds, UTC): a board clock earlier than this has not
+# been set, so certificates cannot be judged by it and TLS waits for NTP instead of guessing.
+# Private: inlined where used, where a module of its own cost a board a module and 3 names.
+_BUILD_UNIX_S = const(1795564800)  # 2026-11-25T00:00:00Z
 _UNIX_AT_2000 = const(946684800)
 
 
@@ -34,7 +36,7 @@ def unix_time():
 
 
 def is_set():
-    return unix_time() >= BUILD_UNIX_S
+    return unix_time() >= _BUILD_UNIX_S
 
 
 def sync(host, timeout_ms):

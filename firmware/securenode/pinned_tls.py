@@ -140,7 +140,7 @@ class PinnedTls:
             return tls_explain.explain(self, exc, host, port)
         finally:
             package = sys.modules.get("securenode")
-            for name in ("tls_explain", "x509_peek", "tls_roots"):
+            for name in "tls_explain x509_peek tls_roots".split():
                 sys.modules.pop("securenode." + name, None)
                 try:
                     # MicroPython keeps a submodule alive as its package's attribute too.

@@ -42,7 +42,8 @@ class Config:
         # Never the WiFi key or a token (tls.key, a file name, too): repr may reach a log line.
         parts = []
         for k, v in sorted(self.__dict__.items()):
-            parts.append("%s=%s" % (k, "<hidden>" if k in ("key", "token") else repr(v)))
+            hidden = k == "key" or k == "token"  # comparisons: no tuple kept resident
+            parts.append("%s=%s" % (k, "<hidden>" if hidden else repr(v)))
         return "Config(%s)" % ", ".join(parts)
 
 
@@ -90,7 +91,7 @@ def load(path="config.json"):
     # Another transport's section is never read once validated: not kept (~0.3 KB each).
     if cfg.transport != "jsonl":
         cfg.jsonl = None
-    if cfg.transport not in ("wss", "mqtt_wss"):
+    if cfg.transport != "wss" and cfg.transport != "mqtt_wss":
         cfg.wss = None
     return cfg
 

@@ -7,6 +7,7 @@ module's docstring examples run as tests."""
 import doctest
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -291,6 +292,22 @@ def test_docstring_examples_run():
     assert tried >= 2 and failures == 0
     failures, tried = doctest.testmod(mqtt_connect, verbose=False)
     assert tried >= 3 and failures == 0
+
+
+def _consts(module, prefix):
+    text = (FIRMWARE / "securenode" / (module + ".py")).read_text()
+    return dict(re.findall(r"^(%s\w+) = const\((\d+)\)" % prefix, text, re.M))
+
+
+def test_codes_mean_the_same_on_both_sides_of_the_error_words():
+    # mqtt_link and the encoders raise with numbers that mqtt_errors (loaded only then) turns
+    # into words: each side names them as const(); a number that differs says the wrong thing.
+    assert _consts("mqtt_link", "_R_") == _consts("mqtt_errors", "_R_")
+    assert len(_consts("mqtt_link", "_R_")) == 10
+    codec = _consts("mqtt_codec", "_(?:E|F)_")
+    for module in ("mqtt_connect", "mqtt_errors"):
+        theirs = _consts(module, "_(?:E|F)_")
+        assert theirs and all(codec.get(k, v) == v for k, v in theirs.items()), module
 
 
 def test_error_words_are_loaded_only_to_say_one_and_dropped_after():

@@ -24,7 +24,7 @@ print(json.dumps({"event": "modules", "names": sorted(sys.modules)}))
 """
 
 # Every configuration's core: the loop, outbox, sampling, TLS, events, crash containment.
-# (wifi.py is loaded to join, then dropped.)
+# (wifi.py is loaded to join, ntp.py to sync the clock, then dropped.)
 CORE = {"securenode", "securenode.app", "securenode.clock",
         "securenode.crash", "securenode.events", "securenode.link_error", "securenode.links",
         "securenode.mains", "securenode.net", "securenode.outbox", "securenode.pinned_tls",
@@ -41,7 +41,7 @@ TRANSPORT = {
 }
 NEVER_AFTER_BOOT = {"securenode.config", "securenode.provision", "securenode.https_client",
                     "securenode.provision_codec", "securenode.credentials",
-                    "securenode.startup", "securenode.x509_peek",
+                    "securenode.startup", "securenode.ntp", "securenode.x509_peek",
                     "securenode.tls_explain", "securenode.wifi", "umqtt",
                     "umqtt.simple",
                     # Loaded only to say an MQTT error, to send a CONNECT, to open the outbox,

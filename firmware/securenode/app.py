@@ -55,7 +55,7 @@ _PROVISION_FAILED = const(13)
 # Imported where used, not here: credentials (and through it the provisioning client) only on
 # a board that must be provisioned (a certificate board never loads them), commands only on
 # a wss board (links.py), the validator (config.py) only at boot, wifi only while joining
-# (then forgotten: it is used again only after an outage). crash.py
+# and ntp while syncing (then forgotten: used again only after an outage). crash.py
 # stays: main.py holds it, so that a full, fragmented heap can still record a MemoryError
 # (loaded after one, at 80K from .mpy, its import found no 640 bytes in one piece).
 
@@ -137,8 +137,8 @@ class Node:
             self.go(_WIFI_FAILED)
             return
         finally:
-            wifi = None
-            settings.forget("securenode.wifi")
+            settings.forget(wifi.__name__)  # used again only after an outage
+            wifi = None  # so that the collection in go() frees it
         emit("wifi_up", ip=ip)
         self.go(_WIFI_UP)
 
@@ -146,14 +146,19 @@ class Node:
         if self.synced:
             self.go(_TIME_SYNCED)
             return
+        from securenode import ntp
+
         n = self.cfg.ntp
         try:
-            now = clock.sync(n.host, n.timeout_ms)
-        except clock.ClockError as exc:
+            now = ntp.sync(n.host, n.timeout_ms)
+        except ntp.ClockError as exc:
             # Go on: a kept RTC may still be right, and TLS will say "clock unset" if not.
             error("time_sync", str(exc))
             self.go(_TIME_FAILED)
             return
+        finally:
+            settings.forget(ntp.__name__)  # used again only if this sync failed
+            ntp = None  # so that the collection in go() frees it
         self.synced = True
         emit("time_synced", unix_s=now)
         self.go(_TIME_SYNCED)
@@ -509,6 +514,6 @@ def main(path="config.json"):
     from securenode import startup
 
     node = startup.boot(path)
+    settings.forget(startup.__name__)
     startup = None
-    settings.forget("securenode.startup")
     return 1 if node is None else node.run()

@@ -1,13 +1,14 @@
-"""The board's wall clock: NTP before TLS, and an honest answer to "is the time known?".
+"""The board's wall clock, and an honest answer to "is the time known?".
 
 A board boots at 2000-01-01 and mbedTLS judges certificate dates by that clock, so TLS must
-wait for NTP. Anything earlier than this firmware's build date counts as unset.
+wait for NTP (ntp.py sets it). Anything earlier than this firmware's build date counts as
+unset.
 
 Example::
 
     from securenode import clock
-    clock.sync("pool.ntp.org", timeout_ms=3000)   # raises ClockError
-    clock.unix_time()                             # -> 1795600000
+    clock.is_set()      # -> False until NTP answered (or an RTC kept the time)
+    clock.unix_time()   # -> 1795600000
 """
 
 import time
@@ -19,10 +20,6 @@ from micropython import const
 # Private: inlined where used, where a module of its own cost a board a module and 3 names.
 _BUILD_UNIX_S = const(1795564800)  # 2026-11-25T00:00:00Z
 _UNIX_AT_2000 = const(946684800)
-
-
-class ClockError(Exception):
-    pass
 
 
 def unix_time():
@@ -37,19 +34,3 @@ def unix_time():
 
 def is_set():
     return unix_time() >= _BUILD_UNIX_S
-
-
-def sync(host, timeout_ms):
-    """Set the RTC from ``host`` over SNTP; return the new unix time."""
-    import ntptime
-
-    ntptime.host = host
-    ntptime.timeout = max(1, timeout_ms // 1000)
-    try:
-        ntptime.settime()
-    except OSError as exc:
-        raise ClockError("NTP server %s did not answer within %d ms (%s)"
-                         % (host, timeout_ms, exc))
-    if not is_set():
-        raise ClockError("NTP server %s gave a time before this firmware was built" % host)
-    return unix_time()

@@ -283,9 +283,8 @@ class MqttLink:
                 return handled
             if not data:
                 raise self._fail(_R_EOF)
-            self._feed(data, waiting_for)
             due = time.ticks_add(time.ticks_ms(), self.io_ms)
-            self._handle(self._read_packet(due, waiting_for), waiting_for)
+            self._handle(self._read_packet(due, waiting_for, data), waiting_for)
             handled += 1
         return handled
 
@@ -325,10 +324,17 @@ class MqttLink:
             raise self._fail(_R_IO, waiting_for, exc)
         self.last_tx_ms = time.ticks_ms()
 
-    def _read_packet(self, due, waiting_for):
-        # The next whole packet, read by the ticks_ms ``due``.
+    def _read_packet(self, due, waiting_for, data=None):
+        # The next whole packet, read by the ticks_ms ``due``; ``data``: its first bytes
+        # when they have arrived already (poll).
         decoder = self._decoder
         while True:
+            if data:
+                self.last_rx_ms = time.ticks_ms()
+                try:
+                    decoder.feed(data)
+                except mqtt_codec.ProtocolError as exc:
+                    raise self._fail(_R_FEED, waiting_for, exc)
             packet = decoder.take()
             if packet is not None:
                 return packet
@@ -339,18 +345,8 @@ class MqttLink:
                 data = self._stream.read(decoder.need(), left)
             except OSError as exc:
                 raise self._fail(_R_IO, waiting_for, exc)
-            if data is None:
-                continue
-            if not data:
+            if data is not None and not data:
                 raise self._fail(_R_IO, waiting_for)  # the broker closed the connection
-            self._feed(data, waiting_for)
-
-    def _feed(self, data, waiting_for):
-        self.last_rx_ms = time.ticks_ms()
-        try:
-            self._decoder.feed(data)
-        except mqtt_codec.ProtocolError as exc:
-            raise self._fail(_R_FEED, waiting_for, exc)
 
     def _handle(self, packet, waiting_for):
         kind = packet[0]

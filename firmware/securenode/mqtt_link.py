@@ -9,7 +9,7 @@ Each step has its own deadline, and its error quotes it:
 - PINGRESP, ``timeouts_ms.io``: LinkError("link_lost") (checked by ``check()``).
 
 Whatever the broker sends is read exactly as far as the decoder asks (never into the next
-packet), bounded by ``max_packet_bytes``; garbage, a wrong packet type, an over-long length
+packet), bounded by 512 bytes; garbage, a wrong packet type, an over-long length
 or a PUBACK for an id never sent is LinkError("protocol"); a duplicate PUBACK is counted and
 ignored; an unsolicited PUBLISH is parsed, acknowledged if QoS 1, counted and dropped. Each
 packet leaves in one write (one TLS record). ``close()`` says DISCONNECT (unless the link

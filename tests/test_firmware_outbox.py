@@ -115,6 +115,14 @@ with open("flipped/00000001.seg", "wb") as f:
 b2 = fresh("flipped")
 out["flipped"] = [b2.open(), drain(b2), len(data) // 3]
 
+# Files the outbox never writes (a stray "1.seg", a copy's leftover .tmp) are not segments.
+b = fresh("strays"); b.open(); fill(b, 3)
+for name in ("1.seg", "00000001.seg.tmp", "x.seg"):
+    with open("strays/" + name, "wb") as f:
+        f.write(b"\xff" * 12)
+b2 = fresh("strays")
+out["strays"] = [b2.open(), drain(b2), b2.next_seq]
+
 # Budget: the oldest segment goes first and its unacked records are counted.
 b = fresh("budget", budget_bytes=800, segment_bytes=400)
 b.open()
@@ -231,6 +239,11 @@ def test_garbage_after_good_records_is_dropped(results, port):
 def test_a_whole_record_whose_bytes_changed_fails_its_crc_at_open(results, port):
     report, seqs, record_bytes = results[port]["flipped"]
     assert seqs == [1, 2] and report == [[3, record_bytes]]
+
+
+@pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])
+def test_only_names_the_outbox_writes_are_read_as_segments(results, port):
+    assert results[port]["strays"] == [[], [1, 2, 3], 4]
 
 
 @pytest.mark.parametrize("port", [0, 1], ids=["cpython", "micropython"])

@@ -6,6 +6,8 @@
 # an argument, a string of 10 characters or fewer) stays interned on the board for good. So
 # the schema, its kinds and its character sets are const() data (inlined where used, no name),
 # one loop walks the schema instead of a helper per check, and messages are whole sentences.
+# (const() of a str or tuple: MicroPython >= 1.19, micropython/micropython#8548; mpy-cross
+# folds it, so a board running the .mpy never sees it.)
 import json
 import os
 

@@ -456,8 +456,8 @@ class Node:
         return True
 
     def idle(self, delay_ms):
-        """Wait ``delay_ms`` while taking each reading as it falls due (a step that waits for
-        someone else, e.g. provisioning between polls); returns after ``delay_ms``.
+        """Wait ``delay_ms`` while taking each reading as it falls due (a backoff, or a step
+        that waits for someone else, e.g. provisioning between polls); returns after it.
 
         >>> node.idle(1000)   # about 5 readings stored at a 200 ms interval
         """
@@ -498,12 +498,7 @@ class Node:
                                   int.from_bytes(os.urandom(4), "little"))
         self.attempt += 1
         emit("backoff", delay_ms=delay, attempt=self.attempt)
-        # Readings are due while offline too: they wait in the outbox.
-        until = time.ticks_add(time.ticks_ms(), delay)
-        while time.ticks_diff(until, time.ticks_ms()) > 0:
-            watchdog.feed()
-            self._sample_if_due()
-            time.sleep_ms(max(0, min(50, time.ticks_diff(until, time.ticks_ms()))))
+        self.idle(delay)  # readings are due while offline too: they wait in the outbox
         self.go(_BACKOFF_DONE)
 
 

@@ -50,6 +50,8 @@ def load(node):
 
     A board with a client certificate logs in with it and needs none: True.
     """
+    if not hasattr(node, "creds"):
+        node.creds = None  # set here, the first call: the other functions come after it
     if node.cfg.tls.cert is not None or node.creds:
         return True
     from securenode import provision as client

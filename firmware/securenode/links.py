@@ -27,7 +27,15 @@ def open_link(cfg, tls, node=None):
     if transport == "jsonl":
         from securenode.jsonl_link import JsonlLink
         return JsonlLink(cfg.jsonl.host, cfg.jsonl.port, tls, to.connect, to.io)
-    if transport != "mqtts":
+    if transport == "mqtts":
+        from securenode.mqtt_link import MqttLink  # only MQTT boards load the MQTT client
+
+        # user/password exist only once provisioning (credentials.py) has set them;
+        # certificate boards have neither and log in with their certificate alone.
+        link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect,
+                        to.io, getattr(m, "user", None), getattr(m, "password", None),
+                        m.inflight)
+    else:
         # Imported only when used: a board on MQTTS never loads the WebSocket modules.
         w = cfg.wss
         if transport == "wss":
@@ -40,14 +48,6 @@ def open_link(cfg, tls, node=None):
         from securenode.mqtt_wss_link import MqttWssLink
         link = MqttWssLink(m.client_id.encode(), w.host, w.port, w.path, tls, m.keepalive_s,
                            to.connect, to.io, to.handshake, w.max_message_bytes)
-        link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
-        return link
-    from securenode.mqtt_link import MqttLink  # only MQTT boards load the MQTT client
-
-    # user/password exist only once provisioning (app.py) has set them; certificate
-    # boards have neither and log in with their certificate alone.
-    link = MqttLink(m.client_id.encode(), m.host, m.port, tls, m.keepalive_s, to.connect, to.io,
-                    getattr(m, "user", None), getattr(m, "password", None), m.inflight)
     # The broker announces an unclean loss on the board's status topic (retained).
     link.will(reading.status_topic(cfg.device_id), b'{"status":"offline"}')
     return link

@@ -265,7 +265,7 @@ class Node:
                     burst = 0  # a fresh sample opens a new allowance for the backlog
                 head = self.outbox.peek() if burst < self.cfg.outbox.send_burst else None
                 if head is not None:
-                    self._deliver(head[0], head[1])
+                    self._send_reading(head[0], head[1], window=False)
                     burst += 1
                     if self._stop_at_limit(link):
                         return
@@ -305,6 +305,7 @@ class Node:
         box.rewind()  # what was in flight on the last connection goes again
         flight = []
         window = link.window
+        limit = self.cfg.run.max_readings
         keepalive_ms = self.cfg.mqtt.keepalive_s * 1000
         last_check = time.ticks_ms()
         self._send_status(flight)
@@ -312,7 +313,10 @@ class Node:
             watchdog.feed()
             # Refill first, then sample: the window is in flight during the sampling window
             # (~100 ms of busy-wait) instead of idling behind it.
-            while len(flight) < window and not self._limit_in_flight(flight):
+            # A run of max_readings sends no reading beyond it: a clean stop leaves none in
+            # flight (the status, seq 0, is not a reading).
+            while len(flight) < window and not (limit and self.acked + len(flight)
+                                                - (self._status_sent is not None) >= limit):
                 record = box.next_unsent()
                 if record is None:
                     break
@@ -357,18 +361,6 @@ class Node:
         self._sample()
         return True
 
-    def _limit_in_flight(self, flight):
-        # A run of max_readings sends no reading beyond it: a clean stop leaves none in flight.
-        limit = self.cfg.run.max_readings
-        return limit and self.acked + len(flight) - (self._status_sent is not None) >= limit
-
-    def _send_reading(self, seq, payload):
-        dup = seq <= self.sent_seq
-        self.sent_seq = seq if seq > self.sent_seq else self.sent_seq
-        emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
-             dup=dup)
-        return self.link.send_publish(self.topic, payload, dup=dup)
-
     def _retire(self, link, flight):
         # Acknowledge in order what the broker acknowledged; True once max_readings is met.
         pending = link.ids.inflight
@@ -400,14 +392,16 @@ class Node:
             return True
         return False
 
-    def _deliver(self, seq, payload):
+    def _send_reading(self, seq, payload, window=True):
         # A reading leaves the outbox only once the peer acknowledged it; one that was sent
         # before (its ack never came) goes again with the same seq, flagged DUP on MQTT.
         dup = seq <= self.sent_seq
         self.sent_seq = seq if seq > self.sent_seq else self.sent_seq
         emit("published", seq=seq, topic=self.topic.decode(), payload=payload.decode(),
              dup=dup)
-        self.link.publish(self.topic, payload, dup=dup)
+        if window:  # its PUBACK comes later, in any order: the packet id says which (_retire)
+            return self.link.send_publish(self.topic, payload, dup=dup)
+        self.link.publish(self.topic, payload, dup=dup)  # returns once acknowledged
         self.attempt = 0  # acknowledged: the connection proved healthy, backoff starts over
         self.outbox.ack(seq)
         self.acked += 1

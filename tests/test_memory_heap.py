@@ -4,12 +4,13 @@ Real boards (host_sim.board --runtime micropython, LittleFS flash, Mosquitto wit
 CA and a client certificate) under a hard `-X heapsize` cap:
 - from `.mpy` at 160K (the code itself is in the heap here, so this one moves with every
   feature: 95.7 KB resident at commit 94d2fae, 110.9 KB with the windowed-QoS 1 work in the
-  tree on 2026-11-26 14:17; the budget leaves room for that and fails on ~10 KB more);
-- from a ROMFS image (`make build`'s, bytecode in place) at ROMFS_HEAP (63K: 59 KB bisected
-  on 2026-11-26 with the boot's 4 KB GC threshold, one failure seen at 60K, so a 3-4 KB
-  margin; without that threshold it needs 68K and fails here), the image itself on top of
-  the cap (the launcher mounts the flash directory's romfs.img at /rom, as a ROMFS board
-  does, and adds its size: a bytes object on this port, flash on a board).
+  tree on 2026-11-26 14:17, 62.1 KB after the names diet that evening; the budget fails on
+  ~6 KB more);
+- from a ROMFS image (`make build`'s, bytecode in place) at issue 10's goal, 48K: 46K
+  bisected on 2026-11-26 evening (4 of 4 runs deliver at 46K, 0 of 4 at 45K), so a 2 KB
+  margin; the image itself is on top of the cap (the launcher mounts the flash directory's
+  romfs.img at /rom, as a ROMFS board does, and adds its size: a bytes object on this port,
+  flash on a board).
 make bench bisects the real minimums (tests/bench/results/memory.md). At the minimum a run
 passes or fails with how the heap happens to fragment, so the caps keep a margin and the
 resident heap (deterministic) has the budget.
@@ -31,13 +32,13 @@ FIRMWARE_MAIN = (ROOT / "firmware" / "main.py").read_text()
 # The board's C modules are Python stand-ins here: loaded first, on an empty heap, where the
 # launcher's fixed allowance covers them (as tests/bench/bench_memory.py does).
 PRELUDE = "import machine, network, ntptime  # C or frozen on a board\n"
-# Resident heap budgets, 64-bit unix port. ROMFS: 55,200 bytes measured (61,824
-# before wifi and the unused transports' config sections left the heap and the MQTT path
-# shrank), code in flash, so it barely moves with code size; the provisioning client left
-# resident (+5.2 KB) fails it. .mpy: see the module docstring.
-RESIDENT_MPY_BYTES = 120 * 1024
-RESIDENT_ROMFS_BYTES = 57 * 1024
-ROMFS_HEAP = 63 * 1024
+# Resident heap budgets, 64-bit unix port. ROMFS: 41,408-41,504 bytes measured (55,200 before
+# the names diet: fewer interned names kept the name pools short of their 640-entry, 7 KB
+# step), code in flash, so it moves with names and objects, not code size; the provisioning
+# client left resident fails it. .mpy: see the module docstring.
+RESIDENT_MPY_BYTES = 68 * 1024
+RESIDENT_ROMFS_BYTES = 44 * 1024
+ROMFS_HEAP = 48 * 1024
 # Resident heap of the running node, measured from main.py (the firmware's boot order: the
 # validator comes and goes before the app loads); printed once, after a collect, once 10
 # readings are acknowledged. Deterministic, unlike the smallest heap that still works.
@@ -96,7 +97,7 @@ def test_mqtts_from_mpy_runs_in_160k(mp_launch, broker, subscriber):
     assert (boot["heap_bytes"], boot["bytecode"]) == (160 * 1024, "mpy")
 
 
-def test_mqtts_from_romfs_runs_in_63k(mp_launch, broker, subscriber, romfs_image, tmp_path,
+def test_mqtts_from_romfs_runs_in_48k(mp_launch, broker, subscriber, romfs_image, tmp_path,
                                       pki):
     n = 30
     flash = tmp_path / "romfs-flash"

@@ -11,6 +11,9 @@ CA and a client certificate) under a hard `-X heapsize` cap:
   margin; the image itself is on top of the cap (the launcher mounts the flash directory's
   romfs.img at /rom, as a ROMFS board does, and adds its size: a bytes object on this port,
   flash on a board).
+A reconnect at the ROMFS cap is its own test (two broker kills mid-run): at 47K it failed 3
+of 3 runs while mqtt_errors (imported when the link fails, the heap at its fullest) built
+its tables as ~50 objects; as single strings, 2 of 3 pass at 47K and 5 of 5 at 48K.
 make bench bisects the real minimums (tests/bench/results/memory.md). At the minimum a run
 passes or fails with how the heap happens to fragment, so the caps keep a margin and the
 resident heap (deterministic) has the budget.
@@ -119,3 +122,42 @@ def test_mqtts_from_romfs_runs_in_48k(mp_launch, broker, subscriber, romfs_image
     assert board.wait_for("loaded_from", timeout=1)["file"] == "/rom/securenode/app.mpy"
     boot = [d for d in debug_lines(flash) if d["kind"] == "boot"][0]
     assert (boot["heap_bytes"], boot["romfs_bytes"]) == (ROMFS_HEAP, len(romfs_image))
+
+
+def test_mqtts_from_romfs_reconnects_after_broker_kills_in_48k(mp_launch, romfs_image,
+                                                               tmp_path, pki):
+    # Two new TCP + TLS sessions and CONNECTs in a 48K heap that readings, the outbox and
+    # the first session have already used and fragmented (the broker is SIGKILLed twice).
+    import signal
+
+    from host_sim.servers.mosquitto import Broker
+
+    n = 24
+    broker = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem).start()
+    try:
+        flash = tmp_path / "romfs-reconnect"
+        device = pki.device("romfs-reconnect")
+        prepare_flash(flash, mp_config("romfs-reconnect", broker.port, {
+            "run.max_readings": n, "sample.interval_ms": 150, "timeouts_ms.io": 1500,
+            "timeouts_ms.connect": 1500, "backoff.min_ms": 100, "backoff.max_ms": 600}), {
+            "ca.der": pki.ca.cert_der, "device.crt.der": device.cert_der,
+            "device.key.der": device.key_der, "romfs.img": romfs_image,
+            "main.py": FIRMWARE_MAIN.encode()})
+        shutil.rmtree(flash / "securenode")  # the package exists only in the image
+        board = mp_launch("romfs-reconnect", broker.port, flash=flash, heap=str(ROMFS_HEAP))
+        for target in (6, 14):
+            deadline = time.monotonic() + 60
+            while len(board.of("acked")) < target and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(board.of("acked")) >= target, "board stalled before the broker kill"
+            broker.stop(signal.SIGKILL)
+            time.sleep(1.0)          # readings wait in the outbox meanwhile
+            broker.start()
+        board.wait_for("halted", timeout=120, reason="done")
+        assert board.of("fatal") == []
+        assert sorted(set(e["seq"] for e in board.of("acked"))) == list(range(1, n + 1))
+        assert len(board.of("mqtt_connected")) >= 3       # two reconnects at the cap
+        boot = [d for d in debug_lines(flash) if d["kind"] == "boot"]
+        assert len(boot) == 1, boot  # no MemoryError reset on the way
+    finally:
+        broker.close()

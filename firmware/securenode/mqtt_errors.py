@@ -15,56 +15,69 @@ Example::
 
 from micropython import const
 
-# The tables are const(): inlined where used, so none of their names is interned once a
-# board has said one error (the names of a module's globals stay interned for good).
-_NAMES = const(("reserved 0", "CONNECT", "CONNACK", "PUBLISH", "PUBACK", "PUBREC", "PUBREL",
-                "PUBCOMP", "SUBSCRIBE", "SUBACK", "UNSUBSCRIBE", "UNSUBACK", "PINGREQ",
-                "PINGRESP", "DISCONNECT", "reserved 15"))
+# The tables are single strings, one entry per line, read with _line(): in the image (or the
+# .mpy) each is one str, where a tuple of sentences was ~50 objects and 16 packet names
+# built in the heap at import. This module is imported when a link fails, which is when the
+# heap is fullest: the first broker kill at a 48K ROMFS heap found no room for the tuples.
+_NAMES = const("reserved 0\nCONNECT\nCONNACK\nPUBLISH\nPUBACK\nPUBREC\nPUBREL\nPUBCOMP\n"
+               "SUBSCRIBE\nSUBACK\nUNSUBSCRIBE\nUNSUBACK\nPINGREQ\nPINGRESP\nDISCONNECT\n"
+               "reserved 15")
 
 # What _E_STR names, by mqtt_codec's/mqtt_connect's _F_* code.
-_FIELDS = const(("topic", "will topic", "will payload", "user name", "password",
-                 "client id"))
+_FIELDS = const("topic\nwill topic\nwill payload\nuser name\npassword\nclient id")
 
-# CONNACK's refusals by return code 1..5 (MQTT 3.1.1 3.2.2.3).
-_REFUSALS = const((None, "unacceptable protocol version", "client identifier rejected",
-                   "server unavailable", "bad user name or password", "not authorised"))
+# CONNACK's refusals by return code 1..5 (MQTT 3.1.1 3.2.2.3); line 0 unused.
+_REFUSALS = const("-\nunacceptable protocol version\nclient identifier rejected\n"
+                  "server unavailable\nbad user name or password\nnot authorised")
 
-# Index = code (mqtt_codec's _E_* constants). "%N" stands for the packet's name and first byte.
-_TEXTS = const((
-    None,
-    "%N: remaining length longer than 4 bytes",                                      # 1
-    "malformed %N: QoS 3",
-    "%N with QoS 2: this client subscribes to nothing and takes QoS 0/1 only",
-    "malformed %N: DUP on QoS 0",
-    "malformed %N: fixed-header flags must be 0",                                    # 5
-    "unexpected %N: this client sends QoS 0/1 only",
-    "unexpected %N: this client subscribes to nothing",
-    "%N: not an MQTT packet",
-    "unexpected %N: only a client sends it",
-    "malformed %N: remaining length %d, must be 2",                                  # 10
-    "malformed %N: remaining length %d, must be 0",
-    "malformed %N: remaining length %d is too short",
-    "%N announces %d bytes, over the bound of %d",
-    "malformed CONNACK: reserved flags 0x%02x",
-    "malformed PUBACK: packet id 0",                                                 # 15
-    "malformed PUBLISH: topic of %d bytes in a packet of %d",
-    "malformed PUBLISH: QoS 1 with packet id 0",
-    "%d PUBLISHes already await PUBACK",
-    "PUBACK for packet id %d, which this session never sent",
-    "remaining length %d outside 0..268435455",                                      # 20
-    "%s needs %d bytes, the buffer has %d",
-    "%s is %d bytes, more than MQTT's 65535",
-    "keepalive %d s outside 0..65535",
-    "a password needs a user name (MQTT 3.1.1 3.1.2.9)",
-    None,  # 25: no longer raised (the will's QoS is always 1)
-    "PUBLISH QoS %r: this client sends 0 or 1",
-    "packet id %r outside 1..65535",
-    "DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)",
-    "topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)",
-))
+# Line = code (mqtt_codec's _E_* constants). "%N" stands for the packet's name and first byte.
+_TEXTS = const(
+    "-\n"
+    "%N: remaining length longer than 4 bytes\n"                                      # 1
+    "malformed %N: QoS 3\n"
+    "%N with QoS 2: this client subscribes to nothing and takes QoS 0/1 only\n"
+    "malformed %N: DUP on QoS 0\n"
+    "malformed %N: fixed-header flags must be 0\n"                                    # 5
+    "unexpected %N: this client sends QoS 0/1 only\n"
+    "unexpected %N: this client subscribes to nothing\n"
+    "%N: not an MQTT packet\n"
+    "unexpected %N: only a client sends it\n"
+    "malformed %N: remaining length %d, must be 2\n"                                  # 10
+    "malformed %N: remaining length %d, must be 0\n"
+    "malformed %N: remaining length %d is too short\n"
+    "%N announces %d bytes, over the bound of %d\n"
+    "malformed CONNACK: reserved flags 0x%02x\n"
+    "malformed PUBACK: packet id 0\n"                                                 # 15
+    "malformed PUBLISH: topic of %d bytes in a packet of %d\n"
+    "malformed PUBLISH: QoS 1 with packet id 0\n"
+    "%d PUBLISHes already await PUBACK\n"
+    "PUBACK for packet id %d, which this session never sent\n"
+    "remaining length %d outside 0..268435455\n"                                      # 20
+    "%s needs %d bytes, the buffer has %d\n"
+    "%s is %d bytes, more than MQTT's 65535\n"
+    "keepalive %d s outside 0..65535\n"
+    "a password needs a user name (MQTT 3.1.1 3.1.2.9)\n"
+    "-\n"  # 25: no longer raised (the will's QoS is always 1)
+    "PUBLISH QoS %r: this client sends 0 or 1\n"
+    "packet id %r outside 1..65535\n"
+    "DUP on a QoS 0 PUBLISH (MQTT 3.1.1 3.3.1.1)\n"
+    "topic %r: empty or a wildcard (MQTT 3.1.1 3.3.2.1)")
 _FIRST_NAMED = const(13)  # codes up to here name the packet from its first byte (except 14..17)
 _E_FITS = const(21)  # names the packet from its type
 _E_STR = const(22)   # names the field from its _F_* code
+
+
+def _line(table, n):
+    """Line n (from 0) of a table: one slice, no list of every line.
+
+    >>> _line("a\\nbc\\nd", 1)
+    'bc'
+    """
+    start = 0
+    for _ in range(n):
+        start = table.index("\n", start) + 1
+    end = table.find("\n", start)
+    return table[start:] if end < 0 else table[start:end]
 
 
 def packet_name(kind):
@@ -73,22 +86,22 @@ def packet_name(kind):
     >>> packet_name(9)
     'SUBACK'
     """
-    return _NAMES[kind & 15]
+    return _line(_NAMES, kind & 15)
 
 
 def text(args):
     """The sentence for an error raised as (code, values...)."""
     code = args[0]
     values = args[1:]
-    fmt = _TEXTS[code]
+    fmt = _line(_TEXTS, code)
     if code <= _FIRST_NAMED:
         first = values[0]
-        fmt = fmt.replace("%N", "%s (first byte 0x%02x)" % (_NAMES[first >> 4], first))
+        fmt = fmt.replace("%N", "%s (first byte 0x%02x)" % (packet_name(first >> 4), first))
         values = values[1:]
     elif code == _E_FITS:
-        values = (_NAMES[values[0]],) + values[1:]  # the packet type
+        values = (packet_name(values[0]),) + values[1:]  # the packet type
     elif code == _E_STR:
-        values = (_FIELDS[values[0]],) + values[1:]
+        values = (_line(_FIELDS, values[0]),) + values[1:]
     return fmt % values if values else fmt
 
 
@@ -120,7 +133,7 @@ def link_error(link, reason, waiting_for, value):
 
 
 def _link_words(peer, io_ms, reason, waiting_for, value):
-    waited = _NAMES[waiting_for] if waiting_for else "a packet"
+    waited = packet_name(waiting_for) if waiting_for else "a packet"
     if reason == _R_TIMEOUT:
         if waiting_for == _CONNACK:
             return "connack_timeout", (
@@ -142,7 +155,7 @@ def _link_words(peer, io_ms, reason, waiting_for, value):
             peer, waited, value)
     if reason == _R_REFUSED:
         return "connack_refused", "CONNACK refused: %s (%d) by %s" % (
-            _REFUSALS[value] if 1 <= value <= 5 else "unknown reason", value, peer)
+            _line(_REFUSALS, value) if 1 <= value <= 5 else "unknown reason", value, peer)
     if reason == _R_EOF:
         return "link_lost", "%s closed the connection" % peer
     if reason == _R_NO_PINGRESP:

@@ -52,13 +52,16 @@ SOAK_INTERVAL_MS = 30
 ALLOC_WARMUP, ALLOC_COUNT = 20, 100
 
 # Imported for one step and unloaded after it (tests/test_memory_imports.py checks that a
-# board keeps none): the validator, provisioning, explaining a TLS failure, opening the
-# outbox, a CONNECT, an MQTT error's words, the WebSocket upgrade, boot-only wifi and crash.
+# board keeps none): the boot (startup), the validator, provisioning (credentials and the
+# client), explaining a TLS failure, opening the outbox, a CONNECT, an MQTT error's words,
+# the WebSocket upgrade, joining WiFi and setting the clock. (crash stays: main.py holds it.)
 TRANSIENT = {"securenode." + n for n in (
-    "config", "provision", "provision_codec", "https_client", "tls_explain", "x509_peek",
-    "tls_roots", "outbox_open", "mqtt_connect", "mqtt_errors", "ws_upgrade", "wifi")}  # crash stays: main.py imports it first
+    "startup", "config", "credentials", "provision", "provision_codec", "https_client",
+    "tls_explain", "x509_peek", "tls_roots", "outbox_open", "mqtt_connect", "mqtt_errors",
+    "ws_upgrade", "wifi", "ntp")}
+# Loaded only by another configuration (commands: the ingest endpoint's, on a wss board).
 OTHER_TRANSPORTS = {"securenode." + n for n in (
-    "jsonl_link", "wss_link", "wss_client", "ws_frame", "mqtt_wss_link")}
+    "jsonl_link", "wss_link", "wss_client", "ws_frame", "mqtt_wss_link", "commands")}
 
 # C modules on a board that the bare unix port lacks: the smallest stand-ins that let the
 # firmware import (measured before the first firmware module, so never counted).

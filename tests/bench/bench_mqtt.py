@@ -23,7 +23,7 @@ MICROPYTHON = ROOT / ".venv" / "bin" / "micropython"
 UMQTT = ROOT / "tests" / "vendor" / "umqtt" / "simple.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "mqtt.md"
 MODULES = ("mqtt_link", "mqtt_codec", "link_error", "net", "events", "__init__", "pinned_tls",
-           "clock", "build")
+           "clock")
 # The umqtt.simple adapter the board ran before this codec, for its resident size.
 OLD_ADAPTER = "87d7728^:firmware/securenode/mqtt_link.py"
 TLS12_GCM_RECORD = 29  # 5-byte header + 8-byte explicit nonce + 16-byte tag
@@ -178,10 +178,11 @@ def main():
               "client object (pinned_tls and events loaded before, as on every board): "
               "umqtt.simple alone %d bytes; the adapter the board ran before (umqtt.simple + "
               "`mqtt_link` at %s) %d bytes; the board's link now (mqtt_link + mqtt_codec, no "
-              "umqtt) %d bytes, of which 1280 are its preallocated 256-byte send buffer and "
-              "1024-byte receive bound. From .mpy the figures are about the same on this "
+              "umqtt) %d bytes, of which 768 are its preallocated 256-byte send buffer and "
+              "512-byte receive bound. From .mpy the figures are about the same on this "
               "port (bytecode is still copied into the heap); frozen into a firmware image "
-              "it stays in flash. The codec's named error texts are most of the difference."
+              "or run from ROMFS it stays in flash. The link's error sentences are in "
+              "mqtt_errors, imported only when one is said."
               % (resident["umqtt"], OLD_ADAPTER.split(":")[0], resident["old"],
                  resident["link"]), "",
               "umqtt.simple writes a PUBLISH in several stream writes (header, topic length, "

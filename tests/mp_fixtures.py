@@ -11,7 +11,9 @@ run under the stated ``esp32-spiram`` profile (2M) unless they pass ``board=``/`
 
 import copy
 import json
+import signal
 import threading
+import time
 
 import pytest
 
@@ -109,3 +111,29 @@ def debug_lines(flash):
     """The launcher's sim_debug.jsonl lines for a board's flash directory."""
     path = flash.parent / (flash.name + ".state") / "sim_debug.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# A tight heap's reconnect (tests/test_memory_*.py): what a board must survive at its cap.
+RECONNECT_CONFIG = {"sample.interval_ms": 150, "timeouts_ms.io": 1500,
+                    "timeouts_ms.connect": 1500, "backoff.min_ms": 100, "backoff.max_ms": 600}
+
+
+def reconnects_after_broker_kills(board, broker, n, kills_at=(6, 14)):
+    """SIGKILL the broker once the board has each count of acks, start it again 1 s later
+    (readings wait in the outbox meanwhile), then check the run: every one of n readings
+    acknowledged (a resend after a lost PUBACK counts once), a new session per kill, one
+    boot (no MemoryError reset), no fatal."""
+    for target in kills_at:
+        deadline = time.monotonic() + 60
+        while len(board.of("acked")) < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(board.of("acked")) >= target, "board stalled before the broker kill"
+        broker.stop(signal.SIGKILL)
+        time.sleep(1.0)
+        broker.start()
+    board.wait_for("halted", timeout=120, reason="done")
+    assert board.of("fatal") == []
+    assert sorted(set(e["seq"] for e in board.of("acked"))) == list(range(1, n + 1))
+    assert len(board.of("mqtt_connected")) >= 1 + len(kills_at)
+    boot = [d for d in debug_lines(board.flash) if d["kind"] == "boot"]
+    assert len(boot) == 1, boot

@@ -28,7 +28,8 @@ from pathlib import Path
 import pytest
 
 from host_sim.flash import prepare_flash
-from mp_fixtures import debug_lines, mp_config, mp_launch  # noqa: F401  (fixture)
+from mp_fixtures import (RECONNECT_CONFIG, debug_lines, mp_config, mp_launch,  # noqa: F401
+                         reconnects_after_broker_kills)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE_MAIN = (ROOT / "firmware" / "main.py").read_text()
@@ -128,8 +129,6 @@ def test_mqtts_from_romfs_reconnects_after_broker_kills_in_48k(mp_launch, romfs_
                                                                tmp_path, pki):
     # Two new TCP + TLS sessions and CONNECTs in a 48K heap that readings, the outbox and
     # the first session have already used and fragmented (the broker is SIGKILLed twice).
-    import signal
-
     from host_sim.servers.mosquitto import Broker
 
     n = 24
@@ -137,27 +136,13 @@ def test_mqtts_from_romfs_reconnects_after_broker_kills_in_48k(mp_launch, romfs_
     try:
         flash = tmp_path / "romfs-reconnect"
         device = pki.device("romfs-reconnect")
-        prepare_flash(flash, mp_config("romfs-reconnect", broker.port, {
-            "run.max_readings": n, "sample.interval_ms": 150, "timeouts_ms.io": 1500,
-            "timeouts_ms.connect": 1500, "backoff.min_ms": 100, "backoff.max_ms": 600}), {
+        prepare_flash(flash, mp_config("romfs-reconnect", broker.port, dict(
+            RECONNECT_CONFIG, **{"run.max_readings": n})), {
             "ca.der": pki.ca.cert_der, "device.crt.der": device.cert_der,
             "device.key.der": device.key_der, "romfs.img": romfs_image,
             "main.py": FIRMWARE_MAIN.encode()})
         shutil.rmtree(flash / "securenode")  # the package exists only in the image
         board = mp_launch("romfs-reconnect", broker.port, flash=flash, heap=str(ROMFS_HEAP))
-        for target in (6, 14):
-            deadline = time.monotonic() + 60
-            while len(board.of("acked")) < target and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert len(board.of("acked")) >= target, "board stalled before the broker kill"
-            broker.stop(signal.SIGKILL)
-            time.sleep(1.0)          # readings wait in the outbox meanwhile
-            broker.start()
-        board.wait_for("halted", timeout=120, reason="done")
-        assert board.of("fatal") == []
-        assert sorted(set(e["seq"] for e in board.of("acked"))) == list(range(1, n + 1))
-        assert len(board.of("mqtt_connected")) >= 3       # two reconnects at the cap
-        boot = [d for d in debug_lines(flash) if d["kind"] == "boot"]
-        assert len(boot) == 1, boot  # no MemoryError reset on the way
+        reconnects_after_broker_kills(board, broker, n)
     finally:
         broker.close()

@@ -17,10 +17,10 @@ A reconnect at the cap is its own test: the broker is killed twice mid-run, so t
 makes new TCP + TLS sessions and a new CONNECT in a heap that readings, the outbox and the
 first session have already used and fragmented.
 """
-import signal
 import time
 
-from mp_fixtures import debug_lines, mp_launch  # noqa: F401  (fixture)
+from mp_fixtures import (RECONNECT_CONFIG, debug_lines, mp_launch,  # noqa: F401
+                         reconnects_after_broker_kills)
 
 HEAP = 96 * 1024
 
@@ -49,24 +49,8 @@ def test_mqtts_from_mpy_reconnects_after_broker_kills_in_96k(mp_launch, pki):
     broker = Broker(pki.ca.cert_pem, pki.server.chain_pem, pki.server.key_pem).start()
     try:
         board = mp_launch("cap-reconnect", broker.port, heap=str(HEAP), bytecode="mpy",
-                          config={"run.max_readings": n, "sample.interval_ms": 150,
-                                  "timeouts_ms.io": 1500, "timeouts_ms.connect": 1500,
-                                  "backoff.min_ms": 100, "backoff.max_ms": 600})
-        for target in (6, 14):
-            deadline = time.monotonic() + 60
-            while len(board.of("acked")) < target and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert len(board.of("acked")) >= target, "board stalled before the broker kill"
-            broker.stop(signal.SIGKILL)
-            time.sleep(1.0)          # readings wait in the outbox meanwhile
-            broker.start()
-        board.wait_for("halted", timeout=120, reason="done")
-        assert board.of("fatal") == []
-        # Every reading acknowledged, once each (a resend after a lost PUBACK is acked once).
-        assert sorted(set(e["seq"] for e in board.of("acked"))) == list(range(1, n + 1))
-        assert len(board.of("mqtt_connected")) >= 3       # two reconnects at the cap
-        assert max(e["depth"] for e in board.of("stored")) >= 2
-        boot = [d for d in debug_lines(board.flash) if d["kind"] == "boot"]
-        assert len(boot) == 1, boot  # no MemoryError reset on the way
+                          config=dict(RECONNECT_CONFIG, **{"run.max_readings": n}))
+        reconnects_after_broker_kills(board, broker, n)
+        assert max(e["depth"] for e in board.of("stored")) >= 2  # readings waited
     finally:
         broker.close()

@@ -10,8 +10,9 @@ Measured when this test was added (2026-11-26, tree at ac7d785): 12 of 12 runs p
 every run from 92K to 98K passes, and the bisected smallest heap is 87 KB, so the cap has a
 ~9 KB margin. Near the minimum a run fails by where the heap's holes happen to fall (keys,
 times and sizes differ per run): below ~88K a piece of a few hundred bytes (the SSLContext,
-a bytecode block of the link's module) finds no hole. make bench's soak runs 10,000 readings
-at this cap.
+a bytecode block of the link's module) finds no hole. After the names diet (that evening)
+the bisected smallest heap is 67 KB, a ~29 KB margin. make bench's soak runs 10,000
+readings at this cap.
 
 A reconnect at the cap is its own test: the broker is killed twice mid-run, so the board
 makes new TCP + TLS sessions and a new CONNECT in a heap that readings, the outbox and the

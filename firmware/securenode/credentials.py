@@ -124,5 +124,4 @@ def accept(node):
     except OSError as exc:
         # Confirmed all the same (in RAM); after a reboot the board simply confirms again.
         error("provision_store", "cannot record the confirmation on flash (%s)" % exc)
-    _unload()
     emit("provision_confirmed", peer="%s:%d" % (creds["base"][0], creds["base"][1]))

@@ -5,7 +5,10 @@ CA and a client certificate) under a hard `-X heapsize` cap:
 - from `.mpy` at 160K (the code itself is in the heap here, so this one moves with every
   feature: 95.7 KB resident at commit 94d2fae, 110.9 KB with the windowed-QoS 1 work in the
   tree on 2026-11-26 14:17, 62.1 KB after the names diet that evening; the budget fails on
-  ~6 KB more);
+  ~6 KB more). Watch it when imports move: moving the four unload helpers into one
+  securenode.forget measured 69.7 KB here with the same names and modules loaded (a
+  dropped module's bytecode held, it seems, by a stale pointer: MicroPython's GC is
+  conservative), so that change was not made;
 - from a ROMFS image (`make build`'s, bytecode in place) at issue 10's goal, 48K: 46K
   bisected on 2026-11-26 evening (4 of 4 runs deliver at 46K, 0 of 4 at 45K), so a 2 KB
   margin; the image itself is on top of the cap (the launcher mounts the flash directory's
